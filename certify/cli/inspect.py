@@ -1,0 +1,41 @@
+"""``lipcert inspect``: the model summary and the conversion check."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from certify.cli import main, parse_input_shapes, parse_range, refusals_exit_2
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
+@click.option("--input-range", default="0,1", show_default=True, help="Range of the check inputs, LO,HI.")
+@refusals_exit_2
+def inspect(model, as_json, input_shape, input_range):
+    """Summarise MODEL and check its conversion against onnxruntime."""
+    from certify.convert import to_torch
+    from certify.load import load_onnx
+    from certify.summary import summarize
+    from certify.verify import verify_conversion
+
+    proto = load_onnx(model, input_shapes=parse_input_shapes(input_shape))
+    summary = summarize(proto)
+    module = to_torch(proto)
+    summary["conversion"] = verify_conversion(proto, module, input_range=parse_range(input_range))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"model      {model}")
+    click.echo(f"opset      {summary['opset']}   nodes {summary['nodes']}   parameters {summary['parameters']:,}")
+    for kind in ("inputs", "outputs"):
+        for t in summary[kind]:
+            click.echo(f"{kind[:-1]:<10} {t['name']}  {t['dtype']}{t['shape']}")
+    ops = ", ".join(f"{k} x{v}" for k, v in summary["operators"].items())
+    click.echo(f"operators  {ops}")
+    conv = summary["conversion"]
+    click.echo(f"conversion max_abs_diff {conv['max_abs_diff']:.3g}   max_rel_diff {conv['max_rel_diff']:.3g}"
+               "   (vs onnxruntime)")

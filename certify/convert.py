@@ -1,0 +1,157 @@
+"""ONNX graph -> an ordinary ``torch.nn.Module``.
+
+Nodes run in the graph's (topological) order; every node whose inputs are all known at conversion time is folded
+into a constant (ConstantOfShape-built weights, shape arithmetic). The module keeps, per node, its ONNX name and
+operator and the constant inputs (weights), which is the typed view the Lipschitz bounds read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from certify import ops  # noqa: F401  (registers every operator)
+from certify.errors import ModelRejected
+from certify.load import DEFAULT_LIMITS, Limits, opset_of
+from certify.ops import registry
+from certify.ops.base import ALLOCATION_LIMIT, TORCH_OF_ONNX, NodeView, OnnxOp
+
+CONVERTER_VERSION = "1"
+
+
+@dataclass
+class Step:
+    """One runtime node: the module and the names it reads and writes."""
+
+    module: OnnxOp
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _to_tensor(value) -> torch.Tensor:
+    arr = np.asarray(value)
+    if arr.dtype == np.uint16 or arr.dtype.kind in "US":  # bfloat16 stored as uint16, strings
+        raise ModelRejected("unsupported_dtype", f"constant of dtype {arr.dtype} is not supported")
+    if arr.dtype.kind == "u" and arr.dtype != np.uint8:
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.array(arr, copy=True))
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict:
+    shapes = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return shapes
+
+
+class OnnxGraph(nn.Module):
+    """A converted ONNX graph. ``forward`` takes the graph inputs positionally, returns its output(s)."""
+
+    def __init__(self, model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS):
+        super().__init__()
+        token = ALLOCATION_LIMIT.set(limits.max_tensor_bytes)
+        try:
+            self._build(model)
+        finally:
+            ALLOCATION_LIMIT.reset(token)
+
+    def _build(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.opset = opset_of(model)
+        constants: dict[str, torch.Tensor] = {}
+        for init in graph.initializer:
+            constants[init.name] = _to_tensor(numpy_helper.to_array(init))
+        for sp in graph.sparse_initializer:
+            constants[sp.values.name] = _to_tensor(numpy_helper.to_array(numpy_helper.to_dense(sp)))  # noqa
+        self.input_names = [vi.name for vi in graph.input if vi.name not in constants]
+        self.output_names = [vi.name for vi in graph.output]
+        self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
+        self.shapes = _inferred_shapes(model)
+        self.folded: list[str] = []
+        steps: list[Step] = []
+        np_constants: dict[str, np.ndarray] = {}
+        for index, proto in enumerate(graph.node):
+            cls = registry.lookup(proto.op_type, self.opset)
+            if cls is None:
+                raise ModelRejected("unsupported_operator", f"Unsupported operators: {proto.op_type} (1 node)")
+            if not proto.name:
+                proto.name = f"{proto.op_type}_{index}"
+            for name in proto.input:
+                if name and name in constants and name not in np_constants:
+                    np_constants[name] = constants[name].numpy()
+            view = NodeView.from_proto(proto, self.opset, np_constants, self.shapes)
+            module = cls.from_node(view)
+            present = [n for n in proto.input if n]
+            if module.foldable and all(n in constants for n in present):
+                with torch.no_grad():
+                    out = module(*[constants[n] if n else None for n in proto.input])
+                for name, value in zip(proto.output, out if isinstance(out, (tuple, list)) else (out,)):
+                    if name:
+                        constants[name] = value
+                self.folded.append(proto.name)
+                continue
+            steps.append(Step(module, list(proto.input), list(proto.output)))
+        self.nodes = nn.ModuleList(s.module for s in steps)
+        self._wiring = [(s.inputs, s.outputs) for s in steps]
+        used = {n for s in steps for n in s.inputs if n} | set(self.output_names)
+        self._const_attr: dict[str, str] = {}
+        for i, name in enumerate(sorted(n for n in used if n in constants)):
+            attr = f"const_{i}"
+            self.register_buffer(attr, constants[name], persistent=True)
+            self._const_attr[name] = attr
+
+    def constant(self, name: str) -> torch.Tensor | None:
+        """The constant tensor behind ``name`` (a weight or a folded value), or None if computed at run time."""
+        attr = self._const_attr.get(name)
+        return None if attr is None else getattr(self, attr)
+
+    def steps(self):
+        """Runtime nodes in order: ``(module, input names, output names)``."""
+        for module, (inputs, outputs) in zip(self.nodes, self._wiring):
+            yield module, inputs, outputs
+
+    def run(self, *args, keep: bool = False):
+        """Run the graph; with ``keep`` return the environment of every named tensor too."""
+        if len(args) != len(self.input_names):
+            raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(args)}")
+        env: dict[str, torch.Tensor] = dict(zip(self.input_names, args))
+        for name, attr in self._const_attr.items():
+            env.setdefault(name, getattr(self, attr))
+        for module, inputs, outputs in self.steps():
+            out = module(*[env[n] if n else None for n in inputs])
+            if isinstance(out, (tuple, list)):
+                for name, value in zip(outputs, out):
+                    if name:
+                        env[name] = value
+            else:
+                env[outputs[0]] = out
+        result = tuple(env[n] for n in self.output_names)
+        return (result, env) if keep else result
+
+    def forward(self, *args):
+        result = self.run(*args)
+        return result[0] if len(result) == 1 else result
+
+    def input_dtype(self, name: str | None = None) -> torch.dtype:
+        name = name or self.input_names[0]
+        return TORCH_OF_ONNX.get(self.input_dtypes.get(name), torch.float32)
+
+
+def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGraph:
+    """Convert a (loaded, checked) ONNX model to a torch module in eval mode.
+
+    Any failure while building or folding a node becomes ``ModelRejected("conversion_failed")`` naming the node.
+    """
+    try:
+        return OnnxGraph(model, limits).eval()
+    except ModelRejected:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise ModelRejected("conversion_failed", f"{type(e).__name__}: {e}") from e

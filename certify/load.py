@@ -1,0 +1,273 @@
+"""Safe loading of untrusted ONNX bytes.
+
+``onnx.checker`` alone is not a gate: it accepts unknown-domain operators, graph-less models and opset 999. This
+module parses from bytes only (never following external-data paths), caps sizes before work is done, lists every
+unsupported operator at once, and checks inferred tensor sizes before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from certify.errors import ModelRejected
+from certify.ops import registry
+
+MIN_OPSET = 7
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied to an uploaded model. Defaults suit one model per worker on a 24 GiB machine."""
+
+    max_file_bytes: int = 2 * 1024**3
+    max_nodes: int = 100_000
+    max_initializer_bytes: int = 2 * 1024**3
+    max_subgraph_depth: int = 3
+    max_tensor_bytes: int = 4 * 1024**3
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _read_bytes(source, limits: Limits) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > limits.max_file_bytes:
+            raise ModelRejected("file_too_large", f"model is {len(data)} bytes, over the cap of {limits.max_file_bytes}")
+        return data
+    path = os.fspath(source)
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise ModelRejected("file_not_found", f"cannot read {path}: {e.strerror}") from None
+    if size > limits.max_file_bytes:
+        raise ModelRejected("file_too_large", f"model is {size} bytes, over the cap of {limits.max_file_bytes}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(limits.max_file_bytes + 1)
+    except OSError as e:
+        raise ModelRejected("file_not_found", f"cannot read {path}: {e.strerror}") from None
+
+
+def _tensor_is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    numel = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 8
+    return numel * itemsize
+
+
+class _Walk:
+    """Walks every graph and subgraph once, collecting what the checks need."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.nodes = 0
+        self.initializer_bytes = 0
+        self.ops: Counter = Counter()
+        self.foreign: Counter = Counter()
+
+    def tensor(self, t: onnx.TensorProto, where: str) -> None:
+        if _tensor_is_external(t):
+            locs = {e.key: e.value for e in t.external_data}
+            raise ModelRejected(
+                "external_data",
+                f"tensor {t.name or '(unnamed)'} in {where} references external data "
+                f"(location={locs.get('location', '?')!r}); upload a self-contained model",
+            )
+        self.initializer_bytes += _tensor_bytes(t)
+        if self.initializer_bytes > self.limits.max_initializer_bytes:
+            raise ModelRejected(
+                "initializers_too_large",
+                f"constant tensors exceed {self.limits.max_initializer_bytes} bytes",
+            )
+
+    def sparse(self, s: onnx.SparseTensorProto, where: str) -> None:
+        self.tensor(s.values, where)
+        self.tensor(s.indices, where)
+
+    def graph(self, g: onnx.GraphProto, depth: int) -> None:
+        if depth > self.limits.max_subgraph_depth:
+            raise ModelRejected("subgraph_too_deep", f"subgraphs nest deeper than {self.limits.max_subgraph_depth}")
+        where = f"graph {g.name or '(main)'}"
+        for t in g.initializer:
+            self.tensor(t, where)
+        for s in g.sparse_initializer:
+            self.sparse(s, where)
+        for node in g.node:
+            self.nodes += 1
+            if self.nodes > self.limits.max_nodes:
+                raise ModelRejected("too_many_nodes", f"model has more than {self.limits.max_nodes} nodes")
+            if node.domain in STANDARD_DOMAINS:
+                self.ops[node.op_type] += 1
+            else:
+                self.foreign[f"{node.domain}.{node.op_type}"] += 1
+            for a in node.attribute:
+                if a.HasField("t"):
+                    self.tensor(a.t, f"node {node.name or node.op_type}")
+                for t in a.tensors:
+                    self.tensor(t, f"node {node.name or node.op_type}")
+                if a.HasField("sparse_tensor"):
+                    self.sparse(a.sparse_tensor, f"node {node.name or node.op_type}")
+                for s in a.sparse_tensors:
+                    self.sparse(s, f"node {node.name or node.op_type}")
+                if a.HasField("g"):
+                    self.graph(a.g, depth + 1)
+                for sub in a.graphs:
+                    self.graph(sub, depth + 1)
+
+
+def _count_phrase(counter: Counter) -> str:
+    return ", ".join(f"{k} ({n} node{'s' if n != 1 else ''})" for k, n in sorted(counter.items()))
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in STANDARD_DOMAINS:
+            return imp.version
+    return 1 if model.ir_version < 3 else 0
+
+
+def unsupported_operators(model: onnx.ModelProto) -> Counter:
+    """Operators of the main graph that the converter cannot handle at the model's opset, with node counts."""
+    opset = opset_of(model)
+    missing: Counter = Counter()
+    for node in model.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            missing[f"{node.domain}.{node.op_type}"] += 1
+        elif registry.lookup(node.op_type, opset) is None:
+            missing[node.op_type] += 1
+    return missing
+
+
+def _parse(data: bytes) -> onnx.ModelProto:
+    if not data:
+        raise ModelRejected("empty_file", "the model file is empty")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelRejected("not_onnx", f"not an ONNX protobuf, or truncated: {e}") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelRejected("no_graph", "the model has no graph (or an empty one)")
+    return model
+
+
+def _check_opset(model: onnx.ModelProto) -> int:
+    opset = opset_of(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset < MIN_OPSET or opset > newest:
+        raise ModelRejected(
+            "unsupported_opset",
+            f"default-domain opset {opset} is outside the supported range {MIN_OPSET}..{newest}",
+        )
+    return opset
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+        raise ModelRejected("invalid_model", f"onnx checker: {first}") from None
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:  # onnx raises several types from its C++ core
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelRejected("shape_inference_failed", f"shape inference: {first}") from None
+
+
+def _dims(value_info: onnx.ValueInfoProto):
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _check_allocations(model: onnx.ModelProto, limits: Limits) -> None:
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        dims = _dims(vi)
+        if not dims or any(not isinstance(d, int) for d in dims):
+            continue
+        numel = int(np.prod(dims, dtype=object))
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 8
+        if numel * itemsize > limits.max_tensor_bytes:
+            raise ModelRejected(
+                "allocation_too_large",
+                f"tensor {vi.name!r} of shape {dims} would need {numel * itemsize} bytes, "
+                f"over the limit of {limits.max_tensor_bytes}",
+            )
+
+
+def fix_input_dims(model: onnx.ModelProto, input_shapes: dict | None = None) -> None:
+    """Pin dynamic input dimensions. The first (batch) dimension may stay symbolic; others must be given."""
+    input_shapes = input_shapes or {}
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        given = input_shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if given is not None:
+            if len(given) != len(dims):
+                raise ModelRejected(
+                    "input_shape_mismatch",
+                    f"input {vi.name!r} has rank {len(dims)}, but the shape given has rank {len(given)}",
+                )
+            for d, g in zip(dims, given):
+                if g is None:
+                    continue
+                if d.HasField("dim_value") and d.dim_value != g:
+                    raise ModelRejected(
+                        "input_shape_mismatch", f"input {vi.name!r} dimension is {d.dim_value}, not {g}"
+                    )
+                d.Clear()
+                d.dim_value = int(g)
+        for i, d in enumerate(dims):
+            if i > 0 and not d.HasField("dim_value"):
+                raise ModelRejected(
+                    "dynamic_dimension",
+                    f"input {vi.name!r} has dynamic dimension {i} ({d.dim_param or 'unnamed'}); "
+                    "give its size (input_shapes / --input-shape)",
+                )
+
+
+def load_onnx(
+    source,
+    limits: Limits = DEFAULT_LIMITS,
+    input_shapes: dict | None = None,
+    require_supported: bool = True,
+) -> onnx.ModelProto:
+    """Parse, check and shape-infer an untrusted ONNX model from a path or bytes.
+
+    Returns the model with inferred value_info. Raises :class:`ModelRejected` for every refusal.
+    """
+    model = _parse(_read_bytes(source, limits))
+    walk = _Walk(limits)
+    walk.graph(model.graph, 0)
+    _check_opset(model)
+    if walk.foreign:
+        raise ModelRejected("custom_domain", f"Operators from non-standard domains: {_count_phrase(walk.foreign)}")
+    if require_supported:
+        missing = unsupported_operators(model)
+        if missing:
+            raise ModelRejected("unsupported_operator", f"Unsupported operators: {_count_phrase(missing)}")
+    fix_input_dims(model, input_shapes)
+    model = _infer(model)
+    _check_allocations(model, limits)
+    return model

@@ -1,0 +1,135 @@
+"""The shape every converted operator has: a torch module built from one ONNX node.
+
+A node's inputs arrive in ``forward`` as tensors in ONNX order (``None`` for an omitted optional input), so the
+converted graph is an ordinary ``torch.nn.Module``. Inputs that ONNX makes attributes in one opset and inputs in
+another (Clip, Pad, Squeeze, Split, Reduce*) are read from whichever the node has.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from certify.errors import ModelRejected
+
+#: Largest tensor (in bytes) any operator may allocate; set per conversion from the load limits.
+ALLOCATION_LIMIT = contextvars.ContextVar("lipcert_allocation_limit", default=4 * 1024**3)
+
+_NP_OF_ONNX = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+TORCH_OF_ONNX = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+
+
+def check_allocation(shape, dtype: torch.dtype = torch.float32, what: str = "tensor") -> None:
+    """Refuse, before allocating, a tensor larger than the allocation limit."""
+    numel = 1
+    for d in shape:
+        d = int(d)
+        if d < 0:
+            raise ModelRejected("invalid_shape", f"{what} has a negative dimension {d}")
+        numel *= d
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    limit = ALLOCATION_LIMIT.get()
+    if numel * itemsize > limit:
+        raise ModelRejected(
+            "allocation_too_large",
+            f"{what} of shape {list(map(int, shape))} needs {numel * itemsize} bytes, over the limit of {limit}",
+        )
+
+
+def ints(t: torch.Tensor | None) -> list[int] | None:
+    """A 1-D integer tensor input (shape, axes, pads...) as a Python list."""
+    if t is None:
+        return None
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+@dataclass
+class NodeView:
+    """What an operator needs to know about its ONNX node at conversion time."""
+
+    name: str
+    op_type: str
+    opset: int
+    attrs: dict
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict = field(default_factory=dict)  # input name -> np.ndarray for inputs known at conversion
+    shapes: dict = field(default_factory=dict)  # tensor name -> tuple of ints/None from shape inference
+
+    @classmethod
+    def from_proto(cls, node: onnx.NodeProto, opset: int, constants: dict, shapes: dict) -> NodeView:
+        attrs = {}
+        for a in node.attribute:
+            value = helper.get_attribute_value(a)
+            if isinstance(value, bytes):
+                value = value.decode()
+            elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                value = [v.decode() for v in value]
+            elif isinstance(value, onnx.TensorProto):
+                value = numpy_helper.to_array(value)
+            attrs[a.name] = value
+        return cls(node.name, node.op_type, opset, attrs, list(node.input), list(node.output), constants, shapes)
+
+    def attr(self, name: str, default=None):
+        return self.attrs.get(name, default)
+
+    def const(self, index: int):
+        """The constant value of input ``index`` (np.ndarray), or None if absent or computed at run time."""
+        if index >= len(self.inputs) or not self.inputs[index]:
+            return None
+        return self.constants.get(self.inputs[index])
+
+    def input_shape(self, index: int):
+        if index >= len(self.inputs):
+            return None
+        return self.shapes.get(self.inputs[index])
+
+
+class OnnxOp(nn.Module):
+    """Base of every converted operator. Subclasses implement ``forward(*inputs)``.
+
+    ``foldable``: when all inputs are constants, the node is evaluated once at conversion time.
+    """
+
+    foldable = True
+    versions: tuple[int, int | None] = (1, None)
+
+    def __init__(self, node: NodeView):
+        super().__init__()
+        self.onnx_name = node.name
+        self.op_type = node.op_type
+
+    @classmethod
+    def from_node(cls, node: NodeView) -> OnnxOp:
+        return cls(node)
+
+    def extra_repr(self) -> str:
+        return f"onnx_name={self.onnx_name!r}"
