@@ -131,5 +131,9 @@ class OnnxOp(nn.Module):
     def from_node(cls, node: NodeView) -> OnnxOp:
         return cls(node)
 
+    def lipschitz(self, ctx):
+        """This operator's Lipschitz bound rule (see ``certify.lipschitz``). Default: none, reported unbounded."""
+        return None
+
     def extra_repr(self) -> str:
         return f"onnx_name={self.onnx_name!r}"
