@@ -23,7 +23,18 @@ from certify.load import opset_of
 from certify.ops import registry
 
 #: Cases we skip on purpose, by name, with the reason. Everything else of a supported operator must pass.
-KNOWN_SKIPS: dict[str, str] = {}
+KNOWN_SKIPS: dict[str, str] = {
+    **{
+        name: "training-mode Dropout with ratio > 0 draws a random mask; the expected output comes from numpy's "
+        "generator, which torch cannot reproduce (inference Dropout and ratio 0 are tested)"
+        for name in (
+            "test_training_dropout",
+            "test_training_dropout_default",
+            "test_training_dropout_mask",
+            "test_training_dropout_default_mask",
+        )
+    },
+}
 
 _SUPPORTED_NP = {np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_}
 

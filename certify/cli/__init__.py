@@ -74,7 +74,8 @@ def _register_commands() -> None:
     import pkgutil
 
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 _register_commands()

@@ -1,14 +1,188 @@
-"""Pointwise activations."""
+"""Activations: pointwise nonlinearities, Clip, and the (log-)softmax normalisations.
+
+Attribute values (``alpha``, ``beta``, ``gamma``, Clip's constant bounds) are kept as fields because bounds on
+the operator's slope are read from them.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from certify.ops.base import OnnxOp
+from certify.ops.elementwise import Pointwise
 from certify.ops.registry import register
 
 
-@register("Relu", versions=(1, None))
-class Relu(OnnxOp):
+@register("Relu", versions=(6, None))
+class Relu(Pointwise):
+    fn = staticmethod(torch.relu)
+
+
+@register("LeakyRelu", versions=(6, None))
+class LeakyRelu(Pointwise):
+    attributes = {"alpha": 0.01}
+
+    def fn(self, x):
+        return F.leaky_relu(x, self.alpha)
+
+
+@register("PRelu", versions=(7, None))
+class PRelu(OnnxOp):
+    """``slope * x`` where ``x < 0``, else ``x``; ``slope`` broadcasts to ``x``."""
+
+    def forward(self, x, slope):
+        return torch.where(x < 0, x * slope, x)
+
+
+@register("Elu", versions=(6, None))
+class Elu(Pointwise):
+    attributes = {"alpha": 1.0}
+
+    def fn(self, x):
+        return F.elu(x, self.alpha)
+
+
+@register("Selu", versions=(6, None))
+class Selu(Pointwise):
+    attributes = {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}
+
+    def fn(self, x):
+        return self.gamma * F.elu(x, self.alpha)
+
+
+@register("Celu", versions=(12, None))
+class Celu(Pointwise):
+    attributes = {"alpha": 1.0}
+
+    def fn(self, x):
+        return F.celu(x, self.alpha)
+
+
+@register("Sigmoid", versions=(6, None))
+class Sigmoid(Pointwise):
+    fn = staticmethod(torch.sigmoid)
+
+
+@register("HardSigmoid", versions=(6, None))
+class HardSigmoid(Pointwise):
+    """``clamp(alpha * x + beta, 0, 1)``."""
+
+    attributes = {"alpha": 0.2, "beta": 0.5}
+
+    def fn(self, x):
+        return torch.clamp(self.alpha * x + self.beta, 0.0, 1.0)
+
+
+@register("HardSwish", versions=(14, None))
+class HardSwish(Pointwise):
+    """``x * clamp(x / 6 + 1/2, 0, 1)``."""
+
+    fn = staticmethod(F.hardswish)
+
+
+@register("Tanh", versions=(6, None))
+class Tanh(Pointwise):
+    fn = staticmethod(torch.tanh)
+
+
+@register("Softplus", versions=(1, None))
+class Softplus(Pointwise):
+    """``log(1 + exp(x))`` (torch returns ``x`` itself above 20, where they agree to float precision)."""
+
+    fn = staticmethod(F.softplus)
+
+
+@register("Softsign", versions=(1, None))
+class Softsign(Pointwise):
+    fn = staticmethod(F.softsign)
+
+
+@register("Gelu", versions=(20, None))
+class Gelu(Pointwise):
+    """``x * Phi(x)``, or its tanh approximation when ``approximate="tanh"``."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.approximate = node.attr("approximate", "none")
+        if self.approximate not in ("none", "tanh"):
+            raise ValueError(f"Gelu {node.name}: approximate must be 'none' or 'tanh', not {self.approximate!r}")
+
+    def fn(self, x):
+        return F.gelu(x, approximate=self.approximate)
+
+
+@register("Mish", versions=(18, None))
+class Mish(Pointwise):
+    """``x * tanh(softplus(x))``."""
+
+    fn = staticmethod(F.mish)
+
+
+@register("Clip", versions=(6, None))
+class Clip(OnnxOp):
+    """Clamp to ``[min, max]``: attributes before opset 11, optional inputs from 11 on.
+
+    ``min``/``max`` are the bounds known at conversion (floats; None: unbounded or computed at run time). As in
+    ONNX (and torch), when ``min > max`` every value becomes ``max``.
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.min = self._bound(node, "min", 1)
+        self.max = self._bound(node, "max", 2)
+
+    @staticmethod
+    def _bound(node, name: str, index: int) -> float | None:
+        value = node.attr(name)
+        if value is None and node.const(index) is not None:
+            value = node.const(index).item()
+        return None if value is None or math.isinf(value) else float(value)
+
+    def forward(self, x, min=None, max=None):  # noqa: A002  (ONNX input names)
+        lo = min if min is not None else self.min
+        hi = max if max is not None else self.max
+        if lo is None and hi is None:
+            return x
+        if not x.is_floating_point():  # integer Clip (opset 12+): keep a constant bound integral
+            lo, hi = (int(b) if isinstance(b, float) else b for b in (lo, hi))
+        return torch.clamp(x, lo, hi)
+
+
+class Normalize(OnnxOp):
+    """Softmax / LogSoftmax along ``axis``.
+
+    Before opset 13 the input is flattened to 2-D at ``axis`` (default 1) and normalised over the whole trailing
+    block; from opset 13 the normalisation runs along the single ``axis`` (default -1).
+    """
+
+    @staticmethod
+    def fn(x, dim):
+        raise NotImplementedError
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.flatten_to_2d = node.opset < 13
+        self.axis = int(node.attr("axis", 1 if self.flatten_to_2d else -1))
+
     def forward(self, x):
-        return torch.relu(x)
+        if not self.flatten_to_2d:
+            return self.fn(x, self.axis)
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        lead = math.prod(x.shape[:axis])
+        return self.fn(x.reshape(lead, math.prod(x.shape[axis:])), 1).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", axis={self.axis}, flatten_to_2d={self.flatten_to_2d}"
+
+
+@register("Softmax", versions=(1, None))
+class Softmax(Normalize):
+    fn = staticmethod(torch.softmax)
+
+
+@register("LogSoftmax", versions=(1, None))
+class LogSoftmax(Normalize):
+    fn = staticmethod(torch.log_softmax)

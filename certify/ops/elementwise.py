@@ -1,12 +1,185 @@
-"""Broadcasting elementwise arithmetic."""
+"""Broadcasting elementwise arithmetic, pointwise math functions, selection and dtype casts.
+
+Every operator is a torch function of its inputs, so attacks can differentiate through it. Broadcasting follows
+numpy (ONNX multidirectional broadcasting is numpy's), which torch implements as well.
+"""
 
 from __future__ import annotations
 
-from certify.ops.base import OnnxOp
+import functools
+
+import torch
+
+from certify.errors import ModelRejected
+from certify.ops.base import TORCH_OF_ONNX, OnnxOp
 from certify.ops.registry import register
 
 
-@register("Add", versions=(1, None))
-class Add(OnnxOp):
+class Pointwise(OnnxOp):
+    """An operator applying ``fn`` elementwise to its one input, with float attributes read from the node.
+
+    ``attributes`` maps attribute names to their ONNX defaults; each becomes a float field of the same name, so a
+    subclass's ``fn(self, x)`` (or a plain torch function given as ``staticmethod``) reads ``self.alpha`` etc.
+    """
+
+    attributes: dict[str, float] = {}
+
+    def __init__(self, node):
+        super().__init__(node)
+        for name, default in self.attributes.items():
+            setattr(self, name, float(node.attr(name, default)))
+
+    def fn(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        fields = "".join(f", {name}={getattr(self, name)!r}" for name in self.attributes)
+        return super().extra_repr() + fields
+
+
+class Binary(OnnxOp):
+    """An operator that is one broadcasting torch function of two inputs."""
+
+    @staticmethod
+    def fn(a, b):
+        raise NotImplementedError
+
     def forward(self, a, b):
-        return a + b
+        return self.fn(a, b)
+
+
+class Variadic(OnnxOp):
+    """Max, Min, Sum, Mean: ``fn`` folded left over any number of broadcasting inputs."""
+
+    @staticmethod
+    def fn(a, b):
+        raise NotImplementedError
+
+    def forward(self, *inputs):
+        present = [t for t in inputs if t is not None]
+        if not present:
+            raise ValueError(f"{self.op_type} {self.onnx_name}: needs at least one input")
+        return functools.reduce(self.fn, present)
+
+
+@register("Add", versions=(7, None))
+class Add(Binary):
+    fn = staticmethod(torch.add)
+
+
+@register("Sub", versions=(7, None))
+class Sub(Binary):
+    fn = staticmethod(torch.sub)
+
+
+@register("Mul", versions=(7, None))
+class Mul(Binary):
+    fn = staticmethod(torch.mul)
+
+
+@register("Div", versions=(7, None))
+class Div(Binary):
+    """Integer division truncates toward zero (as C does), which is what ONNX runtimes and test cases use."""
+
+    @staticmethod
+    def fn(a, b):
+        if a.is_floating_point():
+            return torch.div(a, b)
+        return torch.div(a, b, rounding_mode="trunc")
+
+
+@register("Pow", versions=(7, None))
+class Pow(Binary):
+    """``x ** y`` with the dtype of ``x``; the exponent may have another dtype (opset 12+)."""
+
+    @staticmethod
+    def fn(x, y):
+        if x.is_floating_point() or not y.is_floating_point():
+            return torch.pow(x, y.to(x.dtype))
+        # integer base, fractional exponent: compute in float64, then truncate back like a C cast
+        return torch.pow(x.to(torch.float64), y.to(torch.float64)).to(x.dtype)
+
+
+@register("Neg", versions=(6, None))
+class Neg(Pointwise):
+    fn = staticmethod(torch.neg)
+
+
+@register("Abs", versions=(6, None))
+class Abs(Pointwise):
+    fn = staticmethod(torch.abs)
+
+
+@register("Sqrt", versions=(6, None))
+class Sqrt(Pointwise):
+    fn = staticmethod(torch.sqrt)
+
+
+@register("Exp", versions=(6, None))
+class Exp(Pointwise):
+    fn = staticmethod(torch.exp)
+
+
+@register("Log", versions=(6, None))
+class Log(Pointwise):
+    fn = staticmethod(torch.log)
+
+
+@register("Reciprocal", versions=(6, None))
+class Reciprocal(Pointwise):
+    fn = staticmethod(torch.reciprocal)
+
+
+@register("Erf", versions=(9, None))
+class Erf(Pointwise):
+    fn = staticmethod(torch.erf)
+
+
+@register("Max", versions=(6, None))
+class Max(Variadic):
+    fn = staticmethod(torch.maximum)
+
+
+@register("Min", versions=(6, None))
+class Min(Variadic):
+    fn = staticmethod(torch.minimum)
+
+
+@register("Sum", versions=(6, None))
+class Sum(Variadic):
+    fn = staticmethod(torch.add)
+
+
+@register("Mean", versions=(6, None))
+class Mean(Variadic):
+    fn = staticmethod(torch.add)
+
+    def forward(self, *inputs):
+        return super().forward(*inputs) / sum(t is not None for t in inputs)
+
+
+@register("Where", versions=(9, None))
+class Where(OnnxOp):
+    def forward(self, condition, x, y):
+        return torch.where(condition.to(torch.bool), x, y)
+
+
+@register("Cast", versions=(6, None))
+class Cast(OnnxOp):
+    """Convert to the dtype ``to``. Float to integer truncates toward zero; nonzero becomes True."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        to = node.attr("to")
+        self.dtype = TORCH_OF_ONNX.get(to) if isinstance(to, int) else None
+        if self.dtype is None:
+            raise ModelRejected("unsupported_dtype", f"Cast {node.name}: target type {to!r} is not supported")
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dtype={self.dtype}"

@@ -1,4 +1,8 @@
-"""Dense linear operators: Gemm and MatMul."""
+"""Dense linear operators: Gemm and MatMul.
+
+The weights arrive as ordinary inputs (``graph.constant(name)`` gives them when they are constants), so the
+modules hold only the attributes that shape the product.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from certify.ops.base import OnnxOp
 from certify.ops.registry import register
 
 
-@register("Gemm", versions=(1, None))
+@register("Gemm", versions=(7, None))
 class Gemm(OnnxOp):
-    """Y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB."""
+    """Y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB; C (optional from opset 11)
+    broadcasts to the product's shape."""
 
     def __init__(self, node):
         super().__init__(node)
@@ -29,12 +34,18 @@ class Gemm(OnnxOp):
             y = y * self.alpha
         if c is not None:
             y = y + (c * self.beta if self.beta != 1.0 else c)
-        return y
+        return y.to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", alpha={self.alpha}, beta={self.beta}, trans_a={self.trans_a}, trans_b={self.trans_b}"
+        )
 
 
 @register("MatMul", versions=(1, None))
 class MatMul(OnnxOp):
-    """numpy.matmul semantics (broadcast batch dimensions)."""
+    """numpy.matmul semantics (1-D operands promoted and squeezed, batch dimensions broadcast)."""
 
     def forward(self, a, b):
         return torch.matmul(a, b)

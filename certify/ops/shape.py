@@ -1,29 +1,78 @@
-"""Operators that move or select data without arithmetic."""
+"""Operators that move or select data without arithmetic.
+
+Several of these read integer lists (axes, pads, splits, starts...) that older opsets give as attributes and newer
+ones as inputs; such an input may be a constant folded at conversion or a tensor computed at run time, so each
+operator takes the input when the node has one and falls back to the attribute.
+"""
 
 from __future__ import annotations
 
-import torch
+import math
 
-from certify.ops.base import OnnxOp, ints
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from certify.errors import ModelRejected
+from certify.ops.base import OnnxOp, check_allocation, ints
 from certify.ops.registry import register
+
+
+def _axis(axis: int, rank: int) -> int:
+    """An ONNX axis in ``[-rank, rank)`` as a non-negative index."""
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def _int_list(tensor: torch.Tensor | None, attribute) -> list[int] | None:
+    """An integer-list parameter: the node's input when present, else its attribute (None when neither)."""
+    if tensor is not None:
+        return ints(tensor)
+    return None if attribute is None else [int(v) for v in attribute]
+
+
+def _tensor_of_array(value: np.ndarray) -> torch.Tensor:
+    """A numpy constant as a tensor; dtypes torch or lipcert cannot hold are refused."""
+    value = np.asarray(value)
+    if value.dtype.kind in "USO":
+        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported")
+    if value.dtype.kind == "u" and value.dtype != np.uint8:
+        value = value.astype(np.int64)
+    return torch.from_numpy(np.array(value, copy=True))
+
+
+def _dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """A SparseTensorProto as a dense array (indices are either linear [NNZ] or coordinates [NNZ, rank])."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dims = tuple(int(d) for d in sparse.dims)
+    dense = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
+    dense[indices] = values
+    return dense.reshape(dims)
 
 
 @register("Flatten", versions=(1, None))
 class Flatten(OnnxOp):
+    """To 2-D: dimensions before ``axis`` become the rows, the rest the columns."""
+
     def __init__(self, node):
         super().__init__(node)
         self.axis = int(node.attr("axis", 1))
 
     def forward(self, x):
-        axis = self.axis if self.axis >= 0 else self.axis + x.dim()
-        lead = 1
-        for d in x.shape[:axis]:
-            lead *= d
-        return x.reshape(lead, -1) if x.numel() else x.reshape(lead, 0)
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 @register("Reshape", versions=(5, None))
 class Reshape(OnnxOp):
+    """A target shape with -1 (inferred) and 0 (copy the input's dimension, unless ``allowzero``)."""
+
     def __init__(self, node):
         super().__init__(node)
         self.allowzero = int(node.attr("allowzero", 0))
@@ -35,25 +84,339 @@ class Reshape(OnnxOp):
         return x.reshape(target)
 
 
-@register("Identity", versions=(1, None))
-class Identity(OnnxOp):
+@register("Transpose", versions=(1, None))
+class Transpose(OnnxOp):
+    """Permute dimensions; without ``perm`` reverse them."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        perm = node.attr("perm")
+        self.perm = None if perm is None else [int(p) for p in perm]
+
     def forward(self, x):
+        perm = self.perm if self.perm is not None else list(reversed(range(x.dim())))
+        return x.permute(perm)
+
+
+@register("Squeeze", versions=(1, None))
+class Squeeze(OnnxOp):
+    """Drop size-1 dimensions: the listed ``axes`` (attribute before opset 13, input after), or all of them."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axes = node.attr("axes")
+
+    def forward(self, x, axes=None):
+        listed = _int_list(axes, self.axes)
+        if listed is None:
+            return x.squeeze()
+        dims = sorted({_axis(a, x.dim()) for a in listed})
+        for d in dims:
+            if x.shape[d] != 1:
+                raise ValueError(f"cannot squeeze axis {d} of size {x.shape[d]}")
+        return x.squeeze(tuple(dims)) if dims else x
+
+
+@register("Unsqueeze", versions=(1, None))
+class Unsqueeze(OnnxOp):
+    """Insert size-1 dimensions at ``axes`` of the output (attribute before opset 13, input after)."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axes = node.attr("axes")
+
+    def forward(self, x, axes=None):
+        listed = _int_list(axes, self.axes)
+        if listed is None:
+            raise ValueError("Unsqueeze needs axes")
+        rank = x.dim() + len(listed)
+        dims = sorted(_axis(a, rank) for a in listed)
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"Unsqueeze axes {listed} repeat an axis")
+        for d in dims:
+            x = x.unsqueeze(d)
         return x
+
+
+@register("Concat", versions=(4, None))
+class Concat(OnnxOp):
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis"))
+
+    def forward(self, *xs):
+        xs = [x for x in xs if x is not None]
+        return torch.cat(xs, dim=_axis(self.axis, xs[0].dim()))
+
+
+@register("Split", versions=(2, None))
+class Split(OnnxOp):
+    """Split along ``axis`` by the ``split`` sizes (attribute before opset 13, input after), else into as many
+    parts as the node has outputs (``num_outputs`` from opset 18), the last part smaller when uneven."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis", 0))
+        self.split = node.attr("split")
+        self.parts = int(node.attr("num_outputs", len(node.outputs)))
+
+    def forward(self, x, split=None):
+        axis = _axis(self.axis, x.dim())
+        sizes = _int_list(split, self.split)
+        if sizes is None:
+            size = x.shape[axis]
+            chunk = -(-size // self.parts)
+            sizes = [chunk] * (self.parts - 1) + [size - chunk * (self.parts - 1)]
+            if sizes[-1] < 0:
+                raise ValueError(f"cannot split a dimension of {size} into {self.parts} parts")
+        return tuple(torch.split(x, sizes, dim=axis))
+
+
+def _slice_bounds(start: int, end: int, step: int, size: int) -> tuple[int, int]:
+    """ONNX Slice's clamping of ``start`` and ``end`` for one axis of ``size``."""
+    if start < 0:
+        start += size
+    if end < 0:
+        end += size
+    if step > 0:
+        return min(max(start, 0), size), min(max(end, 0), size)
+    return min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+
+
+@register("Slice", versions=(1, None))
+class Slice(OnnxOp):
+    """Strided slices along ``axes``; starts/ends/axes are attributes before opset 10, inputs (with steps) after.
+
+    Negative steps select in reverse (``index_select``, since torch views only take positive steps).
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.starts = node.attr("starts")
+        self.ends = node.attr("ends")
+        self.axes = node.attr("axes")
+
+    def forward(self, x, starts=None, ends=None, axes=None, steps=None):
+        starts = _int_list(starts, self.starts)
+        ends = _int_list(ends, self.ends)
+        axes = _int_list(axes, self.axes)
+        axes = list(range(len(starts))) if axes is None else [_axis(a, x.dim()) for a in axes]
+        steps = _int_list(steps, None) or [1] * len(starts)
+        index = [slice(None)] * x.dim()
+        reverse = []
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            if step == 0:
+                raise ValueError("Slice step cannot be 0")
+            start, end = _slice_bounds(start, end, step, x.shape[axis])
+            if step > 0:
+                index[axis] = slice(start, end, step)
+            else:
+                reverse.append((axis, start, end, step))
+        x = x[tuple(index)]
+        for axis, start, end, step in reverse:
+            positions = torch.arange(start, end, step, device=x.device)
+            x = x.index_select(axis, positions)
+        return x
+
+
+@register("Gather", versions=(1, None))
+class Gather(OnnxOp):
+    """Take entries of ``axis`` at ``indices`` (negative counts from the end); the axis becomes indices' shape."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis", 0))
+
+    def forward(self, x, indices):
+        axis = _axis(self.axis, x.dim())
+        size = x.shape[axis]
+        flat = indices.reshape(-1).long()
+        flat = torch.where(flat < 0, flat + size, flat)
+        out = x.index_select(axis, flat)
+        return out.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+
+
+def _pad_positions(size: int, before: int, after: int, mode: str, device) -> torch.Tensor:
+    """Source index, along one axis, of every output position of an edge/reflect/wrap pad."""
+    positions = torch.arange(-before, size + after, device=device)
+    if mode == "edge" or (mode == "reflect" and size == 1):
+        return positions.clamp(0, size - 1)
+    if mode == "wrap":
+        return positions.remainder(size)
+    period = 2 * (size - 1)
+    folded = positions.remainder(period)
+    return torch.where(folded < size, folded, period - folded)
+
+
+@register("Pad", versions=(2, None))
+class Pad(OnnxOp):
+    """Pad (or, with negative pads, crop) each axis: constant, reflect, edge or wrap.
+
+    ``pads`` is ``[begin..., end...]``: an attribute with ``value`` before opset 11, inputs after, restricted to
+    ``axes`` from opset 18. Negative pads crop first, then positive pads extend, as onnx's reference does.
+    """
+
+    MODES = ("constant", "reflect", "edge", "wrap")
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.mode = node.attr("mode", "constant")
+        if self.mode not in self.MODES:
+            raise ValueError(f"Pad mode {self.mode!r} is not one of {self.MODES}")
+        self.pads = node.attr("pads")
+        self.value = float(node.attr("value", 0.0))
+
+    def forward(self, x, pads=None, constant_value=None, axes=None):
+        listed = _int_list(pads, self.pads)
+        rank = x.dim()
+        axes = list(range(rank)) if axes is None else [_axis(a, rank) for a in ints(axes)]
+        if len(listed) != 2 * len(axes):
+            raise ValueError(f"Pad needs {2 * len(axes)} pads for {len(axes)} axes, got {len(listed)}")
+        befores, afters = [0] * rank, [0] * rank
+        for i, axis in enumerate(axes):
+            befores[axis], afters[axis] = listed[i], listed[i + len(axes)]
+        crop = tuple(slice(max(-b, 0), x.shape[d] - max(-a, 0)) for d, (b, a) in enumerate(zip(befores, afters)))
+        x = x[crop]
+        befores = [max(b, 0) for b in befores]
+        afters = [max(a, 0) for a in afters]
+        out_shape = [s + b + a for s, b, a in zip(x.shape, befores, afters)]
+        check_allocation(out_shape, x.dtype, "Pad output")
+        if self.mode == "constant":
+            value = self.value if constant_value is None else constant_value.reshape(-1)[0].item()
+            widths = [w for d in reversed(range(rank)) for w in (befores[d], afters[d])]
+            return F.pad(x, widths, value=value) if any(widths) else x
+        for d in range(rank):
+            if befores[d] or afters[d]:
+                if x.shape[d] == 0:
+                    raise ValueError(f"cannot {self.mode}-pad an empty axis {d}")
+                x = x.index_select(d, _pad_positions(x.shape[d], befores[d], afters[d], self.mode, x.device))
+        return x
+
+
+@register("Tile", versions=(6, None))
+class Tile(OnnxOp):
+    def forward(self, x, repeats):
+        counts = ints(repeats)
+        if len(counts) != x.dim():
+            raise ValueError(f"Tile needs {x.dim()} repeats, got {len(counts)}")
+        check_allocation([s * r for s, r in zip(x.shape, counts)], x.dtype, "Tile output")
+        return x.repeat(counts)
+
+
+@register("Expand", versions=(8, None))
+class Expand(OnnxOp):
+    """Broadcast ``x`` with ``shape`` in both directions (numpy rules)."""
+
+    def forward(self, x, shape):
+        try:
+            target = torch.broadcast_shapes(x.shape, tuple(ints(shape)))
+        except RuntimeError as e:
+            raise ValueError(f"cannot expand {list(x.shape)} to {ints(shape)}: {e}") from None
+        check_allocation(target, x.dtype, "Expand output")
+        return x.expand(target)
+
+
+@register("Shape", versions=(1, None))
+class Shape(OnnxOp):
+    """The input's shape as int64, optionally the slice ``[start:end]`` (opset 15)."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.start = int(node.attr("start", 0))
+        end = node.attr("end")
+        self.end = None if end is None else int(end)
+
+    def forward(self, x):
+        return torch.tensor(x.shape[self.start : self.end], dtype=torch.int64)
+
+
+@register("Size", versions=(1, None))
+class Size(OnnxOp):
+    def forward(self, x):
+        return torch.tensor(x.numel(), dtype=torch.int64)
 
 
 @register("Constant", versions=(1, None))
 class Constant(OnnxOp):
+    """A tensor from whichever ``value*`` attribute the node carries."""
+
     def __init__(self, node):
         super().__init__(node)
-        value = None
-        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
-            if key in node.attrs:
-                value = node.attrs[key]
-                break
-        if value is None:
-            raise ValueError(f"Constant {node.name}: no supported value attribute")
-        dtype = torch.float32 if key.startswith("value_float") else (torch.int64 if key.startswith("value_int") else None)
-        self.register_buffer("value", torch.as_tensor(value, dtype=dtype).clone())
+        if "value" in node.attrs:
+            value = _tensor_of_array(node.attrs["value"])
+        elif "sparse_value" in node.attrs:
+            value = _tensor_of_array(_dense_of_sparse(node.attrs["sparse_value"]))
+        elif "value_float" in node.attrs or "value_floats" in node.attrs:
+            value = torch.tensor(node.attr("value_float", node.attr("value_floats")), dtype=torch.float32)
+        elif "value_int" in node.attrs or "value_ints" in node.attrs:
+            value = torch.tensor(node.attr("value_int", node.attr("value_ints")), dtype=torch.int64)
+        elif "value_string" in node.attrs or "value_strings" in node.attrs:
+            raise ModelRejected("unsupported_dtype", f"Constant {node.name} holds strings")
+        else:
+            raise ValueError(f"Constant {node.name} has no value attribute")
+        self.register_buffer("value", value)
 
     def forward(self):
         return self.value
+
+
+@register("ConstantOfShape", versions=(9, None))
+class ConstantOfShape(OnnxOp):
+    """A tensor of the given shape filled with ``value`` (a one-element tensor; default float32 zero)."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        value = node.attr("value")
+        self.register_buffer("fill", torch.zeros((), dtype=torch.float32) if value is None
+                             else _tensor_of_array(value).reshape(-1)[0].clone())
+
+    def forward(self, shape):
+        dims = ints(shape)
+        check_allocation(dims, self.fill.dtype, "ConstantOfShape output")
+        return self.fill.expand(dims).clone()
+
+
+@register("Range", versions=(11, None))
+class Range(OnnxOp):
+    """``start + i * delta`` for ``i < max(ceil((limit - start) / delta), 0)``, in the inputs' dtype."""
+
+    def forward(self, start, limit, delta):
+        first, stop, step = start.item(), limit.item(), delta.item()
+        if step == 0:
+            raise ValueError("Range delta cannot be 0")
+        count = max(math.ceil((stop - first) / step), 0)
+        check_allocation([count], start.dtype, "Range output")
+        steps = torch.arange(count, dtype=torch.float64 if start.is_floating_point() else torch.int64)
+        return (first + steps * step).to(start.dtype)
+
+
+@register("Dropout", versions=(7, None))
+class Dropout(OnnxOp):
+    """Identity at inference. ``training_mode`` (opset 12+) set at run time drops with probability ``ratio``.
+
+    The optional mask output is all-true (bool; the input's dtype before opset 10).
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.ratio = float(node.attr("ratio", 0.5))
+        self.wants_mask = len(node.outputs) > 1 and bool(node.outputs[1])
+        self.bool_mask = node.opset >= 10
+
+    def forward(self, x, ratio=None, training_mode=None):
+        p = self.ratio if ratio is None else float(ratio.item())
+        if training_mode is not None and bool(training_mode.item()) and p > 0:
+            keep = torch.rand_like(x, dtype=torch.float32) >= p
+            out = x * keep.to(x.dtype) / (1.0 - p)
+        else:
+            out = x
+            keep = torch.ones_like(x, dtype=torch.bool) if self.wants_mask else None
+        if not self.wants_mask:
+            return out
+        return out, keep if self.bool_mask else keep.to(x.dtype)
+
+
+@register("Identity", versions=(1, None))
+class Identity(OnnxOp):
+    def forward(self, x):
+        return x

@@ -1,0 +1,5 @@
+"""``python -m certify`` is the ``lipcert`` command."""
+
+from certify.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Lipschitz bounds: guaranteed operator-norm bounds for layers and whole networks."""

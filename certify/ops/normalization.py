@@ -1,0 +1,185 @@
+"""Normalisations: BatchNormalization (inference), InstanceNormalization, LayerNormalization, GroupNormalization,
+LRN and LpNormalization, each computed from its ONNX formula.
+
+Scales, biases and statistics arrive as forward inputs (``graph.constant(name)`` gives them when they are weights).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from certify.errors import ModelRejected
+from certify.ops.base import OnnxOp
+from certify.ops.registry import register, schema_version
+
+
+def per_channel(t: torch.Tensor, rank: int) -> torch.Tensor:
+    """A per-channel parameter shaped to broadcast over (N, C, spatial...) of the given rank.
+
+    A 1-D parameter holds one value per channel; a parameter of more dimensions (BatchNormalization-7 with
+    ``spatial=0``) holds one value per (channel, position) and broadcasts over the batch only.
+    """
+    if t.dim() <= 1:
+        return t.reshape((1, -1) + (1,) * (rank - 2))
+    return t.reshape((1, *t.shape))
+
+
+def _normalized(x: torch.Tensor, dims, epsilon: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x - mean) / sqrt(var + epsilon) over ``dims`` with the biased variance; also the mean and 1/std."""
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    inv_std = torch.rsqrt((centred * centred).mean(dim=dims, keepdim=True) + epsilon)
+    return centred * inv_std, mean, inv_std
+
+
+def _stash_dtype(x: torch.Tensor, stash_type: int) -> torch.dtype:
+    """Dtype the statistics are computed in: float32 for stash_type 1 unless the input is already wider."""
+    if stash_type == 1 and x.dtype != torch.float64:
+        return torch.float32
+    return x.dtype
+
+
+@register("BatchNormalization", versions=(7, None))
+class BatchNormalization(OnnxOp):
+    """Inference batch normalisation: y = scale * (x - mean) / sqrt(var + epsilon) + B, per channel.
+
+    Fields: ``epsilon``, ``momentum`` (kept for completeness; used only in training). Training mode (batch
+    statistics and running-statistics outputs) is refused: a certificate needs a fixed function of one input.
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.epsilon = float(node.attr("epsilon", 1e-5))
+        self.momentum = float(node.attr("momentum", 0.9))
+        self.training_mode = int(node.attr("training_mode", 0))
+        if self.training_mode or any(node.outputs[1:]):
+            raise ModelRejected(
+                "unsupported_attribute",
+                f"BatchNormalization {node.name}: training mode (batch statistics) is not supported, only inference",
+            )
+
+    def channel_affine(self, scale, bias, mean, var) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel ``(multiplier, offset)`` with y = multiplier * x + offset."""
+        multiplier = scale * torch.rsqrt(var + self.epsilon)
+        return multiplier, bias - mean * multiplier
+
+    def forward(self, x, scale, bias, mean, var):
+        multiplier, offset = self.channel_affine(scale, bias, mean, var)
+        return x * per_channel(multiplier, x.dim()) + per_channel(offset, x.dim())
+
+
+@register("InstanceNormalization", versions=(1, None))
+class InstanceNormalization(OnnxOp):
+    """y = scale * (x - mean) / sqrt(var + epsilon) + B, statistics per (sample, channel) over the spatial axes."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.epsilon = float(node.attr("epsilon", 1e-5))
+
+    def forward(self, x, scale, bias):
+        normalized, _, _ = _normalized(x, tuple(range(2, x.dim())), self.epsilon)
+        return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
+
+
+@register("LayerNormalization", versions=(17, None))
+class LayerNormalization(OnnxOp):
+    """Normalise over the axes from ``axis`` on, then Y = normalised * Scale + B. Outputs Y, Mean, InvStdDev.
+
+    Fields: ``axis``, ``epsilon``, ``stash_type`` (1: statistics in float32).
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis", -1))
+        self.epsilon = float(node.attr("epsilon", 1e-5))
+        self.stash_type = int(node.attr("stash_type", 1))
+
+    def forward(self, x, scale, bias=None):
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        if not 0 <= axis < x.dim():
+            raise ValueError(f"LayerNormalization {self.onnx_name}: axis {self.axis} out of range for rank {x.dim()}")
+        stats_input = x.to(_stash_dtype(x, self.stash_type))
+        normalized, mean, inv_std = _normalized(stats_input, tuple(range(axis, x.dim())), self.epsilon)
+        y = normalized.to(x.dtype) * scale
+        if bias is not None:
+            y = y + bias
+        return y, mean, inv_std
+
+
+@register("GroupNormalization", versions=(18, None))
+class GroupNormalization(OnnxOp):
+    """Normalise each group of ``num_groups`` channel groups over its channels and spatial axes, then scale/shift.
+
+    Fields: ``num_groups``, ``epsilon``, ``stash_type``, ``per_group_affine`` (opset 18: scale and bias hold one
+    value per group; from opset 21 one per channel).
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.num_groups = int(node.attr("num_groups", 0))
+        if self.num_groups <= 0:
+            raise ModelRejected("invalid_attribute", f"GroupNormalization {node.name}: num_groups must be > 0")
+        self.epsilon = float(node.attr("epsilon", 1e-5))
+        self.stash_type = int(node.attr("stash_type", 1))
+        self.per_group_affine = (schema_version("GroupNormalization", node.opset) or 21) < 21
+
+    def forward(self, x, scale, bias):
+        n, c = x.shape[:2]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNormalization {self.onnx_name}: {c} channels not divisible into {self.num_groups}")
+        grouped = x.to(_stash_dtype(x, self.stash_type)).reshape(n, self.num_groups, -1)
+        normalized, _, _ = _normalized(grouped, (2,), self.epsilon)
+        normalized = normalized.reshape(x.shape).to(x.dtype)
+        if self.per_group_affine:
+            scale = scale.repeat_interleave(c // self.num_groups)
+            bias = bias.repeat_interleave(c // self.num_groups)
+        return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
+
+
+@register("LRN", versions=(1, None))
+class LRN(OnnxOp):
+    """Local response normalisation across channels (ONNX formula, which pads the channel window differently
+    from ``torch.nn.functional.local_response_norm`` for even sizes):
+
+    square_sum[c] = sum of x[c']^2 for c' in [c - floor((size - 1) / 2), c + ceil((size - 1) / 2)],
+    y = x / (bias + alpha / size * square_sum) ** beta.
+
+    Fields: ``size``, ``alpha``, ``beta``, ``bias``.
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.size = int(node.attr("size", 0))
+        if self.size <= 0:
+            raise ModelRejected("invalid_attribute", f"LRN {node.name}: size must be > 0")
+        self.alpha = float(node.attr("alpha", 1e-4))
+        self.beta = float(node.attr("beta", 0.75))
+        self.bias = float(node.attr("bias", 1.0))
+
+    def channel_window(self) -> tuple[int, int]:
+        """How many channels before and after a channel its window covers."""
+        return (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+
+    def forward(self, x):
+        before, after = self.channel_window()
+        squares = (x * x).movedim(1, -1)
+        padded = F.pad(squares, (before, after))
+        square_sum = sum(padded[..., i : i + x.shape[1]] for i in range(self.size)).movedim(-1, 1)
+        return x / (self.bias + self.alpha / self.size * square_sum) ** self.beta
+
+
+@register("LpNormalization", versions=(1, None))
+class LpNormalization(OnnxOp):
+    """y = x / ||x||_p along ``axis`` (p is 1 or 2). Fields: ``axis``, ``p``."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis", -1))
+        self.p = int(node.attr("p", 2))
+        if self.p not in (1, 2):
+            raise ModelRejected("invalid_attribute", f"LpNormalization {node.name}: p must be 1 or 2, got {self.p}")
+
+    def forward(self, x):
+        norm = x.abs().sum(dim=self.axis, keepdim=True) if self.p == 1 else x.pow(2).sum(self.axis, keepdim=True).sqrt()
+        return x / norm

@@ -1,0 +1,157 @@
+"""Pooling: MaxPool (with the optional Indices output), AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Windows follow ONNX, not torch: the input is padded explicitly (asymmetric pads, ``auto_pad``, ceil_mode's extra
+end padding) and torch pools the padded tensor without padding of its own. Average pooling is a sum over the window
+(a convolution with a kernel of ones, so dilations work) divided by a count computed the same way from a mask of
+the positions that count (the input only, or also the explicit pads with ``count_include_pad``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from certify.errors import ModelRejected
+from certify.ops.base import OnnxOp
+from certify.ops.conv import SlidingWindow, crop_to
+from certify.ops.registry import register
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _spatial_rank(x: torch.Tensor, op) -> int:
+    nd = x.dim() - 2
+    if nd not in _MAX_POOL:
+        raise ValueError(f"{op.op_type} {op.onnx_name}: {nd} spatial axes, only 1-D, 2-D and 3-D are supported")
+    return nd
+
+
+class _Pool(SlidingWindow, OnnxOp):
+    def __init__(self, node):
+        super().__init__(node)
+        kernel_shape = node.attr("kernel_shape")
+        if not kernel_shape:
+            raise ModelRejected("invalid_attribute", f"{node.op_type} {node.name}: kernel_shape is required")
+        self.read_window_attributes(node, kernel_shape)
+
+
+def _lowest(dtype: torch.dtype) -> float | int:
+    return float("-inf") if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def onnx_flat_indices(padded_index: torch.Tensor, padded_shape, begin_pads, input_shape, column_major: bool):
+    """Turn torch's per-plane flat indices into a padded input into ONNX's indices into the whole unpadded input.
+
+    ONNX counts over the flattened (N, C, *spatial) input; ``storage_order=1`` orders the spatial axes column-major.
+    """
+    nd = len(padded_shape)
+    coords = []
+    rest = padded_index
+    for size in reversed(padded_shape):
+        coords.append(rest % size)
+        rest = torch.div(rest, size, rounding_mode="floor")
+    coords = [c - p for c, p in zip(reversed(coords), begin_pads)]  # back to row-major axis order
+    sizes = [int(s) for s in input_shape[2:]]
+    order = range(nd - 1, -1, -1) if column_major else range(nd)
+    flat = torch.zeros_like(padded_index)
+    for axis in order:
+        flat = flat * sizes[axis] + coords[axis]
+    plane = 1
+    for s in sizes:
+        plane *= s
+    n, c = int(input_shape[0]), int(input_shape[1])
+    planes = torch.arange(n * c, dtype=flat.dtype).reshape((n, c) + (1,) * nd)
+    return planes * plane + flat
+
+
+@register("MaxPool", versions=(1, None))
+class MaxPool(_Pool):
+    """Max over each window; padding never wins. Extra fields: ``storage_order``, ``with_indices``.
+
+    Indices (second output) follow ONNX: flat positions in the whole input tensor (N, C, spatial...), spatial axes
+    row-major, or column-major with ``storage_order=1``.
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.storage_order = int(node.attr("storage_order", 0))
+        self.with_indices = len(node.outputs) > 1 and bool(node.outputs[1])
+
+    def forward(self, x):
+        nd = _spatial_rank(x, self)
+        work = x if x.dtype.is_floating_point or x.dtype == torch.uint8 else x.to(torch.float64)
+        padded, out = self.padded_for_windows(work, _lowest(work.dtype))
+        strides, dilations = self.axis_strides(nd), self.axis_dilations(nd)
+        pooled = _MAX_POOL[nd](padded, self.kernel_shape, strides, 0, dilations, return_indices=self.with_indices)
+        if not self.with_indices:
+            return crop_to(pooled, out).to(x.dtype)
+        values, index = (crop_to(t, out) for t in pooled)
+        begin = self.resolved_pads(x.shape[2:])[:nd]
+        indices = onnx_flat_indices(index, padded.shape[2:], begin, x.shape, column_major=self.storage_order == 1)
+        return values.to(x.dtype), indices
+
+
+@register("AveragePool", versions=(1, None))
+class AveragePool(_Pool):
+    """Mean over each window. Extra field: ``count_include_pad`` (explicit pads count, ceil_mode's extra never)."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.count_include_pad = int(node.attr("count_include_pad", 0))
+
+    def counted_positions(self, input_spatial_shape, padded_spatial_shape, dtype=torch.float32) -> torch.Tensor:
+        """Mask (1, 1, *padded shape) of the positions an average counts, in the frame ``padded_for_windows`` makes.
+
+        The input always counts; explicit pads count with ``count_include_pad``; ceil_mode's extra padding never does.
+        """
+        sizes = [int(s) for s in input_spatial_shape]
+        nd = len(sizes)
+        pads = self.resolved_pads(sizes)
+        mask = torch.zeros((1, 1, *[int(s) for s in padded_spatial_shape]), dtype=dtype)
+        region = []
+        for i, size in enumerate(sizes):
+            first = 0 if self.count_include_pad else max(0, pads[i])
+            stop = max(0, pads[i]) + size + (max(0, pads[nd + i]) if self.count_include_pad else 0)
+            region.append(slice(first, stop))
+        mask[(0, 0, *region)] = 1
+        return mask
+
+    def window_counts(self, input_spatial_shape, dtype=torch.float32) -> torch.Tensor:
+        """How many positions each output window averages over, shape ``(1, 1, *output_spatial_shape)``."""
+        probe = torch.zeros((1, 1, *[int(s) for s in input_spatial_shape]), dtype=dtype)
+        padded, out = self.padded_for_windows(probe, 0.0)
+        return self._window_sums(self.counted_positions(input_spatial_shape, padded.shape[2:], dtype), out)
+
+    def _window_sums(self, padded: torch.Tensor, out) -> torch.Tensor:
+        """Sum over every window of an already padded (N, C, spatial...) tensor: a convolution with ones."""
+        nd = padded.dim() - 2
+        n, c = padded.shape[:2]
+        flat = padded.reshape(n * c, 1, *padded.shape[2:])
+        kernel = torch.ones((1, 1, *self.kernel_shape), dtype=padded.dtype)
+        sums = _CONV[nd](flat, kernel, None, self.axis_strides(nd), 0, self.axis_dilations(nd))
+        return crop_to(sums.reshape(n, c, *sums.shape[2:]), out)
+
+    def forward(self, x):
+        _spatial_rank(x, self)
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"AveragePool {self.onnx_name}: input dtype {x.dtype} is not a floating point type")
+        padded, out = self.padded_for_windows(x, 0.0)
+        counts = self._window_sums(self.counted_positions(x.shape[2:], padded.shape[2:], x.dtype), out)
+        return self._window_sums(padded, out) / counts
+
+
+@register("GlobalAveragePool", versions=(1, None))
+class GlobalAveragePool(OnnxOp):
+    """Mean over all spatial axes, keeping them as size 1."""
+
+    def forward(self, x):
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
+
+
+@register("GlobalMaxPool", versions=(1, None))
+class GlobalMaxPool(OnnxOp):
+    """Max over all spatial axes, keeping them as size 1."""
+
+    def forward(self, x):
+        return x.amax(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x

@@ -1,0 +1,200 @@
+"""Reductions over axes (Reduce*) and the index-of-extreme operators ArgMax/ArgMin.
+
+``axes`` is an attribute in older opsets and an optional input in newer ones (ReduceSum from 13, the others from
+18); both are read. An empty or absent ``axes`` reduces every axis, unless ``noop_with_empty_axes`` is set: then
+the reduction runs over no axis at all, which leaves Sum/Mean/Max/Min/Prod the identity and applies the pointwise
+part of the others (ReduceL1 gives ``|x|``, ReduceSumSquare ``x**2``), as onnx's reference implementation does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from certify.ops.base import OnnxOp, ints
+from certify.ops.registry import register
+
+
+def _normalized_axes(axes: list[int], rank: int) -> tuple[int, ...]:
+    out = []
+    for a in axes:
+        if not -rank <= a < max(rank, 1):
+            raise ValueError(f"axis {a} is out of range for a tensor of rank {rank}")
+        out.append(a + rank if a < 0 else a)
+    return tuple(sorted(set(out)))
+
+
+def _extreme(dtype: torch.dtype, largest: bool):
+    """The value no element of ``dtype`` exceeds (``largest``) or falls below: the identity of Min (Max)."""
+    if dtype == torch.bool:
+        return largest
+    if dtype.is_floating_point:
+        return math.inf if largest else -math.inf
+    info = torch.iinfo(dtype)
+    return info.max if largest else info.min
+
+
+class Reduce(OnnxOp):
+    """Base of Reduce*: reads ``axes``, ``keepdims`` and ``noop_with_empty_axes``; subclasses give ``reduce``.
+
+    ``axes`` is the attribute or the constant axes input when known at conversion (None: all axes, or computed
+    at run time). ``float_math``: integer inputs are reduced in float64 and cast back (the ONNX result dtype is
+    the input's), as numpy does for the reference results.
+    """
+
+    float_math = False
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.keepdims = bool(node.attr("keepdims", 1))
+        self.noop_with_empty_axes = bool(node.attr("noop_with_empty_axes", 0))
+        axes = node.attr("axes")
+        if axes is None and node.const(1) is not None:
+            axes = ints(torch.as_tensor(node.const(1)))
+        self.axes = None if axes is None else [int(a) for a in axes]
+
+    def reduce(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """Reduce over the non-empty, sorted ``dims``, keeping them as size-1 dimensions."""
+        raise NotImplementedError
+
+    def pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The reduction over no axis."""
+        return x
+
+    def empty_value(self, dtype: torch.dtype):
+        """The result over an empty set of elements; None: what ``reduce`` computes there is right."""
+        return None
+
+    def forward(self, x, axes=None):
+        axes = ints(axes) if axes is not None else self.axes
+        if not axes:
+            if self.noop_with_empty_axes:
+                return self.pointwise(x)
+            axes = list(range(x.dim()))
+        dims = _normalized_axes(axes, x.dim())
+        if not dims:  # a scalar input: nothing to reduce
+            return self.pointwise(x)
+        kept = [1 if i in dims else s for i, s in enumerate(x.shape)]
+        empty = self.empty_value(x.dtype) if any(x.shape[d] == 0 for d in dims) else None
+        if empty is not None:
+            y = torch.full(kept, empty, dtype=x.dtype, device=x.device)
+        elif self.float_math and not x.is_floating_point():
+            y = self.reduce(x.to(torch.float64), dims).to(x.dtype)
+        elif x.dtype == torch.bool:
+            y = self.reduce(x.to(torch.uint8), dims).to(torch.bool)
+        else:
+            y = self.reduce(x, dims).to(x.dtype)
+        return y if self.keepdims else y.reshape([s for i, s in enumerate(x.shape) if i not in dims])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", axes={self.axes}, keepdims={self.keepdims}"
+
+
+@register("ReduceSum", versions=(1, None))
+class ReduceSum(Reduce):
+    def reduce(self, x, dims):
+        return torch.sum(x, dim=dims, keepdim=True)
+
+
+@register("ReduceMean", versions=(1, None))
+class ReduceMean(Reduce):
+    float_math = True
+
+    def reduce(self, x, dims):
+        return torch.mean(x, dim=dims, keepdim=True)
+
+
+@register("ReduceMax", versions=(1, None))
+class ReduceMax(Reduce):
+    def reduce(self, x, dims):
+        return torch.amax(x, dim=dims, keepdim=True)
+
+    def empty_value(self, dtype):
+        return _extreme(dtype, largest=False)
+
+
+@register("ReduceMin", versions=(1, None))
+class ReduceMin(Reduce):
+    def reduce(self, x, dims):
+        return torch.amin(x, dim=dims, keepdim=True)
+
+    def empty_value(self, dtype):
+        return _extreme(dtype, largest=True)
+
+
+@register("ReduceProd", versions=(1, None))
+class ReduceProd(Reduce):
+    def reduce(self, x, dims):
+        for d in dims:  # torch.prod takes one dimension at a time
+            x = torch.prod(x, dim=d, keepdim=True)
+        return x
+
+
+@register("ReduceL1", versions=(1, None))
+class ReduceL1(Reduce):
+    pointwise = staticmethod(torch.abs)
+
+    def reduce(self, x, dims):
+        return torch.sum(torch.abs(x), dim=dims, keepdim=True)
+
+
+@register("ReduceL2", versions=(1, None))
+class ReduceL2(Reduce):
+    float_math = True
+    pointwise = staticmethod(torch.abs)
+
+    def reduce(self, x, dims):
+        return torch.sqrt(torch.sum(x * x, dim=dims, keepdim=True))
+
+
+@register("ReduceSumSquare", versions=(1, None))
+class ReduceSumSquare(Reduce):
+    pointwise = staticmethod(torch.square)
+
+    def reduce(self, x, dims):
+        return torch.sum(x * x, dim=dims, keepdim=True)
+
+
+@register("ReduceLogSumExp", versions=(1, None))
+class ReduceLogSumExp(Reduce):
+    float_math = True
+
+    def reduce(self, x, dims):
+        return torch.logsumexp(x, dim=dims, keepdim=True)
+
+    def empty_value(self, dtype):
+        return -math.inf if dtype.is_floating_point else None
+
+
+class ArgExtreme(OnnxOp):
+    """ArgMax/ArgMin along ``axis`` (int64 indices); ties go to the first index, or the last with
+    ``select_last_index``."""
+
+    @staticmethod
+    def fn(x, dim, keepdim):
+        raise NotImplementedError
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.axis = int(node.attr("axis", 0))
+        self.keepdims = bool(node.attr("keepdims", 1))
+        self.select_last_index = bool(node.attr("select_last_index", 0))
+
+    def forward(self, x):
+        (axis,) = _normalized_axes([self.axis], x.dim())
+        if x.dtype == torch.bool:
+            x = x.to(torch.uint8)
+        if not self.select_last_index:
+            return self.fn(x, dim=axis, keepdim=self.keepdims)
+        return x.shape[axis] - 1 - self.fn(x.flip(axis), dim=axis, keepdim=self.keepdims)
+
+
+@register("ArgMax", versions=(1, None))
+class ArgMax(ArgExtreme):
+    fn = staticmethod(torch.argmax)
+
+
+@register("ArgMin", versions=(1, None))
+class ArgMin(ArgExtreme):
+    fn = staticmethod(torch.argmin)

@@ -1,0 +1,238 @@
+"""Records in Redis: models, datasets, jobs (with their state machine), latest reports, counters, heartbeats.
+
+Shared by the API and the workers; no Flask here. A job is a Redis hash whose values are JSON; every state change
+goes through one Lua script that checks the current state, so two processes can never both move a job (e.g. a
+cancel racing a completion). The script also keeps the per-state sets (metrics) and the per-tenant set of active
+jobs (quota) in step with the job hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+import redis
+
+PREFIX = "lipcert:"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+local allowed = cjson.decode(ARGV[1])
+for _, s in ipairs(allowed) do
+  if s == state then
+    local old = cjson.decode(state)
+    local new = ARGV[2]
+    redis.call('HSET', KEYS[1], 'state', cjson.encode(new), unpack(ARGV, 4))
+    redis.call('SREM', KEYS[3] .. old, ARGV[3])
+    redis.call('SADD', KEYS[3] .. new, ARGV[3])
+    if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
+      redis.call('SREM', KEYS[2], ARGV[3])
+    end
+    return 1
+  end
+end
+return 0
+"""
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast when Redis is away (requests answer 503 instead of hanging)."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10,
+                                decode_responses=True)
+
+
+def _encode(fields: dict) -> dict:
+    return {k: json.dumps(v) for k, v in fields.items()}
+
+
+def _decode(raw: dict) -> dict:
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+class Records:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._transition = client.register_script(_TRANSITION)
+
+    # -- keys
+    @staticmethod
+    def _t(tenant: str, *parts: str) -> str:
+        return PREFIX + "t:" + tenant + ":" + ":".join(parts)
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return PREFIX + "job:" + job_id
+
+    # -- models and datasets (records per tenant; the bytes are shared in the store)
+    def put_artifact(self, tenant: str, kind: str, record: dict) -> bool:
+        """Save a model/dataset record; False when the tenant already had it (same id)."""
+        return bool(self.r.set(self._t(tenant, kind, record["id"]), json.dumps(record), nx=True))
+
+    def get_artifact(self, tenant: str, kind: str, digest: str) -> dict | None:
+        raw = self.r.get(self._t(tenant, kind, digest))
+        return json.loads(raw) if raw else None
+
+    # -- jobs
+    def create_job(self, job: dict) -> None:
+        tenant, job_id = job["tenant"], job["id"]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=_encode(job))
+        pipe.zadd(self._t(tenant, "jobs"), {job_id: job["created_at"]})
+        pipe.sadd(self._t(tenant, "active"), job_id)
+        pipe.sadd(PREFIX + "state:" + job["state"], job_id)
+        pipe.execute()
+
+    def get_job(self, job_id: str) -> dict | None:
+        raw = self.r.hgetall(self.job_key(job_id))
+        return _decode(raw) if raw else None
+
+    def tenant_job(self, tenant: str, job_id: str) -> dict | None:
+        """The job when it belongs to ``tenant``; None otherwise (others' jobs look missing)."""
+        job = self.get_job(job_id) if job_id.startswith("job_") else None
+        return job if job and job.get("tenant") == tenant else None
+
+    def transition(self, job: dict, from_states, to_state: str, **fields) -> bool:
+        """Move ``job`` to ``to_state`` when it is in one of ``from_states``; also sets ``fields``."""
+        fields["updated_at"] = now()
+        flat = [x for kv in _encode(fields).items() for x in kv]
+        allowed = json.dumps([json.dumps(s) for s in from_states])
+        keys = [self.job_key(job["id"]), self._t(job["tenant"], "active"), PREFIX + "state:"]
+        return self._transition(keys=keys, args=[allowed, to_state, job["id"], *flat]) == 1
+
+    def update_job(self, job_id: str, **fields) -> None:
+        """Fields that do not change the state (progress, stage, ETA)."""
+        fields["updated_at"] = now()
+        self.r.hset(self.job_key(job_id), mapping=_encode(fields))
+
+    def request_cancel(self, job_id: str) -> None:
+        self.r.hset(self.job_key(job_id), "cancel_requested", "true")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self.job_key(job_id), "cancel_requested") == "true"
+
+    def list_jobs(self, tenant: str, state: str | None, model: str | None, offset: int, limit: int):
+        """(jobs, next offset or None), newest first, filtered by state and model."""
+        ids = self.r.zrevrange(self._t(tenant, "jobs"), 0, -1)
+        if state:
+            members = self.r.smembers(PREFIX + "state:" + state)
+            ids = [i for i in ids if i in members]
+        out, position = [], offset
+        batch = 200
+        while len(out) < limit and position < len(ids):
+            chunk = ids[position:position + batch]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hgetall(self.job_key(job_id))
+            for job_id, raw in zip(chunk, pipe.execute()):
+                position += 1
+                if not raw:
+                    continue
+                job = _decode(raw)
+                if model and job.get("model") != model:
+                    continue
+                out.append(job)
+                if len(out) == limit:
+                    break
+        return out, (position if position < len(ids) else None)
+
+    def active_jobs(self, tenant: str) -> int:
+        return self.r.scard(self._t(tenant, "active"))
+
+    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, ttl_s: int = 86400) -> str:
+        """The job id stored for this key: ``job_id`` when this call claimed it, else the earlier one."""
+        name = self._t(tenant, "idem", hashlib.sha256(key.encode()).hexdigest())
+        if self.r.set(name, job_id, nx=True, ex=ttl_s):
+            return job_id
+        return self.r.get(name) or job_id
+
+    # -- leases: one running attempt per job
+    def take_lease(self, job_id: str, holder: str, ttl_s: float) -> bool:
+        key = PREFIX + "lease:" + job_id
+        if self.r.set(key, holder, nx=True, px=int(ttl_s * 1000)):
+            return True
+        return self.r.get(key) == holder
+
+    def renew_lease(self, job_id: str, holder: str, ttl_s: float) -> None:
+        key = PREFIX + "lease:" + job_id
+        if self.r.get(key) in (holder, None):
+            self.r.set(key, holder, px=int(ttl_s * 1000))
+
+    def release_lease(self, job_id: str, holder: str) -> None:
+        key = PREFIX + "lease:" + job_id
+        if self.r.get(key) == holder:
+            self.r.delete(key)
+
+    # -- reports
+    def set_latest_report(self, tenant: str, model: str, job_id: str) -> None:
+        self.r.set(self._t(tenant, "report", model), job_id)
+
+    def latest_report_job(self, tenant: str, model: str) -> str | None:
+        return self.r.get(self._t(tenant, "report", model))
+
+    # -- rate limiting: a fixed one-second window per tenant
+    def allow_request(self, tenant: str, per_second: int) -> bool:
+        key = self._t(tenant, "rl", str(int(time.time())))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 2)
+        count, _ = pipe.execute()
+        return count <= per_second
+
+    # -- metrics counters and worker heartbeats
+    def add_upload_bytes(self, kind: str, n: int) -> None:
+        self.r.hincrby(PREFIX + "metrics:upload_bytes", kind, n)
+
+    def add_stage_seconds(self, stages: list[dict]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for s in stages:
+            if s.get("status") == "done":
+                pipe.hincrbyfloat(PREFIX + "metrics:stage_seconds_sum", s["stage"], float(s["seconds"]))
+                pipe.hincrby(PREFIX + "metrics:stage_seconds_count", s["stage"], 1)
+        pipe.execute()
+
+    def metrics_snapshot(self, queue: str) -> dict:
+        pipe = self.r.pipeline(transaction=False)
+        for state in STATES:
+            pipe.scard(PREFIX + "state:" + state)
+        pipe.hgetall(PREFIX + "metrics:upload_bytes")
+        pipe.hgetall(PREFIX + "metrics:stage_seconds_sum")
+        pipe.hgetall(PREFIX + "metrics:stage_seconds_count")
+        for name in queue_lists(queue):
+            pipe.llen(name)
+        out = pipe.execute()
+        n = len(STATES)
+        return {
+            "jobs": dict(zip(STATES, out[:n])),
+            "upload_bytes": {k: int(v) for k, v in out[n].items()},
+            "stage_sum": {k: float(v) for k, v in out[n + 1].items()},
+            "stage_count": {k: int(v) for k, v in out[n + 2].items()},
+            "queue_depth": sum(out[n + 3:]),
+        }
+
+    def worker_heartbeat(self, name: str) -> None:
+        self.r.zadd(PREFIX + "workers", {name: time.time()})
+
+    def worker_gone(self, name: str) -> None:
+        self.r.zrem(PREFIX + "workers", name)
+
+    def live_workers(self, within_s: float) -> int:
+        return self.r.zcount(PREFIX + "workers", time.time() - within_s, "+inf")
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for a queue (one per priority step)."""
+    return [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]

@@ -1,0 +1,84 @@
+"""Service settings, read once from the environment so that the API, the workers and ``lipcert serve`` agree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    value = env.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected an integer") from None
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    value = env.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a number") from None
+
+
+def parse_delays(text: str) -> dict[str, float]:
+    """``tenant=seconds,...`` -> {tenant: seconds} (the test-only progress delay hook)."""
+    delays = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        tenant, sep, seconds = part.partition("=")
+        if not sep:
+            raise ValueError(f"LIPCERT_TEST_PROGRESS_DELAY entry {part!r}: expected TENANT=SECONDS")
+        delays[tenant] = float(seconds)
+    return delays
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: str = "lipcert-data"
+    tokens: str = ""  # tenant:token[:ro],...
+    tokens_file: str | None = None
+    signing_key: str | None = None  # private key PEM path (workers); the API only needs its public half
+    public_keys: tuple[str, ...] = ()  # extra public key PEM paths published at /v1/keys (key rotation)
+    max_model_bytes: int = 256 * 1024**2
+    max_dataset_bytes: int = 256 * 1024**2
+    rate_limit_per_s: int = 200  # requests per tenant per second
+    job_quota: int = 50  # queued + running jobs per tenant
+    max_job_seconds: float = 3600.0  # cap on a job's time budget (soft limit); the hard limit adds a grace period
+    hard_limit_grace_s: float = 30.0
+    visibility_timeout_s: int = 120  # a message whose worker stopped heart-beating is delivered again after this
+    worker_heartbeat_s: float = 2.0
+    queue: str = "lipcert"
+    progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.data_dir, "store")
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        public = tuple(p for p in env.get("LIPCERT_PUBLIC_KEYS", "").split(os.pathsep) if p)
+        return cls(
+            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            data_dir=os.path.abspath(env.get("LIPCERT_DATA_DIR") or cls.data_dir),
+            tokens=env.get("LIPCERT_TOKENS", ""),
+            tokens_file=env.get("LIPCERT_TOKENS_FILE") or None,
+            signing_key=env.get("LIPCERT_SIGNING_KEY") or None,
+            public_keys=public,
+            max_model_bytes=_int(env, "LIPCERT_MAX_MODEL_BYTES", cls.max_model_bytes),
+            max_dataset_bytes=_int(env, "LIPCERT_MAX_DATASET_BYTES", cls.max_dataset_bytes),
+            rate_limit_per_s=_int(env, "LIPCERT_RATE_LIMIT", cls.rate_limit_per_s),
+            job_quota=_int(env, "LIPCERT_JOB_QUOTA", cls.job_quota),
+            max_job_seconds=_float(env, "LIPCERT_MAX_JOB_SECONDS", cls.max_job_seconds),
+            hard_limit_grace_s=_float(env, "LIPCERT_HARD_LIMIT_GRACE_S", cls.hard_limit_grace_s),
+            visibility_timeout_s=_int(env, "LIPCERT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s),
+            worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
+            queue=env.get("LIPCERT_QUEUE") or cls.queue,
+            progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),
+        )

@@ -1,0 +1,22 @@
+"""Shared fixtures: paths to the example model and small ONNX builders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_MODEL = os.path.join(ROOT, "examples", "digits_mlp.onnx")
+EXAMPLE_DATA = os.path.join(ROOT, "examples", "digits_test.npz")
+
+
+@pytest.fixture
+def example_model_path() -> str:
+    return EXAMPLE_MODEL
+
+
+@pytest.fixture
+def example_model_bytes() -> bytes:
+    with open(EXAMPLE_MODEL, "rb") as f:
+        return f.read()

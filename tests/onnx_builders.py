@@ -1,0 +1,25 @@
+"""Tiny ONNX models built by hand for loader and converter tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def single_node_model(node: onnx.NodeProto, inputs, outputs, initializers=(), opset: int = 17, **kw) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "g", list(inputs), list(outputs), initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **kw)
+
+
+def relu_model(opset: int = 17, shape=("N", 4)) -> onnx.ModelProto:
+    return single_node_model(
+        helper.make_node("Relu", ["x"], ["y"], name="relu"),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+        opset=opset,
+    )
+
+
+def const_tensor(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
