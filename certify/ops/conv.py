@@ -123,8 +123,11 @@ class SlidingWindow:
         strides = self.axis_strides(nd)
         if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             return [-(-size // stride) for size, stride in zip(sizes, strides)]
-        spans = self.window_spans(self._kernel(kernel_shape))
-        pads = self.resolved_pads(sizes, kernel_shape)
+        kernel = self._kernel(kernel_shape)
+        if len(kernel) != nd:
+            raise ValueError(f"{self.op_type} {self.onnx_name}: kernel of rank {len(kernel)} for {nd} spatial axes")
+        spans = self.window_spans(kernel)
+        pads = self.resolved_pads(sizes, kernel)
         out = []
         for i, (size, span, stride) in enumerate(zip(sizes, spans, strides)):
             room = size + pads[i] + pads[nd + i] - span
@@ -148,9 +151,7 @@ class SlidingWindow:
         out = self.output_spatial_shape(sizes, kernel)
         spans = self.window_spans(kernel)
         strides = self.axis_strides(nd)
-        end = [
-            max(pads[nd + i], (out[i] - 1) * strides[i] + spans[i] - sizes[i] - pads[i]) for i in range(nd)
-        ]
+        end = [max(pads[nd + i], (out[i] - 1) * strides[i] + spans[i] - sizes[i] - pads[i]) for i in range(nd)]
         pad = torch_pad_list(pads[:nd], end)
         if any(pad):
             x = F.pad(x, pad, value=value)

@@ -78,6 +78,8 @@ class InstanceNormalization(OnnxOp):
         self.epsilon = float(node.attr("epsilon", 1e-5))
 
     def forward(self, x, scale, bias):
+        if x.dim() < 3:
+            raise ValueError(f"InstanceNormalization {self.onnx_name}: input of rank {x.dim()} has no spatial axes")
         normalized, _, _ = _normalized(x, tuple(range(2, x.dim())), self.epsilon)
         return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
 
@@ -171,7 +173,7 @@ class LRN(OnnxOp):
 
 @register("LpNormalization", versions=(1, None))
 class LpNormalization(OnnxOp):
-    """y = x / ||x||_p along ``axis`` (p is 1 or 2). Fields: ``axis``, ``p``."""
+    """y = x / ||x||_p along ``axis`` (p is 1 or 2), 0 where the norm is 0. Fields: ``axis``, ``p``."""
 
     def __init__(self, node):
         super().__init__(node)
@@ -182,4 +184,5 @@ class LpNormalization(OnnxOp):
 
     def forward(self, x):
         norm = x.abs().sum(dim=self.axis, keepdim=True) if self.p == 1 else x.pow(2).sum(self.axis, keepdim=True).sqrt()
-        return x / norm
+        # A zero norm means every entry is zero: divide by 1 instead, which gives the 0 ONNX specifies.
+        return x / torch.where(norm == 0, torch.ones_like(norm), norm)
