@@ -71,7 +71,7 @@ def test_cast_cases_between_float_types():
         status, detail = run_case(converted)
         assert status == "pass", f"{case.name}: {detail}"
         ran += 1
-    assert ran >= 6  # FLOAT <-> DOUBLE <-> FLOAT16, and the CastLike bodies
+    assert ran == 12  # FLOAT <-> DOUBLE <-> FLOAT16, Cast and the CastLike bodies
 
 
 # ---------------------------------------------------------------- hand-built single-node models
@@ -89,7 +89,7 @@ def _model(op_type, opset, inputs, constants=None, n_outputs=1, **attrs):
         "g",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in
          zip(names, inputs)],
-        [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in outputs],
+        [onnx.ValueInfoProto(name=n) for n in outputs],
         initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in constants.items() if v is not None],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
@@ -133,7 +133,7 @@ def test_clip_keeps_constant_bounds_as_fields():
     old = to_torch(_model("Clip", 6, [X], min=-0.5, max=0.3))
     new = to_torch(_model("Clip", 13, [X], {"lo": np.float32(-0.5), "hi": np.float32(0.3)}))
     for graph in (old, new):
-        (module, _, _), = graph.steps()
+        ((module, _, _),) = graph.steps()
         assert (module.min, module.max) == pytest.approx((-0.5, 0.3))
 
 
@@ -183,7 +183,7 @@ def test_reduce_noop_with_empty_axes(op_type, expected):
 
 
 def test_reduce_keeps_constant_axes_as_a_field():
-    (module, _, _), = to_torch(_model("ReduceMean", 18, [X], {"axes": AXES})).steps()
+    ((module, _, _),) = to_torch(_model("ReduceMean", 18, [X], {"axes": AXES})).steps()
     assert module.axes == [0, -1] and module.keepdims
 
 
@@ -213,12 +213,11 @@ def test_gemm_keeps_attributes_and_exposes_constant_weights():
     a = RNG.standard_normal((2, 4)).astype(np.float32)
     w = RNG.standard_normal((3, 4)).astype(np.float32)
     graph = to_torch(_model("Gemm", 13, [a], {"w": w}, alpha=0.5, transB=1))
-    (module, inputs, _), = graph.steps()
+    ((module, inputs, _),) = graph.steps()
     assert (module.alpha, module.beta, module.trans_a, module.trans_b) == (0.5, 1.0, False, True)
     np.testing.assert_array_equal(graph.constant(inputs[1]).numpy(), w)
-    np.testing.assert_allclose(_ours(graph_model := _model("Gemm", 11, [a], {"w": w}, alpha=0.5, transB=1), [a])[0],
-                               0.5 * a @ w.T, rtol=1e-6)  # fmt: skip
-    assert graph_model.opset_import[0].version == 11
+    without_c = graph(torch.from_numpy(a)).numpy()  # C is optional from opset 11
+    np.testing.assert_allclose(without_c, 0.5 * a @ w.T, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -141,13 +141,11 @@ class Clip(OnnxOp):
             value = node.const(index).item()
         return None if value is None or math.isinf(value) else float(value)
 
-    def forward(self, x, min=None, max=None):  # noqa: A002  (ONNX input names)
-        lo = min if min is not None else self.min
-        hi = max if max is not None else self.max
+    def forward(self, x, lower=None, upper=None):
+        lo = lower if lower is not None else self.min
+        hi = upper if upper is not None else self.max
         if lo is None and hi is None:
             return x
-        if not x.is_floating_point():  # integer Clip (opset 12+): keep a constant bound integral
-            lo, hi = (int(b) if isinstance(b, float) else b for b in (lo, hi))
         return torch.clamp(x, lo, hi)
 
 

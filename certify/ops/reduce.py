@@ -19,7 +19,7 @@ from certify.ops.registry import register
 def _normalized_axes(axes: list[int], rank: int) -> tuple[int, ...]:
     out = []
     for a in axes:
-        if not -rank <= a < max(rank, 1):
+        if not -rank <= a < rank:
             raise ValueError(f"axis {a} is out of range for a tensor of rank {rank}")
         out.append(a + rank if a < 0 else a)
     return tuple(sorted(set(out)))
@@ -68,13 +68,9 @@ class Reduce(OnnxOp):
 
     def forward(self, x, axes=None):
         axes = ints(axes) if axes is not None else self.axes
-        if not axes:
-            if self.noop_with_empty_axes:
-                return self.pointwise(x)
-            axes = list(range(x.dim()))
-        dims = _normalized_axes(axes, x.dim())
-        if not dims:  # a scalar input: nothing to reduce
+        if x.dim() == 0 or (not axes and self.noop_with_empty_axes):
             return self.pointwise(x)
+        dims = _normalized_axes(axes, x.dim()) if axes else tuple(range(x.dim()))
         kept = [1 if i in dims else s for i, s in enumerate(x.shape)]
         empty = self.empty_value(x.dtype) if any(x.shape[d] == 0 for d in dims) else None
         if empty is not None:
