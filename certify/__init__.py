@@ -1,20 +1,31 @@
-"""lipcert's library: safe ONNX loading, conversion to PyTorch, Lipschitz certificates, attacks, reports."""
+"""lipcert's library: safe ONNX loading, conversion to PyTorch, Lipschitz certificates, attacks, reports.
 
-from certify.convert import CONVERTER_VERSION, OnnxGraph, to_torch
-from certify.errors import ModelRejected
-from certify.load import DEFAULT_LIMITS, Limits, load_onnx
-from certify.verify import verify_conversion
+The public names are imported lazily, so light commands (``lipcert verify``, ``lipcert gate``) do not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CONVERTER_VERSION",
-    "DEFAULT_LIMITS",
-    "Limits",
-    "ModelRejected",
-    "OnnxGraph",
-    "__version__",
-    "load_onnx",
-    "to_torch",
-    "verify_conversion",
-]
+_EXPORTS = {
+    "CONVERTER_VERSION": "certify.convert",
+    "OnnxGraph": "certify.convert",
+    "to_torch": "certify.convert",
+    "ModelRejected": "certify.errors",
+    "DEFAULT_LIMITS": "certify.load",
+    "Limits": "certify.load",
+    "load_onnx": "certify.load",
+    "verify_conversion": "certify.verify",
+    "run_pipeline": "certify.pipeline",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'certify' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

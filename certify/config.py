@@ -33,6 +33,13 @@ class JobConfigSchema(Schema):
         lo, hi = data["input_range"]
         if not lo < hi:
             raise ValidationError("lower end must be below upper end", "input_range")
+        if data.get("policy") is not None:
+            from certify.report.policy import PolicyError, load_policy
+
+            try:
+                load_policy(data["policy"])
+            except PolicyError as e:
+                raise ValidationError(str(e), "policy") from None
         attacks = data["attacks"]
         if isinstance(attacks, str):
             if attacks not in ATTACK_PRESETS:

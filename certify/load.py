@@ -40,7 +40,9 @@ def _read_bytes(source, limits: Limits) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > limits.max_file_bytes:
-            raise ModelRejected("file_too_large", f"model is {len(data)} bytes, over the cap of {limits.max_file_bytes}")
+            raise ModelRejected(
+                "file_too_large", f"model is {len(data)} bytes, over the cap of {limits.max_file_bytes}"
+            )
         return data
     path = os.fspath(source)
     try:

@@ -111,7 +111,8 @@ def test_subgraph_depth_is_capped():
     )
     for depth in range(5):
         node = helper.make_node("If", ["cond"], ["b"], then_branch=inner, else_branch=inner)
-        inner = helper.make_graph([node], f"level{depth}", [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+        out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])
+        inner = helper.make_graph([node], f"level{depth}", [], [out])
     model = single_node_model(
         inner.node[0], [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])],
@@ -141,7 +142,7 @@ def test_every_unsupported_operator_is_listed_at_once():
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in zip("abcd", ([], [3, 3], [3, 3], [3, 3]))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip("abcd", ([], [3, 3], [3, 3], [3, 3]))],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     err = rejected(model.SerializeToString())

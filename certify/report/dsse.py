@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import os
+from collections.abc import Mapping
 
 from certify.report.keys import TrustedKey
 
@@ -31,6 +32,12 @@ class VerificationError(Exception):
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
+
+
+def shown(value, limit: int = 100) -> str:
+    """A value from an untrusted document, quoted and cut short, safe to put in a message or a log line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -110,19 +117,21 @@ def parse_json(data: bytes, what: str) -> object:
         if not text.strip():
             raise VerificationError("truncated", f"{what} is empty") from None
         if e.pos >= len(text.rstrip()) or "Unterminated string" in e.msg:
-            raise VerificationError("truncated", f"{what} ends early ({e.msg} at byte {e.pos})") from None
-        raise VerificationError("malformed_json", f"{what} is not valid JSON: {e.msg} at byte {e.pos}") from None
+            detail = f"{e.msg}: character {e.pos} of {len(text)}"
+            raise VerificationError("truncated", f"{what} ends early ({detail})") from None
+        raise VerificationError("malformed_json", f"{what} is not valid JSON ({e.msg}: character {e.pos})") from None
     except (ValueError, RecursionError) as e:
         raise VerificationError("malformed_json", f"{what} is not valid JSON: {e}") from None
 
 
 def dump_envelope(envelope: dict) -> bytes:
-    """The stored form of an envelope: compact JSON, so that every byte of the file is significant."""
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    """The stored form of an envelope: compact JSON without a trailing newline, so that every byte of the file is
+    significant and a file cut short anywhere no longer parses."""
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def read_envelope(source) -> dict:
-    """An envelope from a file path or its bytes; unreadable, truncated or malformed input -> VerificationError."""
+def read_json_file(source) -> object:
+    """Strict JSON from a file path or bytes; unreadable, oversized or truncated input -> VerificationError."""
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
         what = "report"
@@ -135,7 +144,12 @@ def read_envelope(source) -> dict:
             raise VerificationError("unreadable", f"cannot read {what}: {e.strerror or e}") from None
     if len(data) > MAX_ENVELOPE_BYTES:
         raise VerificationError("too_large", f"{what} is over {MAX_ENVELOPE_BYTES} bytes")
-    envelope = parse_json(data, what)
+    return parse_json(data, what)
+
+
+def read_envelope(source) -> dict:
+    """An envelope from a file path or its bytes, its shape checked (signatures are not: see open_envelope)."""
+    envelope = read_json_file(source)
     check_envelope_shape(envelope)
     return envelope
 
@@ -170,6 +184,8 @@ def verify_signatures(envelope: dict, trusted_keys) -> tuple[bytes, str]:
     check_envelope_shape(envelope)
     if isinstance(trusted_keys, TrustedKey):
         trusted_keys = [trusted_keys]
+    elif isinstance(trusted_keys, Mapping):
+        trusted_keys = trusted_keys.values()
     by_id = {k.keyid: k for k in trusted_keys}
     if not by_id:
         raise VerificationError("no_trusted_keys", "no trusted public key was given")
@@ -186,20 +202,21 @@ def verify_signatures(envelope: dict, trusted_keys) -> tuple[bytes, str]:
         matched.append(entry["keyid"])
     if matched:
         raise VerificationError("bad_signature", f"the signature by key {matched[0]} does not match the payload")
-    named = ", ".join(e["keyid"] or "(none)" for e in envelope["signatures"])
+    named = ", ".join(shown(e["keyid"]) for e in envelope["signatures"][:3])
     raise VerificationError("unknown_key", f"signed by key {named}, which is not among the trusted keys")
 
 
 def decode_statement(payload_type: str, payload: bytes) -> dict:
     """The in-toto statement inside a payload, after checking the payload type and the statement type."""
     if payload_type != PAYLOAD_TYPE:
-        raise VerificationError("wrong_payload_type", f"payloadType is {payload_type!r}, expected {PAYLOAD_TYPE!r}")
+        raise VerificationError("wrong_payload_type",
+                                f"payloadType is {shown(payload_type)}, expected {PAYLOAD_TYPE!r}")
     statement = parse_json(payload, "payload")
     if not isinstance(statement, dict):
         raise VerificationError("malformed_statement", "the payload is not a JSON object")
     if statement.get("_type") != STATEMENT_TYPE:
         raise VerificationError("wrong_statement_type",
-                                f"_type is {statement.get('_type')!r}, expected {STATEMENT_TYPE!r}")
+                                f"_type is {shown(statement.get('_type'))}, expected {STATEMENT_TYPE!r}")
     return statement
 
 

@@ -13,6 +13,7 @@ to be pickled or copied, so it cannot leak into logs, task queues or responses b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -53,8 +54,13 @@ def public_pem(public_key) -> str:
 
 
 def key_id(public_key) -> str:
-    """Hex SHA-256 of the DER SubjectPublicKeyInfo of ``public_key`` (a private key is reduced to its public half)."""
-    if hasattr(public_key, "public_key"):
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo of ``public_key``.
+
+    Accepts a ``cryptography`` public key, a private key (reduced to its public half), a TrustedKey or a Signer.
+    """
+    if isinstance(public_key, (TrustedKey, Signer)):
+        return public_key.keyid
+    if isinstance(public_key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         public_key = public_key.public_key()
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
@@ -72,7 +78,7 @@ def write_keypair(private_path, public_path, kind: str = ECDSA_P256, *, overwrit
     )
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     if not overwrite and os.path.exists(public_path):
-        raise FileExistsError(f"{os.fspath(public_path)} exists")
+        raise FileExistsError(errno.EEXIST, "file exists", os.fspath(public_path))
     fd = os.open(private_path, flags, 0o600)
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
@@ -82,25 +88,29 @@ def write_keypair(private_path, public_path, kind: str = ECDSA_P256, *, overwrit
 
 
 def _pem_bytes(path_or_pem) -> bytes:
-    """PEM text given inline (str/bytes starting with ``-----BEGIN``) or read from a file path."""
+    """PEM text given inline (str/bytes starting with ``-----BEGIN``) or read from a file path.
+
+    A value that is neither is never echoed in the error: it may be a mangled secret from an environment variable.
+    """
     if isinstance(path_or_pem, (bytes, bytearray)):
-        data = bytes(path_or_pem)
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return data
-        path_or_pem = data.decode(errors="replace")
+        if bytes(path_or_pem).lstrip().startswith(b"-----BEGIN"):
+            return bytes(path_or_pem)
+        raise ValueError("the key bytes are not PEM text (expected '-----BEGIN ...')")
     if isinstance(path_or_pem, str) and path_or_pem.lstrip().startswith("-----BEGIN"):
         return path_or_pem.encode()
     if not isinstance(path_or_pem, (str, os.PathLike)):
         raise TypeError(f"expected a path or PEM text, got {type(path_or_pem).__name__}")
     path = os.fspath(path_or_pem)
+    shown = path if len(path) <= 300 and path.isprintable() else "(value not shown: neither a file path nor PEM)"
     try:
-        size = os.path.getsize(path)
-        if size > _MAX_KEY_FILE:
-            raise ValueError(f"key file {path}: {size} bytes is too large for a PEM key")
         with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read key file {path}: {e.strerror or e}") from None
+            data = f.read(_MAX_KEY_FILE + 1)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the "path"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a readable file"
+        raise ValueError(f"cannot read key file {shown}: {reason}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise ValueError(f"key file {shown} is too large for a PEM key")
+    return data
 
 
 class Signer:

@@ -1,0 +1,149 @@
+"""A report as text for people: plain tables that read well in a terminal and in a CI log."""
+
+from __future__ import annotations
+
+
+def fmt(value) -> str:
+    """One cell: ``-`` for missing, 4 significant digits for floats, yes/no for booleans."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(fmt(v) for v in value) if value else "none"
+    return str(value)
+
+
+def format_table(headers: list[str], rows: list[list], indent: str = "  ") -> str:
+    """Left-aligned text columns under a header line."""
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, indent + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _skipped(section) -> str | None:
+    if isinstance(section, dict) and section.get("status") == "skipped":
+        return f"skipped: {section.get('reason')}"
+    return None
+
+
+def _tensors(items) -> str:
+    return ", ".join(f"{t.get('name')} {t.get('dtype')}[{fmt(t.get('shape'))}]" for t in items or []) or "none"
+
+
+def _model_lines(p: dict) -> list[str]:
+    m = p.get("model") or {}
+    ops = ", ".join(f"{k} x{v}" for k, v in (m.get("operators") or {}).items())
+    unsupported = ", ".join(f"{k} x{v}" for k, v in (m.get("unsupported_operators") or {}).items()) or "none"
+    lines = [
+        "Model",
+        f"  opset {m.get('opset')}, {fmt(m.get('nodes'))} nodes, {m.get('parameters', 0):,} parameters",
+        f"  inputs       {_tensors(m.get('inputs'))}",
+        f"  outputs      {_tensors(m.get('outputs'))}",
+        f"  operators    {ops}",
+        f"  unsupported  {unsupported}",
+    ]
+    ds = p.get("dataset")
+    lines.append("  dataset      " + (f"{ds.get('samples')} samples, sha256 {ds.get('sha256')}" if ds else "none"))
+    conv = p.get("conversion")
+    lines.append("  conversion   " + (_skipped(conv) or f"max_abs_diff {fmt(conv.get('max_abs_diff'))}, "
+                                      f"max_rel_diff {fmt(conv.get('max_rel_diff'))} (vs onnxruntime)"))
+    conv = p.get("converter")
+    lines.append("  converter    " + (_skipped(conv) or f"{conv.get('version')}, weights sha256 "
+                                      f"{conv.get('weights_sha256')}"))
+    return lines
+
+
+def _bounds_lines(p: dict) -> list[str]:
+    b = p.get("bounds")
+    if _skipped(b):
+        return ["Lipschitz bounds", "  " + _skipped(b)]
+    title = "Lipschitz bounds" + (f" ({b['norm']})" if b.get("norm") else "")
+    keys = ["node", "op", "shape", "lower", "upper", "ratio", "method", "exact", "ms", "fused_into", "reason"]
+    rows = [[row.get(k) for k in keys] for row in b.get("layers") or []]
+    n = b.get("network") or {}
+    network = (f"  network: upper {fmt(n.get('upper'))} (guaranteed), product of layers {fmt(n.get('product'))}, "
+               f"lower {fmt(n.get('lower'))}, ratio {fmt(n.get('ratio'))}, method {fmt(n.get('method'))}")
+    if n.get("reason"):
+        network += f"; {n['reason']}"
+    return [title, format_table(keys, rows), network]
+
+
+def _certified_lines(p: dict) -> list[str]:
+    c = p.get("certified")
+    if _skipped(c):
+        return ["Certified accuracy", "  " + _skipped(c)]
+    rows = [[norm, eps, acc] for norm, by_eps in (c.get("accuracy") or {}).items() for eps, acc in by_eps.items()]
+    head = f"Certified accuracy (clean accuracy {fmt(c.get('clean_accuracy'))}"
+    head += f", {c['samples']} samples)" if "samples" in c else ")"
+    return [head, format_table(["norm", "eps", "certified accuracy"], rows)]
+
+
+def _attack_lines(p: dict) -> list[str]:
+    a = p.get("attacks")
+    if _skipped(a):
+        return ["Attacks", "  " + _skipped(a)]
+    names = list(a.get("attacks_run") or [])
+    preset = f"preset {a['preset']}: " if a.get("preset") else ""
+    lines = [f"Attacks ({preset}{', '.join(names) or 'none'}; clean accuracy {fmt(a.get('clean_accuracy'))})"]
+    rows = []
+    for norm, by_eps in (a.get("results") or {}).items():
+        for eps, cell in by_eps.items():
+            per = cell.get("per_attack") or {}
+            rows.append([norm, eps, cell.get("robust_accuracy"), cell.get("success_rate")]
+                        + [(per.get(n) or {}).get("robust_accuracy") for n in names])
+    lines.append(format_table(["norm", "eps", "worst-case accuracy", "success rate"] + names, rows))
+    minimal = a.get("minimal_perturbation") or {}
+    if minimal:
+        lines.append("  minimal perturbation found (an upper bound on the distance to the nearest misclassification)")
+        rows = [[norm, s.get("attack"), s.get("count"), s.get("min"), s.get("median"), s.get("mean"), s.get("max")]
+                for norm, s in minimal.items()]
+        lines.append(format_table(["norm", "attack", "count", "min", "median", "mean", "max"], rows, "    "))
+    checks = a.get("sanity_checks") or []
+    lines.append("  sanity checks" + ("" if checks else ": none"))
+    lines += [f"    {'PASS' if c.get('passed') else 'FAIL'}  {c.get('name')}"
+              + (f": {c['detail']}" if c.get("detail") else "") for c in checks]
+    lines += [f"  warning: {w}" for w in a.get("warnings") or []]
+    return lines
+
+
+def policy_lines(result: dict | None, title: str = "Policy") -> list[str]:
+    """A policy evaluation: one line per check, then the verdict."""
+    if not result:
+        return [f"{title}: none evaluated"]
+    rows = [[c["verdict"].upper(), c["name"], c.get("value"), c.get("threshold"), c.get("detail")]
+            for c in result.get("checks", [])]
+    return [f"{title}: {str(result.get('verdict')).upper()}",
+            format_table(["verdict", "check", "value", "threshold", "detail"], rows)]
+
+
+def _stage_lines(p: dict) -> list[str]:
+    rows = [[s.get("stage"), s.get("status"), s.get("seconds"), s.get("reason")] for s in p.get("stages") or []]
+    env = p.get("environment") or {}
+    return ["Stages", format_table(["stage", "status", "seconds", "reason"], rows),
+            "Environment", "  " + ", ".join(f"{k} {fmt(v)}" for k, v in env.items())]
+
+
+def render_report(statement: dict, verification: str) -> str:
+    """The whole report as text; ``verification`` is one line saying whether (and by whom) it was verified."""
+    p = statement.get("predicate") or {}
+    subjects = statement.get("subject") or [{}]
+    subject = subjects[0] if isinstance(subjects[0], dict) else {}
+    sections = [
+        [f"Robustness report: {subject.get('name')}",
+         f"  {verification}",
+         f"  model sha256  {(subject.get('digest') or {}).get('sha256')}",
+         f"  created       {p.get('created')}",
+         f"  predicate     {statement.get('predicateType')}"],
+        _model_lines(p),
+        _bounds_lines(p),
+        _certified_lines(p),
+        _attack_lines(p),
+        policy_lines(p.get("policy"), "Policy embedded at creation"),
+        _stage_lines(p),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
