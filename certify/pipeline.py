@@ -1,23 +1,28 @@
 """The one pipeline the CLI and the worker both run.
 
 load safely -> convert -> check the conversion against onnxruntime -> Lipschitz certificate -> attacks ->
-assemble the report -> evaluate policy -> sign. A stage that cannot run (no dataset, not built yet) is recorded as
-skipped with its reason, never faked.
+assemble the report -> evaluate policy -> sign. A stage that cannot run (no dataset, attacks switched off) is
+recorded as skipped with its reason, never faked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from certify.config import load_config
+from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
 
 STAGES = ("load", "convert", "conversion_check", "bounds", "attacks", "report")
+MAX_DATASET_BYTES = 1024**3
 
 
 class Cancelled(Exception):
@@ -28,35 +33,162 @@ class Cancelled(Exception):
 class PipelineResult:
     statement: dict  # the in-toto statement (unsigned)
     envelope: dict | None  # the DSSE envelope, when a signer was given
-    stages: list[dict] = field(default_factory=list)  # [{"stage", "status", "seconds", "reason"?}]
+    stages: list[dict] = field(default_factory=list)  # [{"stage", "status", "seconds", "reason"}]
 
 
 class _Run:
-    """Progress, cancellation and per-stage timing for one pipeline run."""
+    """Progress, cancellation, the time budget and per-stage timing for one pipeline run."""
 
-    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None):
+    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None, budget_s: float):
         self._progress = progress or (lambda stage, fraction, message: None)
         self._cancelled = cancelled or (lambda: False)
+        self._deadline = time.monotonic() + budget_s
+        self._budget_s = budget_s
         self.stages: list[dict] = []
+        self._started: dict[str, float] = {}
 
     def tick(self, stage: str, fraction: float, message: str = "") -> None:
         if self._cancelled():
             raise Cancelled(f"cancelled during {stage}")
+        if time.monotonic() > self._deadline:
+            raise ModelRejected("time_budget_exceeded", f"the job ran past its time budget of {self._budget_s:g} s "
+                                f"during {stage}")
         self._progress(stage, max(0.0, min(1.0, fraction)), message)
 
-    def done(self, stage: str, started: float, status: str = "done", reason: str | None = None) -> None:
-        entry = {"stage": stage, "status": status, "seconds": round(time.perf_counter() - started, 4)}
-        if reason:
-            entry["reason"] = reason
-        self.stages.append(entry)
+    def start(self, stage: str, message: str) -> None:
+        self._started[stage] = time.perf_counter()
+        self.tick(stage, 0.0, message)
+
+    def finish(self, stage: str, status: str = "done", reason: str | None = None) -> None:
+        seconds = time.perf_counter() - self._started.get(stage, time.perf_counter())
+        self.stages.append({"stage": stage, "status": status, "seconds": round(seconds, 4), "reason": reason})
         self.tick(stage, 1.0, reason or status)
 
+    def skip(self, stage: str, reason: str) -> dict:
+        from certify.report.statement import skipped
 
-def _read(source) -> tuple[bytes, str]:
+        self._started[stage] = time.perf_counter()
+        self.finish(stage, "skipped", reason)
+        return skipped(reason)
+
+    def part(self, stage: str, lo: float, hi: float):
+        """A progress function for a sub-task covering [lo, hi] of ``stage``."""
+        return lambda fraction, message="": self.tick(stage, lo + (hi - lo) * fraction, message)
+
+
+def _read_model(source) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source), "model.onnx"
-    with open(source, "rb") as f:
-        return f.read(), os.path.basename(os.fspath(source))
+    try:
+        with open(source, "rb") as f:
+            return f.read(), os.path.basename(os.fspath(source))
+    except OSError as e:
+        raise ModelRejected("file_not_found", f"cannot read {source}: {e.strerror}") from None
+
+
+def load_dataset(source, input_shape: tuple, samples: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
+
+    Pickled objects are refused (``allow_pickle=False``). Returns the first ``samples`` rows and the dataset
+    record (sha256 of the exact file bytes, sample count).
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            if os.path.getsize(source) > MAX_DATASET_BYTES:
+                raise ModelRejected("invalid_dataset", f"dataset is over {MAX_DATASET_BYTES} bytes")
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelRejected("invalid_dataset", f"cannot read dataset {source}: {e.strerror}") from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if "x" not in npz.files or "y" not in npz.files:
+                raise ModelRejected("invalid_dataset", f"dataset needs arrays 'x' and 'y', has {sorted(npz.files)}")
+            x, y = npz["x"], npz["y"]
+    except ModelRejected:
+        raise
+    except ValueError as e:  # pickled object arrays land here with allow_pickle=False
+        raise ModelRejected("invalid_dataset", f"dataset cannot be read without pickle: {e}") from None
+    except Exception as e:  # noqa: BLE001  (zip/npy parsing raises several types on corrupt input)
+        raise ModelRejected("invalid_dataset", f"not a readable .npz: {type(e).__name__}: {e}") from None
+    if x.dtype.kind != "f":
+        raise ModelRejected("invalid_dataset", f"x must be floating point, not {x.dtype}")
+    if y.dtype.kind not in "iu":
+        raise ModelRejected("invalid_dataset", f"y must hold integer labels, not {y.dtype}")
+    if y.ndim != 1 or x.ndim < 1 or len(x) != len(y) or len(y) == 0:
+        raise ModelRejected("invalid_dataset", f"x {list(x.shape)} and y {list(y.shape)} must have the same "
+                            "non-zero length and y must be 1-D")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ModelRejected("invalid_dataset", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
+                            f"{list(input_shape)}")
+    if not np.isfinite(x).all():
+        raise ModelRejected("invalid_dataset", "x contains NaN or infinite values")
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
+    return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelRejected("invalid_config", f"device {name} requested but CUDA is not available")
+    return name
+
+
+def _validate_early(cfg: dict) -> None:
+    """Refuse a bad policy or attack list before any expensive stage."""
+    from certify.attacks import resolve_attacks
+    from certify.report.policy import PolicyError, load_policy
+
+    if cfg["policy"] is not None:
+        try:
+            load_policy(cfg["policy"])
+        except PolicyError as e:
+            raise ModelRejected("invalid_policy", str(e)) from None
+    if cfg["attacks"] != "none":
+        try:
+            resolve_attacks(cfg["attacks"])
+        except ValueError as e:
+            raise ModelRejected("invalid_config", f"attacks: {e}") from None
+
+
+def _eps_key(eps: float) -> str:
+    return repr(float(eps))
+
+
+def _attack_section(result: dict, cfg: dict) -> dict:
+    """The robustness evaluation, in the report's shape."""
+    results, minimal = {}, {}
+    for norm, res in result["results"].items():
+        cells = {}
+        for i, eps in enumerate(res["epsilons"]):
+            cells[_eps_key(eps)] = {
+                "robust_accuracy": res["robust_accuracy"][i],
+                "success_rate": res["success_rate"][i],
+                "per_attack": {name: {"robust_accuracy": a["robust_accuracy"][i], "success_rate": a["success_rate"][i]}
+                               for name, a in res["per_attack"].items()},
+            }
+        results[norm] = cells
+        stats = res["minimal_perturbation"]
+        minimal[norm] = dict(stats, count=stats["n_found"])
+    return {
+        "preset": cfg["attacks"] if isinstance(cfg["attacks"], str) else None,
+        "attacks_run": sorted({r["attack"] for r in result["runs"]}) if result.get("runs") else
+        [a["name"] for a in result["attacks"]],
+        "attacks": result["attacks"],
+        "samples": result["n"],
+        "clean_accuracy": result["clean_accuracy"],
+        "results": results,
+        "minimal_perturbation": minimal,
+        "examples": {norm: res["examples"] for norm, res in result["results"].items()},
+        "sanity_checks": result["sanity_checks"],
+        "warnings": result["warnings"],
+        "skipped": result["skipped"],
+    }
 
 
 def run_pipeline(
@@ -68,45 +200,130 @@ def run_pipeline(
     signer=None,
     model_name: str | None = None,
 ) -> PipelineResult:
-    """Run every stage on ``model_source`` (path or bytes) and ``dataset`` (.npz path or None).
+    """Run every stage on ``model_source`` (path or bytes) and ``dataset`` (.npz path/bytes or None).
 
     ``progress(stage, fraction, message)`` is called at every progress point; ``cancelled()`` is checked there too
-    and raises :class:`Cancelled`. Refusals raise ``ModelRejected``.
+    and raises :class:`Cancelled`. Refusals (bad model, dataset, config, policy, time budget) raise
+    ``ModelRejected``. With a ``signer`` the statement is signed into a DSSE envelope.
     """
-    from certify.convert import to_torch
+    import torch
+
+    from certify.convert import CONVERTER_VERSION, to_torch
+    from certify.lipschitz import certificate
     from certify.load import load_onnx
+    from certify.report.dsse import sign_statement
+    from certify.report.policy import evaluate_policy
+    from certify.report.statement import build_statement, environment, utc_now, validate_predicate, weights_sha256
+    from certify.robustness import SoundnessError, evaluate
     from certify.summary import summarize
-    from certify.verify import verify_conversion
+    from certify.verify import input_specs, verify_conversion
 
     cfg = load_config(config)
-    run = _Run(progress, cancelled)
-    data, default_name = _read(model_source)
-    digest = hashlib.sha256(data).hexdigest()
+    _validate_early(cfg)
+    device = _device(cfg["device"])
+    run = _Run(progress, cancelled, cfg["time_budget_s"])
+    data, default_name = _read_model(model_source)
+    input_range = tuple(cfg["input_range"])
 
-    started = time.perf_counter()
-    run.tick("load", 0.0, "parsing and checking the model")
+    run.start("load", "parsing and checking the model")
     model = load_onnx(data, input_shapes=cfg["input_shapes"])
     summary = summarize(model)
-    run.done("load", started)
+    specs = input_specs(model, batch=1)
+    if len(specs) != 1:
+        raise ModelRejected("unsupported_model",
+                            f"a classifier with one input is expected, this model has {len(specs)}")
+    input_shape = tuple(specs[0][1][1:])
+    samples = None
+    dataset_record = None
+    if dataset is not None:
+        x, y, dataset_record = load_dataset(dataset, input_shape, cfg["samples"])
+        samples = (x, y)
+    run.finish("load")
 
-    started = time.perf_counter()
-    run.tick("convert", 0.0, "converting to PyTorch")
+    run.start("convert", "converting to PyTorch")
     module = to_torch(model)
-    run.done("convert", started)
+    converter = {"version": CONVERTER_VERSION, "weights_sha256": weights_sha256(module.state_dict().items())}
+    run.finish("convert")
 
-    started = time.perf_counter()
-    run.tick("conversion_check", 0.0, "comparing with onnxruntime")
-    conversion = verify_conversion(model, module, input_range=tuple(cfg["input_range"]), seed=cfg["seed"])
-    run.done("conversion_check", started)
+    run.start("conversion_check", "comparing with onnxruntime")
+    conversion = verify_conversion(model, module, input_range=input_range, seed=cfg["seed"])
+    run.finish("conversion_check")
 
-    for stage in ("bounds", "attacks"):
-        started = time.perf_counter()
-        run.done(stage, started, "skipped", "not available in this version")
+    run.start("bounds", "Lipschitz bounds per layer")
+    certificates = {}
+    norms = cfg["norms"]
+    for i, norm in enumerate(norms):
+        certificates[norm] = certificate(
+            module, input_shape, dataset=samples, norm=norm, epsilons=cfg["epsilons"], samples=cfg["samples"],
+            seed=cfg["seed"], input_range=input_range,
+            progress=run.part("bounds", i / len(norms), (i + 1) / len(norms)))
+    first = certificates[norms[0]]
+    bounds = {"norm": norms[0], "input_shape": first["input_shape"], "layers": first["layers"],
+              "network": first["network"]}
+    if len(norms) > 1:
+        bounds["other_norms"] = {n: {"network": c["network"]} for n, c in certificates.items() if n != norms[0]}
+    run.finish("bounds")
 
-    statement = {
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": model_name or default_name, "digest": {"sha256": digest}}],
-        "predicateType": "https://lipcert.dev/robustness-report/v0",
-        "predicate": {"model": summary, "conversion": conversion, "config": cfg, "stages": run.stages},
+    if samples is None:
+        certified = run.skip("certified", "no dataset was given")
+    else:
+        run.start("certified", "certified accuracy")
+        certified = {
+            "clean_accuracy": first["certified"]["clean_accuracy"],
+            "samples": first["certified"]["samples"],
+            "method": "per-pair margin / Lipschitz bound of the logit difference",
+            "accuracy": {n: {_eps_key(e): v for e, v in c["certified"]["certified_accuracy"].items()}
+                         for n, c in certificates.items()},
+            "radius": {n: c["certified"]["radius"] for n, c in certificates.items()},
+        }
+        run.finish("certified")
+
+    if samples is None:
+        attacks = run.skip("attacks", "no dataset was given")
+    elif cfg["attacks"] == "none":
+        attacks = run.skip("attacks", "attacks were switched off (attacks: none)")
+    else:
+        run.start("attacks", "adversarial attacks")
+        radii = {n: np.asarray([r if r is not None else 0.0 for r in c["certified"]["radii"]], dtype=np.float64)
+                 for n, c in certificates.items()}
+        try:
+            result = evaluate(
+                module.to(device), samples[0], samples[1], norms=norms, epsilons=cfg["epsilons"],
+                attacks=cfg["attacks"], input_range=input_range, seed=cfg["seed"], device=device,
+                progress=lambda stage, fraction, message="": run.tick("attacks", fraction, message),
+                cancelled=cancelled, certified_radii=radii)
+        except SoundnessError as e:
+            raise RuntimeError(f"soundness check failed: {e}") from e
+        finally:
+            module.to("cpu")
+        attacks = _attack_section(result, cfg)
+        run.finish("attacks")
+
+    run.start("report", "assembling the report")
+    predicate = {
+        "created": utc_now(),
+        "model": summary,
+        "dataset": dataset_record,
+        "conversion": conversion,
+        "converter": converter,
+        "bounds": bounds,
+        "certified": certified,
+        "attacks": attacks,
+        "policy": None,
+        "config": cfg,
+        "environment": environment(device=device if torch.cuda.is_available() or device == "cpu" else "cpu",
+                                   seed=cfg["seed"]),
+        "timings": {},
+        "stages": run.stages,
     }
-    return PipelineResult(statement=statement, envelope=None, stages=run.stages)
+    if cfg["policy"] is not None:
+        predicate["policy"] = evaluate_policy(cfg["policy"], predicate)
+    run.finish("report")
+    predicate["timings"] = {s["stage"]: s["seconds"] for s in run.stages}
+    errors = validate_predicate(predicate)
+    if errors:
+        raise RuntimeError("the assembled report does not match its schema: " + "; ".join(errors[:5]))
+    statement = build_statement(model_name=model_name or default_name,
+                                model_sha256=hashlib.sha256(data).hexdigest(), predicate=predicate)
+    envelope = sign_statement(statement, signer) if signer is not None else None
+    return PipelineResult(statement=statement, envelope=envelope, stages=run.stages)
