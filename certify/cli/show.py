@@ -30,8 +30,10 @@ def _fail(as_json: bool, report: str, error) -> None:
 @click.option("--model", type=click.Path(exists=True, dir_okay=False),
               help="With --key: also check the report is about this model file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statement as JSON instead of tables.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, metavar="OUT.html",
+              help="Also write the report as one self-contained HTML page (charts inline as SVG).")
 @refusals_exit_2
-def show(report, keys, model, as_json):
+def show(report, keys, model, as_json, html_path):
     """Print a readable summary of REPORT (a DSSE envelope, or an unsigned statement)."""
     from certify.report.dsse import VerificationError, check_envelope_shape, peek_statement, read_json_file
     from certify.report.render import render_report
@@ -56,6 +58,15 @@ def show(report, keys, model, as_json):
             note = "NOT VERIFIED: signature not checked (give --key to verify)"
     except VerificationError as e:
         _fail(as_json, report, e)
+    if html_path:
+        import os
+
+        from certify.report.html import render_report_html
+
+        page = render_report_html(document, verified_keyid=verified.keyid if keys else None,
+                                  report_name=os.path.basename(report))
+        with open(html_path, "w", encoding="utf-8") as f:
+            f.write(page)
     if as_json:
         click.echo(json.dumps({"verified": bool(keys), "statement": statement}, indent=2))
         return
