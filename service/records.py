@@ -131,13 +131,13 @@ class Records:
             members = self.r.smembers(PREFIX + "state:" + state)
             ids = [i for i in ids if i in members]
         out, position = [], offset
-        batch = 200
+        batch = limit if not model else 200  # without a model filter every fetched job is kept
         while len(out) < limit and position < len(ids):
             chunk = ids[position:position + batch]
             pipe = self.r.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hgetall(self.job_key(job_id))
-            for job_id, raw in zip(chunk, pipe.execute()):
+            for raw in pipe.execute():
                 position += 1
                 if not raw:
                     continue
@@ -152,12 +152,30 @@ class Records:
     def active_jobs(self, tenant: str) -> int:
         return self.r.scard(self._t(tenant, "active"))
 
+    def _idem(self, tenant: str, key: str) -> str:
+        return self._t(tenant, "idem", hashlib.sha256(key.encode()).hexdigest())
+
     def claim_idempotency_key(self, tenant: str, key: str, job_id: str, ttl_s: int = 86400) -> str:
         """The job id stored for this key: ``job_id`` when this call claimed it, else the earlier one."""
-        name = self._t(tenant, "idem", hashlib.sha256(key.encode()).hexdigest())
+        name = self._idem(tenant, key)
         if self.r.set(name, job_id, nx=True, ex=ttl_s):
             return job_id
         return self.r.get(name) or job_id
+
+    def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
+        """Forget a claim whose job was never created, so a retry can create it."""
+        name = self._idem(tenant, key)
+        if self.r.get(name) == job_id:
+            self.r.delete(name)
+
+    def discard_job(self, job: dict) -> None:
+        """Remove a job that could not be queued (its creation is undone, so nothing waits for it)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.job_key(job["id"]))
+        pipe.zrem(self._t(job["tenant"], "jobs"), job["id"])
+        pipe.srem(self._t(job["tenant"], "active"), job["id"])
+        pipe.srem(PREFIX + "state:" + job["state"], job["id"])
+        pipe.execute()
 
     # -- leases: one running attempt per job
     def take_lease(self, job_id: str, holder: str, ttl_s: float) -> bool:

@@ -84,6 +84,6 @@ def create_tokens_file(path: str, tenant: str = "default") -> str:
     token = new_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"# lipcert API tokens: tenant:sha256=<hex of the token>[:ro] or tenant:token[:ro]\n")
+        f.write("# lipcert API tokens: tenant:sha256=<hex of the token>[:ro] or tenant:token[:ro]\n")
         f.write(f"{tenant}:sha256={hashlib.sha256(token.encode()).hexdigest()}\n")
     return token

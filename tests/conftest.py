@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from service_fixtures import digits_dataset, digits_model, service, tiny_model  # noqa: F401  (service tests)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_MODEL = os.path.join(ROOT, "examples", "digits_mlp.onnx")

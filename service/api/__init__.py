@@ -1,0 +1,1 @@
+"""One blueprint per resource: models, datasets, jobs, reports, keys, health."""

@@ -1,0 +1,187 @@
+"""Jobs: create (202 + Location), read with progress, list, cancel, and fetch the signed report."""
+
+from __future__ import annotations
+
+from flask import Response, request, url_for
+from flask_smorest import Blueprint
+
+from service.api.common import iso
+from service.context import require_write, services, tenant
+from service.datasets import check_fit
+from service.problems import ApiProblem
+from service.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
+from service.schemas import REQUEST_ONLY, JobCreateSchema, JobListQuerySchema, JobPageSchema, JobSchema
+
+blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Certification jobs")
+
+_TIMES = ("created_at", "started_at", "finished_at", "updated_at")
+
+
+def render(job: dict) -> dict:
+    """The public view of a job record."""
+    out = {k: v for k, v in job.items() if k not in ("tenant", "model_name", "report_keyid")}
+    for k in _TIMES:
+        out[k] = iso(job.get(k))
+    out.setdefault("progress", 0.0)
+    out["cancel_requested"] = bool(job.get("cancel_requested"))
+    links = {"self": url_for("jobs.get_job", job_id=job["id"]),
+             "model": url_for("models.get_model", model_id=job["model"])}
+    if job["state"] == SUCCEEDED:
+        links["report"] = url_for("jobs.get_report", job_id=job["id"])
+    out["links"] = links
+    return out
+
+
+def _owned(job_id: str) -> dict:
+    job = services().records.tenant_job(tenant().name, job_id)
+    if job is None:
+        raise ApiProblem(404, "not_found", f"no job {job_id}")
+    return job
+
+
+def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
+    records = services().records
+    model = records.get_artifact(t_name, "models", body["model"])
+    if model is None:
+        raise ApiProblem(422, "unknown_model", f"no model {body['model']}; upload it to /v1/models first",
+                         errors={"model": ["unknown model"]})
+    if model.get("unsupported_operators"):
+        ops = ", ".join(f"{k} ({v})" for k, v in sorted(model["unsupported_operators"].items()))
+        raise ApiProblem(422, "unsupported_operator", f"the model uses unsupported operators: {ops}")
+    for other in body["transfer_to"]:
+        if records.get_artifact(t_name, "models", other) is None:
+            raise ApiProblem(422, "unknown_model", f"no model {other}", errors={"transfer_to": ["unknown model"]})
+    dataset = None
+    if body["dataset"]:
+        dataset = records.get_artifact(t_name, "datasets", body["dataset"])
+        if dataset is None:
+            raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
+                             errors={"dataset": ["unknown dataset"]})
+        check_fit(model, dataset)
+    return model, dataset
+
+
+MAX_JOB_BODY = 256 * 1024
+
+
+@blp.before_request
+def _json_only():
+    if request.method != "POST":
+        return
+    if request.mimetype != "application/json":
+        raise ApiProblem(415, "unsupported_media_type", "send the job as application/json")
+    if (request.content_length or 0) > MAX_JOB_BODY:
+        raise ApiProblem(413, "payload_too_large", f"a job request is at most {MAX_JOB_BODY} bytes",
+                         headers={"Connection": "close"})
+    request.max_content_length = MAX_JOB_BODY  # also bounds a chunked body
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(JobCreateSchema)
+@blp.response(202, JobSchema)
+@blp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}, "required": False,
+                      "description": "a retry with the same key returns the same job"}])
+def create_job(body):
+    """Queue a certification job for an uploaded model (and dataset)."""
+    t = require_write()
+    ctx = services()
+    model, _ = _check_references(t.name, body)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200):
+        raise ApiProblem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+    job_id = new_job_id()
+    if key:
+        claimed = ctx.records.claim_idempotency_key(t.name, key, job_id)
+        if claimed != job_id:
+            earlier = ctx.records.tenant_job(t.name, claimed)
+            if earlier is None:
+                raise ApiProblem(409, "idempotency_in_progress", "a request with this key is still being handled")
+            return render(earlier), 202, {"Location": url_for("jobs.get_job", job_id=claimed),
+                                          "Idempotent-Replayed": "true"}
+    try:
+        job = _enqueue(t.name, job_id, body, model)
+    except Exception:
+        if key:
+            ctx.records.release_idempotency_key(t.name, key, job_id)
+        raise
+    return render(job), 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
+
+
+def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
+    """Create the job record and queue it; a job that cannot be queued is removed again."""
+    ctx = services()
+    if ctx.records.active_jobs(tenant_name) >= ctx.settings.job_quota:
+        raise ApiProblem(429, "job_quota_exceeded",
+                         f"{ctx.settings.job_quota} jobs are already queued or running for this tenant",
+                         headers={"Retry-After": "10"})
+    config = {k: v for k, v in body.items() if k not in REQUEST_ONLY}
+    created = now()
+    job = {"id": job_id, "tenant": tenant_name, "state": QUEUED, "stage": None, "progress": 0.0, "eta_s": None,
+           "message": "queued", "model": body["model"], "model_name": model.get("name"), "dataset": body["dataset"],
+           "config": config, "transfer_to": body["transfer_to"], "webhook_url": body["webhook_url"], "attempts": 0,
+           "error": None, "created_at": created, "started_at": None, "finished_at": None, "updated_at": created}
+    ctx.records.create_job(job)
+    try:
+        ctx.queue.submit(job_id, float(config["time_budget_s"]))
+    except Exception:
+        ctx.records.discard_job(job)
+        raise
+    return job
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(JobListQuerySchema, location="query")
+@blp.response(200, JobPageSchema)
+def list_jobs(query):
+    """This tenant's jobs, newest first; filter by state and model; page with cursor."""
+    jobs, next_offset = services().records.list_jobs(tenant().name, query.get("state"), query.get("model"),
+                                                     query["cursor"], query["limit"])
+    next_url = None
+    if next_offset is not None:
+        args = {k: v for k, v in query.items() if k != "cursor"}
+        next_url = url_for("jobs.list_jobs", cursor=next_offset, **args)
+    return {"items": [render(j) for j in jobs], "next": next_url}
+
+
+@blp.route("/<string:job_id>", methods=["GET"])
+@blp.response(200, JobSchema)
+def get_job(job_id):
+    """State, stage, progress, ETA, timestamps and, on failure, the error."""
+    return render(_owned(job_id))
+
+
+@blp.route("/<string:job_id>", methods=["DELETE"])
+@blp.response(202, JobSchema)
+def cancel_job(job_id):
+    """Cancel: a queued job never runs; a running one stops at its next progress point."""
+    require_write()
+    records = services().records
+    job = _owned(job_id)
+    if job["state"] in TERMINAL:
+        raise ApiProblem(409, "job_finished", f"the job already ended ({job['state']})")
+    records.request_cancel(job_id)
+    if job["state"] == QUEUED:
+        records.transition(job, [QUEUED], CANCELLED, finished_at=now(), message="cancelled before it ran")
+    elif job["state"] == RUNNING:
+        records.update_job(job_id, message="cancelling")
+    return render(records.get_job(job_id))
+
+
+def envelope_response(job_id: str) -> Response:
+    data = services().store.read("reports", f"{job_id}.json")
+    if data is None:
+        raise ApiProblem(404, "not_found", "the report is missing from the artifact store")
+    return Response(data, mimetype="application/json", headers={"X-Lipcert-Job": job_id,
+                                                                "Cache-Control": "no-store"})
+
+
+@blp.route("/<string:job_id>/report", methods=["GET"])
+@blp.doc(responses={"200": {"description": "the signed report (a DSSE envelope)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}}})
+def get_report(job_id):
+    """The signed report (DSSE envelope) once the job succeeded; 409 before."""
+    job = _owned(job_id)
+    if job["state"] != SUCCEEDED:
+        detail = f"the job is {job['state']}; the report exists once it succeeds"
+        raise ApiProblem(409, "report_not_ready", detail)
+    return envelope_response(job_id)

@@ -1,0 +1,68 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_smorest import Api
+
+from service import auth, problems
+from service.context import Services
+from service.records import Records, connect
+from service.schemas import EnvelopeSchema
+from service.settings import Settings
+from service.signing import public_keys
+from service.store import LocalArtifactStore
+from service.tokens import TokenRegistry
+
+
+class ProblemApi(Api):
+    """flask-smorest, with its error bodies replaced by problem+json."""
+
+    def handle_http_exception(self, error):
+        return problems.from_http_exception(error)
+
+
+def create_app(settings: Settings | None = None, queue=None) -> Flask:
+    """Build the API for ``settings`` (default: from the environment); ``queue`` defaults to the Celery queue."""
+    settings = settings or Settings.from_env()
+    app = Flask("lipcert")
+    app.config.update(
+        API_TITLE="lipcert",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    tokens = TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
+    if queue is None:
+        from worker.queue import JobQueue
+
+        queue = JobQueue(settings)
+    app.extensions["lipcert"] = Services(
+        settings=settings,
+        records=Records(connect(settings.redis_url)),
+        store=LocalArtifactStore(settings.store_dir),
+        tokens=tokens,
+        queue=queue,
+        public_keys=public_keys(settings),
+    )
+    if not len(tokens):
+        logging.getLogger("lipcert.api").warning("no API tokens are configured: every /v1 request will get 401")
+
+    api = ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+    api.spec.components.schema("Envelope", schema=EnvelopeSchema)
+    from service.api import datasets, health, jobs, keys, models, reports
+
+    for module in (models, datasets, jobs, reports, keys, health):
+        api.register_blueprint(module.blp)
+    from service.ui import blueprint as dashboard
+
+    app.register_blueprint(dashboard)  # the browser dashboard (/ui/), a client of the same /v1 API
+    problems.register(app)
+    app.before_request(auth.authenticate)
+    return app

@@ -1,0 +1,104 @@
+"""The service's building blocks without processes: tokens, the artifact store, dataset checks, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import pytest
+
+from certify.errors import ModelRejected
+from service.datasets import check_fit, inspect_dataset
+from service.settings import Settings, parse_delays
+from service.store import LocalArtifactStore, TooLarge
+from service.tokens import TokenRegistry, create_tokens_file
+
+
+def test_tokens_from_env_and_file(tmp_path):
+    path = tmp_path / "tokens.txt"
+    token = create_tokens_file(str(path), "default")
+    text = path.read_text()
+    assert token not in text and hashlib.sha256(token.encode()).hexdigest() in text  # stored hashed only
+    with open(path, "a") as f:
+        f.write("ci:ci-token-0123456789abcdef:ro\n")
+    reg = TokenRegistry.from_sources("alice:alice-token-0123456789abcdef", str(path))
+    assert reg.lookup(token).name == "default" and not reg.lookup(token).read_only
+    assert reg.lookup("alice-token-0123456789abcdef").name == "alice"
+    assert reg.lookup("ci-token-0123456789abcdef").read_only
+    assert reg.lookup("alice-token-0123456789abcdeX") is None
+    assert reg.lookup("") is None
+
+
+@pytest.mark.parametrize("entry", ["alice", "alice:short", "bad tenant:0123456789abcdef0", "a:sha256=12"])
+def test_bad_token_entries_are_refused(entry):
+    with pytest.raises(ValueError):
+        TokenRegistry.from_sources(entry)
+
+
+def test_store_is_content_addressed_and_atomic(tmp_path):
+    store = LocalArtifactStore(str(tmp_path))
+    data = b"abc" * 1000
+    first = store.put_stream("models", iter([data[:100], data[100:]]), max_bytes=10_000)
+    again = store.put_stream("models", iter([data]), max_bytes=10_000)
+    assert first.digest == again.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert first.created and not again.created and first.size == len(data)
+    assert open(store.local_path("models", first.digest), "rb").read() == data
+    with pytest.raises(TooLarge):
+        store.put_stream("models", iter([b"x" * 600, b"y" * 600]), max_bytes=1000)
+    assert sorted(os.listdir(tmp_path / "models")) == [first.digest.split(":")[1]]  # no partial file left
+    with pytest.raises(ValueError):
+        store.local_path("models", "sha256:../../etc/passwd")
+
+
+def test_reports_are_written_once(tmp_path):
+    store = LocalArtifactStore(str(tmp_path))
+    assert store.put_once("reports", "job_1.json", b"first")
+    assert not store.put_once("reports", "job_1.json", b"second")
+    assert store.read("reports", "job_1.json") == b"first"
+    assert store.read("reports", "job_2.json") is None
+    with pytest.raises(ValueError):
+        store.put_once("reports", "../escape", b"x")
+    assert [n for n in os.listdir(tmp_path / "reports") if n.startswith(".")] == []
+
+
+def _npz(path, **arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+    return str(path)
+
+
+def test_dataset_checks(tmp_path):
+    good = _npz(tmp_path / "good.npz", x=np.zeros((6, 64), np.float32), y=np.arange(6))
+    info = inspect_dataset(good, 10**6)
+    assert info == {"samples": 6, "x_shape": [6, 64], "x_dtype": "float32", "y_dtype": "int64", "classes": 6}
+    model = {"inputs": [{"name": "x", "shape": ["batch", 64]}]}
+    check_fit(model, info)
+    with pytest.raises(ModelRejected) as e:
+        check_fit({"inputs": [{"name": "x", "shape": ["batch", 32]}]}, info)
+    assert e.value.code == "dataset_model_mismatch"
+    cases = {
+        "dataset_pickled": dict(x=np.array([object()] * 2, dtype=object), y=np.arange(2)),
+        "bad_dataset": dict(x=np.zeros((3, 4), np.float32), y=np.arange(4)),
+        "dataset_missing_arrays": dict(x=np.zeros((3, 4), np.float32)),
+    }
+    for code, arrays in cases.items():
+        with pytest.raises(ModelRejected) as e:
+            inspect_dataset(_npz(tmp_path / f"{code}.npz", **arrays), 10**6)
+        assert e.value.code == code
+    with pytest.raises(ModelRejected) as e:  # declared sizes over the cap: refused before reading
+        inspect_dataset(_npz(tmp_path / "big.npz", x=np.zeros((1000, 64), np.float32), y=np.arange(1000)), 10_000)
+    assert e.value.code == "dataset_too_large"
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "LIPCERT_JOB_QUOTA": "3",
+                           "LIPCERT_TEST_PROGRESS_DELAY": "slow=0.5,b=1"})
+    assert s.redis_url == "redis://127.0.0.1:1/0" and s.job_quota == 3
+    assert s.progress_delay == {"slow": 0.5, "b": 1.0}
+    with pytest.raises(ValueError):
+        Settings.from_env({"LIPCERT_JOB_QUOTA": "many"})
+    with pytest.raises(ValueError):
+        parse_delays("slow")

@@ -1,0 +1,19 @@
+"""Sending jobs to the workers (used by the API)."""
+
+from __future__ import annotations
+
+from service.settings import Settings
+from worker.celery_app import TASK_NAME, make_celery
+
+
+class JobQueue:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.app = make_celery(settings)
+
+    def submit(self, job_id: str, budget_s: float) -> None:
+        """Queue ``job_id`` with a soft time limit of its budget and a hard one a grace period later."""
+        soft = max(1.0, min(budget_s, self.settings.max_job_seconds))
+        self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.queue, task_id=job_id,
+                           soft_time_limit=soft, time_limit=soft + self.settings.hard_limit_grace_s,
+                           retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
