@@ -1,10 +1,11 @@
-# Two entry points for a fresh machine: `make run` (the main job on its embedded default) and `make test`.
+# Two entry points for a fresh machine: `make run` (the service on its embedded default) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DATA_DIR ?= lipcert-data
 
-.PHONY: run test lint install example clean
+.PHONY: run test lint install browser example certify-example clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,15 +17,34 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The service with an embedded Redis, one worker, on http://127.0.0.1:8000 (Ctrl-C stops everything).
 run: $(STAMP)
-	$(BIN)/lipcert inspect examples/digits_mlp.onnx
+	$(BIN)/lipcert serve --data-dir $(DATA_DIR)
 
-test: $(STAMP)
+# Headless Chromium for the browser test (Debian packages); skipped quietly where apt is not available.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	     >/dev/null) || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 example: $(STAMP)
 	$(BIN)/python examples/train_digits.py
+
+# The pipeline in-process on the example model, writing a signed report.
+certify-example: $(STAMP)
+	mkdir -p $(DATA_DIR)
+	test -f $(DATA_DIR)/example-key.pem || $(BIN)/lipcert keygen --private $(DATA_DIR)/example-key.pem \
+	  --public $(DATA_DIR)/example-key.pub.pem
+	$(BIN)/lipcert certify examples/digits_mlp.onnx --data examples/digits_test.npz --eps 0.05,0.1 \
+	  --key $(DATA_DIR)/example-key.pem -o $(DATA_DIR)/example-report.json
 
 clean:
 	rm -rf $(VENV)
