@@ -84,7 +84,14 @@ Y = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
         ("Split", 18, [Y], 2, None, {"axis": 1, "num_outputs": 2}),
         ("Slice", 9, [Y], 1, None, {"starts": [1, -4], "ends": [100, -1], "axes": [0, 1]}),
         ("Slice", 9, [Y], 1, None, {"starts": [0], "ends": [2]}),
-        ("Slice", 11, [Y], 1, {"s": np.array([-1]), "e": np.array([-100]), "a": np.array([1]), "p": np.array([-2])}, {}),
+        (
+            "Slice",
+            11,
+            [Y],
+            1,
+            {"s": np.array([-1]), "e": np.array([-100]), "a": np.array([1]), "p": np.array([-2])},
+            {},
+        ),
         ("Pad", 9, [Y], 1, None, {"pads": [1, 2, 0, 3], "value": 1.5}),
         ("Pad", 9, [Y], 1, None, {"pads": [2, 3, 2, 3], "mode": "reflect"}),
         ("Pad", 9, [Y], 1, None, {"pads": [0, 4, 1, 0], "mode": "edge"}),
@@ -92,10 +99,12 @@ Y = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
         ("Pad", 11, [Y], 1, {"pads": np.array([1, -2, 0, 3])}, {"mode": "edge"}),
         ("Pad", 18, [Y], 1, {"pads": np.array([1, 2]), "v": np.array(0.5, np.float32), "axes": np.array([-1])}, {}),
         ("Pad", 19, [Y], 1, {"pads": np.array([2, 7, 1, 6])}, {"mode": "wrap"}),
+        ("Pad", 13, [Y.astype(np.int64)], 1, {"pads": np.array([1, 0, 0, 2]), "v": np.array(7)}, {}),
         ("Tile", 9, [Y], 1, {"r": np.array([2, 3])}, {}),
         ("Expand", 9, [Y[:, :1]], 1, {"shape": np.array([2, 1, 4])}, {}),
         ("Gather", 9, [Y], 1, {"i": np.array([[0, -1], [2, 2]])}, {"axis": 1}),
         ("Gather", 11, [Y], 1, {"i": np.array(-2)}, {"axis": 0}),
+        ("Gather", 13, [np.array([3, 4, 5])], 1, {"i": np.array(1)}, {}),  # a scalar from a shape
         ("Reshape", 9, [X], 1, {"shape": np.array([0, -1, 3])}, {}),
         ("Flatten", 9, [X], 1, None, {"axis": 0}),
         ("Transpose", 9, [X], 1, None, {"perm": [2, 0, 3, 1]}),
@@ -189,9 +198,20 @@ def test_constant_of_shape_refuses_huge_shape_at_run_time():
     assert module(torch.tensor([2, 3])).shape == (2, 3)
 
 
+def test_sparse_constant_refuses_huge_dense_shape():
+    values = numpy_helper.from_array(np.array([1.0], np.float32))
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0], np.int64)), [10**6, 10**6])
+    node = helper.make_node("Constant", [], ["out0"], sparse_value=sparse)
+    graph = helper.make_graph([node], "g", [], [onnx.ValueInfoProto(name="out0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    _refused_for_size(lambda: to_torch(model), "sparse Constant")
+
+
 def test_expand_refuses_huge_shape():
     x = np.ones((1, 1), np.float32)
-    _refused_for_size(lambda: to_torch(single_node_model("Expand", 13, [], initializers={"x": x, "shape": HUGE})), "Expand")
+    _refused_for_size(
+        lambda: to_torch(single_node_model("Expand", 13, [], initializers={"x": x, "shape": HUGE})), "Expand"
+    )
     module = to_torch(single_node_model("Expand", 13, [x, HUGE]))
     _refused_for_size(lambda: module(torch.from_numpy(x), torch.from_numpy(HUGE)), "Expand")
 

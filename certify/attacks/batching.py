@@ -1,4 +1,8 @@
-"""Running an attack over a data set in batches: seeded per batch, memory-bounded (a CUDA OOM halves the batch)."""
+"""Running an attack over a data set in batches: seeded per batch, memory-bounded (a CUDA OOM halves the batch).
+
+Every batch draws its randomness from its own generator, seeded from (seed, attack, norm, eps, first row), so the
+same seed gives the same result on the same device (on CUDA as far as its kernels are deterministic).
+"""
 
 from __future__ import annotations
 

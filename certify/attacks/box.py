@@ -82,8 +82,8 @@ class Feasible:
         self.lo, self.hi = self.box_lo, self.box_hi
         if eps is not None and norm == "linf":
             x64 = x.double()
-            up = _inward_up(x + eps, x64 + eps)
-            down = _inward_down(x - eps, x64 - eps)
+            up = _inward_up((x64 + eps).to(x.dtype), x64 + eps)  # rounded once, then at most one ulp inward
+            down = _inward_down((x64 - eps).to(x.dtype), x64 - eps)
             self.lo = torch.maximum(self.box_lo, down)
             self.hi = torch.minimum(self.box_hi, up)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from certify.attacks.base import Attack, AttackContext
+from certify.attacks.box import expand_as_batch
 from certify.attacks.losses import get_loss, misclassified
 from certify.attacks.restarts import ActiveSet, with_restarts
 from certify.attacks.steps import SCHEDULES, ascent_direction, input_gradient, random_in_ball, step_size
@@ -42,10 +43,13 @@ class PGD(Attack):
         for i in range(steps):
             ctx.step()
             _, logits, grad = input_gradient(model, x_adv, active.y, loss_fn)
-            active.record(x_adv, misclassified(logits, active.y))
-            x_adv = active.feasible.project(x_adv + step_size(p["schedule"], base, i, steps) *
-                                            ascent_direction(grad, norm))
+            # A misclassified sample gets a zero step: it stays at its first misclassified point, which costs
+            # nothing extra (the per-sample step size replaces the scalar one).
+            moving = ~misclassified(logits, active.y)
+            size = step_size(p["schedule"], base, i, steps) * moving.to(x_adv.dtype)
+            x_adv = active.feasible.project(x_adv + expand_as_batch(size, x_adv) * ascent_direction(grad, norm))
             if p["early_stop"] and (i + 1) % p["check_every"] == 0:
+                active.record(x_adv, ~moving)
                 kept = active.shrink(x_adv)
                 if kept is None:
                     return active.finish()

@@ -36,6 +36,12 @@ class PRelu(OnnxOp):
     def forward(self, x, slope):
         return torch.where(x < 0, x * slope, x)
 
+    def lipschitz(self, ctx):
+        """Slope in [min(slope, 1), max(slope, 1)] with the constant slope input."""
+        from certify.lipschitz import network
+
+        return network.prelu(ctx)
+
 
 @register("Elu", versions=(6, None))
 class Elu(Pointwise):
@@ -113,6 +119,12 @@ class Gelu(Pointwise):
     def fn(self, x):
         return F.gelu(x, approximate=self.approximate)
 
+    def lipschitz(self, ctx):
+        """GELU's slope range (exact or tanh form)."""
+        from certify.lipschitz import network
+
+        return network.activation("Gelu", ctx, approximate=self.approximate)
+
 
 @register("Mish", versions=(18, None))
 class Mish(Pointwise):
@@ -148,6 +160,12 @@ class Clip(OnnxOp):
             return x
         return torch.clamp(x, lo, hi)
 
+    def lipschitz(self, ctx):
+        """Slope in [0, 1]."""
+        from certify.lipschitz import network
+
+        return network.clip(ctx)
+
 
 class Normalize(OnnxOp):
     """Softmax / LogSoftmax along ``axis``.
@@ -174,6 +192,12 @@ class Normalize(OnnxOp):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", axis={self.axis}, flatten_to_2d={self.flatten_to_2d}"
+
+    def lipschitz(self, ctx):
+        """Softmax 1/2, LogSoftmax sqrt(n) (see ``constants.softmax_bound``)."""
+        from certify.lipschitz import network
+
+        return network.softmax(ctx, self.axis, self.flatten_to_2d, log=self.op_type == "LogSoftmax")
 
 
 @register("Softmax", versions=(1, None))

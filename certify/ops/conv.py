@@ -193,6 +193,12 @@ class Conv(SlidingWindow, OnnxOp):
             x = F.pad(x, pad)
         return _CONV[nd](x, w, b, self.axis_strides(nd), 0, self.axis_dilations(nd), self.group)
 
+    def lipschitz(self, ctx):
+        """Linear: this kernel with the resolved strides, pads and dilations."""
+        from certify.lipschitz import network
+
+        return network.convolution(ctx, self, self.group)
+
 
 @register("ConvTranspose", versions=(1, None))
 class ConvTranspose(SlidingWindow, OnnxOp):
@@ -258,3 +264,9 @@ class ConvTranspose(SlidingWindow, OnnxOp):
         if b is not None:
             y = y + b.reshape((1, -1) + (1,) * nd)
         return y
+
+    def lipschitz(self, ctx):
+        """Linear: the adjoint of the strided convolution with this kernel."""
+        from certify.lipschitz import network
+
+        return network.convolution(ctx, self, self.group, transposed=True)

@@ -39,6 +39,12 @@ class Pointwise(OnnxOp):
         fields = "".join(f", {name}={getattr(self, name)!r}" for name in self.attributes)
         return super().extra_repr() + fields
 
+    def lipschitz(self, ctx):
+        """The activation's slope range from its op type and attributes (``constants.activation_slope``)."""
+        from certify.lipschitz import network
+
+        return network.activation(self.op_type, ctx, **{name: getattr(self, name) for name in self.attributes})
+
 
 class Binary(OnnxOp):
     """An operator that is one broadcasting torch function of two inputs."""
@@ -69,15 +75,33 @@ class Variadic(OnnxOp):
 class Add(Binary):
     fn = staticmethod(torch.add)
 
+    def lipschitz(self, ctx):
+        """A residual sum of varying tensors, or a translation."""
+        from certify.lipschitz import network
+
+        return network.add(ctx)
+
 
 @register("Sub", versions=(7, None))
 class Sub(Binary):
     fn = staticmethod(torch.sub)
 
+    def lipschitz(self, ctx):
+        """A difference of varying tensors, or a translation / negation."""
+        from certify.lipschitz import network
+
+        return network.add(ctx, subtract=True)
+
 
 @register("Mul", versions=(7, None))
 class Mul(Binary):
     fn = staticmethod(torch.mul)
+
+    def lipschitz(self, ctx):
+        """A constant scale; two varying factors are unbounded."""
+        from certify.lipschitz import network
+
+        return network.mul(ctx)
 
 
 @register("Div", versions=(7, None))
@@ -90,6 +114,12 @@ class Div(Binary):
             return torch.div(a, b)
         return torch.div(a, b, rounding_mode="trunc")
 
+    def lipschitz(self, ctx):
+        """Division by a constant; a varying divisor is unbounded."""
+        from certify.lipschitz import network
+
+        return network.div(ctx)
+
 
 @register("Pow", versions=(7, None))
 class Pow(Binary):
@@ -101,6 +131,12 @@ class Pow(Binary):
             return torch.pow(x, y.to(x.dtype))
         # integer base, fractional exponent: compute in float64, then truncate back like a C cast
         return torch.pow(x.to(torch.float64), y.to(torch.float64)).to(x.dtype)
+
+    def lipschitz(self, ctx):
+        """No global constant."""
+        from certify.lipschitz import network
+
+        return network.unbounded(ctx, "powers are not globally Lipschitz")
 
 
 @register("Neg", versions=(6, None))
@@ -142,15 +178,33 @@ class Erf(Pointwise):
 class Max(Variadic):
     fn = staticmethod(torch.maximum)
 
+    def lipschitz(self, ctx):
+        """Elementwise max: 1-Lipschitz in the concatenated inputs."""
+        from certify.lipschitz import network
+
+        return network.variadic(ctx, "max", 1)
+
 
 @register("Min", versions=(6, None))
 class Min(Variadic):
     fn = staticmethod(torch.minimum)
 
+    def lipschitz(self, ctx):
+        """Elementwise min: 1-Lipschitz in the concatenated inputs."""
+        from certify.lipschitz import network
+
+        return network.variadic(ctx, "max", 1)
+
 
 @register("Sum", versions=(6, None))
 class Sum(Variadic):
     fn = staticmethod(torch.add)
+
+    def lipschitz(self, ctx):
+        """A sum of the inputs' bounds."""
+        from certify.lipschitz import network
+
+        return network.variadic(ctx, "sum", 1)
 
 
 @register("Mean", versions=(6, None))
@@ -160,11 +214,23 @@ class Mean(Variadic):
     def forward(self, *inputs):
         return super().forward(*inputs) / sum(t is not None for t in inputs)
 
+    def lipschitz(self, ctx):
+        """The sum divided by the number of inputs."""
+        from certify.lipschitz import network
+
+        return network.variadic(ctx, "sum", len(ctx.input_shapes))
+
 
 @register("Where", versions=(9, None))
 class Where(OnnxOp):
     def forward(self, condition, x, y):
         return torch.where(condition.to(torch.bool), x, y)
+
+    def lipschitz(self, ctx):
+        """A selection with a constant condition; a varying condition jumps."""
+        from certify.lipschitz import network
+
+        return network.where(ctx)
 
 
 @register("Cast", versions=(6, None))
@@ -183,3 +249,9 @@ class Cast(OnnxOp):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", dtype={self.dtype}"
+
+    def lipschitz(self, ctx):
+        """Float casts are isometries; casts to integers round."""
+        from certify.lipschitz import network
+
+        return network.cast(ctx, self.dtype)

@@ -42,6 +42,12 @@ class Gemm(OnnxOp):
             + f", alpha={self.alpha}, beta={self.beta}, trans_a={self.trans_a}, trans_b={self.trans_b}"
         )
 
+    def lipschitz(self, ctx):
+        """Dense: the weight alpha * B'^T."""
+        from certify.lipschitz import network
+
+        return network.gemm(ctx, self.alpha, self.trans_a, self.trans_b)
+
 
 @register("MatMul", versions=(1, None))
 class MatMul(OnnxOp):
@@ -49,3 +55,9 @@ class MatMul(OnnxOp):
 
     def forward(self, a, b):
         return torch.matmul(a, b)
+
+    def lipschitz(self, ctx):
+        """Dense with the constant operand."""
+        from certify.lipschitz import network
+
+        return network.matmul(ctx)

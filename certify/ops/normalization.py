@@ -68,6 +68,12 @@ class BatchNormalization(OnnxOp):
         multiplier, offset = self.channel_affine(scale, bias, mean, var)
         return x * per_channel(multiplier, x.dim()) + per_channel(offset, x.dim())
 
+    def lipschitz(self, ctx):
+        """Per-channel scale gamma / sqrt(var + eps), fused into a preceding conv."""
+        from certify.lipschitz import network
+
+        return network.batchnorm(ctx, self.epsilon)
+
 
 @register("InstanceNormalization", versions=(1, None))
 class InstanceNormalization(OnnxOp):
@@ -82,6 +88,12 @@ class InstanceNormalization(OnnxOp):
             raise ValueError(f"InstanceNormalization {self.onnx_name}: input of rank {x.dim()} has no spatial axes")
         normalized, _, _ = _normalized(x, tuple(range(2, x.dim())), self.epsilon)
         return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
+
+    def lipschitz(self, ctx):
+        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
+        from certify.lipschitz import network
+
+        return network.normalization(ctx, self.epsilon)
 
 
 @register("LayerNormalization", versions=(17, None))
@@ -107,6 +119,12 @@ class LayerNormalization(OnnxOp):
         if bias is not None:
             y = y + bias
         return y, mean, inv_std
+
+    def lipschitz(self, ctx):
+        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
+        from certify.lipschitz import network
+
+        return network.normalization(ctx, self.epsilon)
 
 
 @register("GroupNormalization", versions=(18, None))
@@ -137,6 +155,12 @@ class GroupNormalization(OnnxOp):
             scale = scale.repeat_interleave(c // self.num_groups)
             bias = bias.repeat_interleave(c // self.num_groups)
         return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
+
+    def lipschitz(self, ctx):
+        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
+        from certify.lipschitz import network
+
+        return network.normalization(ctx, self.epsilon)
 
 
 @register("LRN", versions=(1, None))
@@ -170,6 +194,12 @@ class LRN(OnnxOp):
         square_sum = sum(padded[..., i : i + x.shape[1]] for i in range(self.size)).movedim(-1, 1)
         return x / (self.bias + self.alpha / self.size * square_sum) ** self.beta
 
+    def lipschitz(self, ctx):
+        """The closed-form bound of ``constants.lrn_bound``."""
+        from certify.lipschitz import constants
+
+        return constants.lrn_bound(self.size, self.alpha, self.beta, self.bias, ctx.norm)
+
 
 @register("LpNormalization", versions=(1, None))
 class LpNormalization(OnnxOp):
@@ -186,3 +216,9 @@ class LpNormalization(OnnxOp):
         norm = x.abs().sum(dim=self.axis, keepdim=True) if self.p == 1 else x.pow(2).sum(self.axis, keepdim=True).sqrt()
         # A zero norm means every entry is zero: divide by 1 instead, which gives the 0 ONNX specifies.
         return x / torch.where(norm == 0, torch.ones_like(norm), norm)
+
+    def lipschitz(self, ctx):
+        """x / ||x|| is not Lipschitz near 0."""
+        from certify.lipschitz import network
+
+        return network.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")

@@ -91,6 +91,12 @@ class MaxPool(_Pool):
         indices = onnx_flat_indices(index, padded.shape[2:], begin, x.shape, column_major=self.storage_order == 1)
         return values.to(x.dtype), indices
 
+    def lipschitz(self, ctx):
+        """sqrt(max number of windows reading one input)."""
+        from certify.lipschitz import network
+
+        return network.pooling(ctx, self, "max")
+
 
 @register("AveragePool", versions=(1, None))
 class AveragePool(_Pool):
@@ -140,6 +146,12 @@ class AveragePool(_Pool):
         counts = self._window_sums(self.counted_positions(x.shape[2:], padded.shape[2:], x.dtype), out)
         return self._window_sums(padded, out) / counts
 
+    def lipschitz(self, ctx):
+        """Linear: Kronecker product of 1-D averaging matrices."""
+        from certify.lipschitz import network
+
+        return network.pooling(ctx, self, "average", bool(self.count_include_pad))
+
 
 @register("GlobalAveragePool", versions=(1, None))
 class GlobalAveragePool(OnnxOp):
@@ -148,6 +160,12 @@ class GlobalAveragePool(OnnxOp):
     def forward(self, x):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
 
+    def lipschitz(self, ctx):
+        """Linear: 1/sqrt(spatial size)."""
+        from certify.lipschitz import constants, network
+
+        return network.Linear("bounded", bound=constants.global_avgpool_bound(ctx.in_shape, ctx.norm))
+
 
 @register("GlobalMaxPool", versions=(1, None))
 class GlobalMaxPool(OnnxOp):
@@ -155,3 +173,9 @@ class GlobalMaxPool(OnnxOp):
 
     def forward(self, x):
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
+
+    def lipschitz(self, ctx):
+        """Each input is read by one window: 1."""
+        from certify.lipschitz import constants
+
+        return constants.selection_bound(1, ctx.norm)

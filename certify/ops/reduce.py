@@ -92,6 +92,12 @@ class ReduceSum(Reduce):
     def reduce(self, x, dims):
         return torch.sum(x, dim=dims, keepdim=True)
 
+    def lipschitz(self, ctx):
+        """sqrt(n) over disjoint groups of n."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "sum")
+
 
 @register("ReduceMean", versions=(1, None))
 class ReduceMean(Reduce):
@@ -99,6 +105,12 @@ class ReduceMean(Reduce):
 
     def reduce(self, x, dims):
         return torch.mean(x, dim=dims, keepdim=True)
+
+    def lipschitz(self, ctx):
+        """1/sqrt(n) over disjoint groups of n."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "mean")
 
 
 @register("ReduceMax", versions=(1, None))
@@ -109,6 +121,12 @@ class ReduceMax(Reduce):
     def empty_value(self, dtype):
         return _extreme(dtype, largest=False)
 
+    def lipschitz(self, ctx):
+        """A selection: 1."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "max")
+
 
 @register("ReduceMin", versions=(1, None))
 class ReduceMin(Reduce):
@@ -118,6 +136,12 @@ class ReduceMin(Reduce):
     def empty_value(self, dtype):
         return _extreme(dtype, largest=True)
 
+    def lipschitz(self, ctx):
+        """A selection: 1."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "max")
+
 
 @register("ReduceProd", versions=(1, None))
 class ReduceProd(Reduce):
@@ -126,6 +150,12 @@ class ReduceProd(Reduce):
             x = torch.prod(x, dim=d, keepdim=True)
         return x
 
+    def lipschitz(self, ctx):
+        """No global constant."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "prod")
+
 
 @register("ReduceL1", versions=(1, None))
 class ReduceL1(Reduce):
@@ -133,6 +163,12 @@ class ReduceL1(Reduce):
 
     def reduce(self, x, dims):
         return torch.sum(torch.abs(x), dim=dims, keepdim=True)
+
+    def lipschitz(self, ctx):
+        """sqrt(n)."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "l1")
 
 
 @register("ReduceL2", versions=(1, None))
@@ -143,6 +179,12 @@ class ReduceL2(Reduce):
     def reduce(self, x, dims):
         return torch.sqrt(torch.sum(x * x, dim=dims, keepdim=True))
 
+    def lipschitz(self, ctx):
+        """A norm: 1."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "l2")
+
 
 @register("ReduceSumSquare", versions=(1, None))
 class ReduceSumSquare(Reduce):
@@ -150,6 +192,12 @@ class ReduceSumSquare(Reduce):
 
     def reduce(self, x, dims):
         return torch.sum(x * x, dim=dims, keepdim=True)
+
+    def lipschitz(self, ctx):
+        """No global constant."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "sumsquare")
 
 
 @register("ReduceLogSumExp", versions=(1, None))
@@ -161,6 +209,12 @@ class ReduceLogSumExp(Reduce):
 
     def empty_value(self, dtype):
         return -math.inf if dtype.is_floating_point else None
+
+    def lipschitz(self, ctx):
+        """Gradient is a softmax: 1."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, "logsumexp")
 
 
 class ArgExtreme(OnnxOp):
@@ -184,6 +238,12 @@ class ArgExtreme(OnnxOp):
         if not self.select_last_index:
             return self.fn(x, dim=axis, keepdim=self.keepdims)
         return x.shape[axis] - 1 - self.fn(x.flip(axis), dim=axis, keepdim=self.keepdims)
+
+    def lipschitz(self, ctx):
+        """An index output jumps: unbounded."""
+        from certify.lipschitz import network
+
+        return network.unbounded(ctx, "an index output jumps")
 
 
 @register("ArgMax", versions=(1, None))

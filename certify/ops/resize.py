@@ -265,6 +265,12 @@ class Resampler(OnnxOp):
             y = y.round().clamp(info.min, info.max).to(x.dtype)
         return y
 
+    def lipschitz(self, ctx):
+        """Linear, one matrix per axis: the product of their norms."""
+        from certify.lipschitz import network
+
+        return network.resampling(ctx, self)
+
 
 def _check_choice(node, value, choices, what):
     if value not in choices:

@@ -37,11 +37,14 @@ def _int_list(tensor: torch.Tensor | None, attribute) -> list[int] | None:
 def _tensor_of_array(value: np.ndarray) -> torch.Tensor:
     """A numpy constant as a tensor; dtypes torch or lipcert cannot hold are refused."""
     value = np.asarray(value)
-    if value.dtype.kind in "USO":
+    if value.dtype.kind not in "biuf":
         raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported")
     if value.dtype.kind == "u" and value.dtype != np.uint8:
         value = value.astype(np.int64)
-    return torch.from_numpy(np.array(value, copy=True))
+    try:
+        return torch.from_numpy(np.array(value, copy=True))
+    except TypeError:  # a numpy extension dtype (bfloat16, 8-bit floats) torch cannot wrap
+        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported") from None
 
 
 def _dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
@@ -49,6 +52,7 @@ def _dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
     values = numpy_helper.to_array(sparse.values)
     indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
     dims = tuple(int(d) for d in sparse.dims)
+    check_allocation(dims, _tensor_of_array(values).dtype, "sparse Constant")
     dense = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
     if indices.ndim == 2:
         indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
@@ -68,6 +72,12 @@ class Flatten(OnnxOp):
         axis = self.axis + x.dim() if self.axis < 0 else self.axis
         return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
+
 
 @register("Reshape", versions=(5, None))
 class Reshape(OnnxOp):
@@ -83,6 +93,12 @@ class Reshape(OnnxOp):
             target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return x.reshape(target)
 
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
+
 
 @register("Transpose", versions=(1, None))
 class Transpose(OnnxOp):
@@ -96,6 +112,12 @@ class Transpose(OnnxOp):
     def forward(self, x):
         perm = self.perm if self.perm is not None else list(reversed(range(x.dim())))
         return x.permute(perm)
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 @register("Squeeze", versions=(1, None))
@@ -115,6 +137,12 @@ class Squeeze(OnnxOp):
             if x.shape[d] != 1:
                 raise ValueError(f"cannot squeeze axis {d} of size {x.shape[d]}")
         return x.squeeze(tuple(dims)) if dims else x
+
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
 
 
 @register("Unsqueeze", versions=(1, None))
@@ -137,6 +165,12 @@ class Unsqueeze(OnnxOp):
             x = x.unsqueeze(d)
         return x
 
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
+
 
 @register("Concat", versions=(4, None))
 class Concat(OnnxOp):
@@ -147,6 +181,12 @@ class Concat(OnnxOp):
     def forward(self, *xs):
         xs = [x for x in xs if x is not None]
         return torch.cat(xs, dim=_axis(self.axis, xs[0].dim()))
+
+    def lipschitz(self, ctx):
+        """Root-sum-square of the varying parts."""
+        from certify.lipschitz import network
+
+        return network.concat(ctx, self)
 
 
 @register("Split", versions=(2, None))
@@ -170,6 +210,12 @@ class Split(OnnxOp):
             if sizes[-1] < 0:
                 raise ValueError(f"cannot split a dimension of {size} into {self.parts} parts")
         return tuple(torch.split(x, sizes, dim=axis))
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 def _slice_bounds(start: int, end: int, step: int, size: int) -> tuple[int, int]:
@@ -218,6 +264,12 @@ class Slice(OnnxOp):
             x = x.index_select(axis, positions)
         return x
 
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
+
 
 @register("Gather", versions=(1, None))
 class Gather(OnnxOp):
@@ -233,7 +285,13 @@ class Gather(OnnxOp):
         flat = indices.reshape(-1).long()
         flat = torch.where(flat < 0, flat + size, flat)
         out = x.index_select(axis, flat)
-        return out.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+        return out.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 def _pad_positions(size: int, before: int, after: int, mode: str, device) -> torch.Tensor:
@@ -283,6 +341,8 @@ class Pad(OnnxOp):
         check_allocation(out_shape, x.dtype, "Pad output")
         if self.mode == "constant":
             value = self.value if constant_value is None else constant_value.reshape(-1)[0].item()
+            if not x.is_floating_point():
+                value = int(value)
             widths = [w for d in reversed(range(rank)) for w in (befores[d], afters[d])]
             return F.pad(x, widths, value=value) if any(widths) else x
         for d in range(rank):
@@ -291,6 +351,12 @@ class Pad(OnnxOp):
                     raise ValueError(f"cannot {self.mode}-pad an empty axis {d}")
                 x = x.index_select(d, _pad_positions(x.shape[d], befores[d], afters[d], self.mode, x.device))
         return x
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 @register("Tile", versions=(6, None))
@@ -301,6 +367,12 @@ class Tile(OnnxOp):
             raise ValueError(f"Tile needs {x.dim()} repeats, got {len(counts)}")
         check_allocation([s * r for s, r in zip(x.shape, counts)], x.dtype, "Tile output")
         return x.repeat(counts)
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 @register("Expand", versions=(8, None))
@@ -314,6 +386,12 @@ class Expand(OnnxOp):
             raise ValueError(f"cannot expand {list(x.shape)} to {ints(shape)}: {e}") from None
         check_allocation(target, x.dtype, "Expand output")
         return x.expand(target)
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
 
 
 @register("Shape", versions=(1, None))
@@ -329,11 +407,23 @@ class Shape(OnnxOp):
     def forward(self, x):
         return torch.tensor(x.shape[self.start : self.end], dtype=torch.int64)
 
+    def lipschitz(self, ctx):
+        """Independent of the input's values."""
+        from certify.lipschitz import network
+
+        return network.zero(ctx)
+
 
 @register("Size", versions=(1, None))
 class Size(OnnxOp):
     def forward(self, x):
         return torch.tensor(x.numel(), dtype=torch.int64)
+
+    def lipschitz(self, ctx):
+        """Independent of the input's values."""
+        from certify.lipschitz import network
+
+        return network.zero(ctx)
 
 
 @register("Constant", versions=(1, None))
@@ -367,13 +457,21 @@ class ConstantOfShape(OnnxOp):
     def __init__(self, node):
         super().__init__(node)
         value = node.attr("value")
-        self.register_buffer("fill", torch.zeros((), dtype=torch.float32) if value is None
-                             else _tensor_of_array(value).reshape(-1)[0].clone())
+        self.register_buffer(
+            "fill",
+            torch.zeros((), dtype=torch.float32) if value is None else _tensor_of_array(value).reshape(-1)[0].clone(),
+        )
 
     def forward(self, shape):
         dims = ints(shape)
         check_allocation(dims, self.fill.dtype, "ConstantOfShape output")
         return self.fill.expand(dims).clone()
+
+    def lipschitz(self, ctx):
+        """An input-dependent shape is not continuous."""
+        from certify.lipschitz import network
+
+        return network.unbounded(ctx, "the shape depends on the input")
 
 
 @register("Range", versions=(11, None))
@@ -388,6 +486,12 @@ class Range(OnnxOp):
         check_allocation([count], start.dtype, "Range output")
         steps = torch.arange(count, dtype=torch.float64 if start.is_floating_point() else torch.int64)
         return (first + steps * step).to(start.dtype)
+
+    def lipschitz(self, ctx):
+        """Input-dependent limits are not continuous."""
+        from certify.lipschitz import network
+
+        return network.unbounded(ctx, "the limits depend on the input")
 
 
 @register("Dropout", versions=(7, None))
@@ -407,7 +511,7 @@ class Dropout(OnnxOp):
         p = self.ratio if ratio is None else float(ratio.item())
         if training_mode is not None and bool(training_mode.item()) and p > 0:
             keep = torch.rand_like(x, dtype=torch.float32) >= p
-            out = x * keep.to(x.dtype) / (1.0 - p)
+            out = x * keep.to(x.dtype) / (1.0 - p) if p < 1 else torch.zeros_like(x)
         else:
             out = x
             keep = torch.ones_like(x, dtype=torch.bool) if self.wants_mask else None
@@ -415,8 +519,20 @@ class Dropout(OnnxOp):
             return out
         return out, keep if self.bool_mask else keep.to(x.dtype)
 
+    def lipschitz(self, ctx):
+        """Identity at inference: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
+
 
 @register("Identity", versions=(1, None))
 class Identity(OnnxOp):
     def forward(self, x):
         return x
+
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")

@@ -1,0 +1,96 @@
+"""``lipcert bounds``: the per-layer Lipschitz table (Szegedy et al.'s Table 5 style) and the network bounds."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from certify.cli import main, parse_input_shapes, refusals_exit_2
+from certify.errors import ModelRejected
+
+
+def _load_dataset(path: str):
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data or "y" not in data:
+                raise ModelRejected("bad_dataset", f"{path}: expected arrays 'x' and 'y'")
+            return data["x"].astype(np.float32), data["y"].astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise ModelRejected("bad_dataset", f"{path}: {e}") from None
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _method(row: dict) -> str:
+    if row.get("fused_into"):
+        return f"{row['method']} (fused into {row['fused_into']})"
+    return row["method"] or ""
+
+
+def _print_table(result: dict) -> None:
+    header = f"{'node':<28} {'op':<18} {'shape':<16} {'lower':>10} {'upper':>10} {'up/low':>8} {'ms':>8}  method"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for row in result["layers"]:
+        shape = "x".join(str(d) for d in row["shape"]) or "-"
+        click.echo(f"{row['node'][:28]:<28} {row['op'][:18]:<18} {shape[:16]:<16} {_fmt(row['lower']):>10} "
+                   f"{_fmt(row['upper']):>10} {_fmt(row['ratio'], '.3f'):>8} {row['ms']:>8.1f}  {_method(row)}")
+        if row.get("fused"):
+            fused = row["fused"]
+            click.echo(f"{'  fused: ' + ' + '.join(row['fused_nodes']):<64} {_fmt(fused['lower']):>10} "
+                       f"{_fmt(fused['upper']):>10} {_fmt(fused['ratio'], '.3f'):>8} {fused['ms']:>8.1f}  "
+                       f"{fused['method']}")
+        if row.get("reason"):
+            click.echo(f"  unbounded: {row['reason']}")
+    net = result["network"]
+    click.echo("")
+    click.echo(f"network ({net['norm']})  product {_fmt(net['product'])}   composed upper {_fmt(net['upper'])}   "
+               f"lower {_fmt(net['lower'])}   upper/lower {_fmt(net['ratio'], '.3f')}")
+    click.echo(f"method   {net['method']}")
+    if net.get("reason"):
+        click.echo(f"no finite bound: {net['reason']}")
+    cert = result.get("certified")
+    if cert:
+        accs = "   ".join(f"eps {eps}: {acc:.3f}" for eps, acc in cert["certified_accuracy"].items())
+        click.echo(f"certified ({cert['norm']}, {cert['samples']} samples)  clean accuracy {cert['clean_accuracy']:.3f}"
+                   f"   {accs}   median radius {_fmt(cert['radius']['median'])}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--data", type=click.Path(dir_okay=False), help="A .npz with arrays x (inputs) and y (labels).")
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@click.option("--eps", "epsilons", type=float, multiple=True, help="Radii for certified accuracy (repeatable).")
+@click.option("--samples", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
+@refusals_exit_2
+def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
+    """Per-layer Lipschitz bounds of MODEL, the network bound, and certified radii with --data."""
+    from certify.convert import to_torch
+    from certify.lipschitz.certificate import certificate
+    from certify.load import load_onnx
+
+    proto = load_onnx(model, input_shapes=parse_input_shapes(input_shape))
+    module = to_torch(proto)
+    if len(module.input_names) != 1:
+        raise ModelRejected("unsupported_model", "bounds need a model with exactly one input")
+    declared = module.shapes.get(module.input_names[0])
+    if not declared or any(d is None for d in declared[1:]):
+        raise ModelRejected("dynamic_shape", "the input shape is not fully known; pin it with --input-shape")
+    declared = (1, *declared[1:])  # one sample; the batch dimension may be dynamic
+    dataset = _load_dataset(data) if data else None
+    try:
+        result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or (0.1,),
+                             samples=samples)
+    except ValueError as e:
+        raise ModelRejected("bounds_failed", str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
