@@ -30,9 +30,9 @@ import torch
 from certify.lipschitz import constants
 from certify.lipschitz.bound import LayerBound
 
+
 #: Largest segment turned into an explicit matrix by running it on the identity basis (inputs, entries).
 EXPLICIT_MAX_INPUTS = 4096
-EXPLICIT_MAX_ENTRIES = 1 << 23
 
 
 @dataclass
@@ -115,6 +115,296 @@ def per_sample(shape) -> tuple:
 
 def numel(shape) -> int:
     return int(np.prod(shape)) if len(shape) else 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rule helpers the operators' ``lipschitz`` methods call
+
+
+def unbounded(ctx: LipschitzContext, why: str) -> LayerBound:
+    return constants.unbounded(f"{ctx.op_type} {ctx.node}: {why}", ctx.norm)
+
+
+def product_of_varying(ctx: LipschitzContext) -> LayerBound:
+    return unbounded(ctx, "product of two input-dependent tensors has no global Lipschitz constant")
+
+
+def zero(ctx: LipschitzContext) -> LayerBound:
+    """Outputs that do not depend on the input's values (Shape, Size)."""
+    return constants.exact_constant(0.0, method="value-independent", norm=ctx.norm)
+
+
+def _copies_factor(copies: float, norm: str) -> float:
+    """Norm of copying every entry ``copies`` times: sqrt(copies) in L2, 1 in L-inf."""
+    return 1.0 if norm == "linf" else math.sqrt(copies)
+
+
+def translation(ctx: LipschitzContext) -> Linear:
+    """Adding a constant: an isometry, unless broadcasting copies the varying input (then sqrt(copies))."""
+    copies = numel(ctx.out_shape) / max(numel(ctx.in_shape), 1)
+    if copies == 1:
+        return Linear("isometry")
+    return Linear("bounded", bound=constants.exact_constant(_copies_factor(copies, ctx.norm), method="broadcast",
+                                                            norm=ctx.norm))
+
+
+def dense(ctx: LipschitzContext, weight: torch.Tensor) -> Linear:
+    """``x -> x @ weight^T`` along the last axis, ``weight`` (out, in)."""
+    return Linear("dense", weight=weight.detach().double())
+
+
+def gemm(ctx: LipschitzContext, alpha: float, trans_a: bool, trans_b: bool):
+    """Gemm with a varying A (rows are samples) and constant B: ``y = alpha B'^T x`` per sample."""
+    if ctx.varying_inputs != [0] or trans_a:
+        return unbounded(ctx, "the weight depends on the input (or A is transposed across the batch)")
+    b = ctx.const(1).double()
+    return dense(ctx, alpha * (b if trans_b else b.T))
+
+
+def matmul(ctx: LipschitzContext):
+    """MatMul with one constant operand: ``x @ B`` acts on the last axis (norm ||B||), ``A @ x`` on the second to
+    last (norm ||A||)."""
+    if ctx.varying_inputs == [0] and ctx.const(1).dim() == 2:
+        return dense(ctx, ctx.const(1).double().T)
+    if ctx.varying_inputs == [1] and ctx.const(0).dim() == 2 and len(ctx.input_shapes[1]) >= 2:
+        from certify.lipschitz import linear_norms
+
+        return Linear("bounded", bound=linear_norms.dense_bound(ctx.const(0).double(), norm=ctx.norm)
+                      if ctx.norm == "l2" else _linf_left(ctx.const(0)))
+    if len(ctx.varying_inputs) > 1:
+        return product_of_varying(ctx)
+    return unbounded(ctx, "batched constant operand not supported")
+
+
+def _linf_left(a: torch.Tensor) -> LayerBound:
+    value = float(a.double().abs().sum(dim=1).max())
+    return constants.exact_constant(value, method="row sums", norm="linf")
+
+
+def conv(ctx: LipschitzContext, strides, pads, dilations, groups: int) -> Linear | LayerBound:
+    """Convolution with a constant kernel; ``pads`` explicit ONNX [begin..., end...]."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "the kernel depends on the input")
+    return Linear("conv", weight=ctx.const(1).detach().double(),
+                  conv={"stride": list(strides), "padding": list(pads), "dilation": list(dilations),
+                        "groups": int(groups)})
+
+
+def conv_transpose(ctx: LipschitzContext, strides, dilations, groups: int, full_spatial) -> Linear | LayerBound:
+    """A transposed convolution is the adjoint of the strided convolution with the same kernel read on the
+    uncropped output (same norm); cropping (pads) and zero-extension (output_padding) never increase it."""
+    from certify.lipschitz import linear_norms
+
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "the kernel depends on the input")
+    weight = ctx.const(1).detach().double()
+    nd = weight.dim() - 2
+    full = (weight.shape[1] * int(groups), *[int(f) for f in full_spatial])
+    bound = linear_norms.conv_bound(weight, full, stride=list(strides), padding=[0] * (2 * nd),
+                                    dilation=list(dilations), groups=int(groups), norm="l2")
+    if ctx.norm == "linf":  # adjoint: L-inf norm of A^T is the L1 norm of A; fall back to the column sums
+        value = float(weight.abs().sum(dim=tuple(range(1, weight.dim()))).max()) * math.prod(
+            -(-k // s) for k, s in zip(weight.shape[2:], strides))
+        bound = LayerBound(upper=constants.round_up(value), lower=None, method="column sums", norm="linf")
+    bound.lower = None
+    bound.exact = False
+    return Linear("bounded", bound=bound)
+
+
+def convolution(ctx: LipschitzContext, window, groups: int, transposed: bool = False):
+    """Conv / ConvTranspose with the geometry of ``window`` (a ``SlidingWindow``) and a constant kernel."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "the kernel depends on the input")
+    in_spatial = ctx.in_shape[1:]
+    nd = len(in_spatial)
+    kernel = list(ctx.const(1).shape[2:])
+    if transposed:
+        return conv_transpose(ctx, window.axis_strides(nd), window.axis_dilations(nd), groups,
+                              window.full_spatial_shape(in_spatial, kernel))
+    return conv(ctx, window.axis_strides(nd), window.resolved_pads(in_spatial, kernel), window.axis_dilations(nd),
+                groups)
+
+
+def scale(ctx: LipschitzContext, factor: torch.Tensor, broadcast_ok: bool = True) -> Linear | LayerBound:
+    """``x * factor`` for a constant factor; when broadcasting copies x, the copies add sqrt(copies)."""
+    factor = torch.as_tensor(factor).detach().double()
+    copies = numel(ctx.out_shape) / max(numel(ctx.in_shape), 1)
+    if copies == 1 and factor.dim() <= len(ctx.in_shape) + 1:
+        shape = factor.shape[1:] if factor.dim() == len(ctx.in_shape) + 1 else factor.shape
+        return Linear("scale", scale=factor.reshape(shape))
+    value = float(factor.abs().max()) * _copies_factor(copies, ctx.norm)
+    return Linear("bounded", bound=LayerBound(upper=constants.round_up(value), lower=None, method="broadcast scale",
+                                             norm=ctx.norm))
+
+
+def add(ctx: LipschitzContext, subtract: bool = False):
+    """Add / Sub: a residual sum of two varying tensors, or a translation."""
+    if len(ctx.varying_inputs) > 1:
+        return Combine("sum")
+    if subtract and ctx.varying_inputs == [1]:
+        return scale(ctx, torch.tensor(-1.0))
+    return translation(ctx)
+
+
+def mul(ctx: LipschitzContext):
+    if len(ctx.varying_inputs) > 1:
+        return product_of_varying(ctx)
+    return scale(ctx, ctx.const(1 - ctx.varying_inputs[0]))
+
+
+def div(ctx: LipschitzContext):
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "division by an input-dependent tensor has no global Lipschitz constant")
+    denominator = ctx.const(1).double()
+    if bool((denominator == 0).any()):
+        return unbounded(ctx, "division by zero")
+    return scale(ctx, 1.0 / denominator)
+
+
+def variadic(ctx: LipschitzContext, kind: str, count: int):
+    """Sum / Mean (``kind="sum"``, Mean divides by ``count``) and Max / Min (``kind="max"``: elementwise max is
+    1-Lipschitz in the concatenated inputs) over several inputs."""
+    if len(ctx.varying_inputs) > 1:
+        return Combine(kind, scale=1.0 / count if count > 1 else 1.0)
+    if kind == "max":
+        if numel(ctx.out_shape) == numel(ctx.in_shape):
+            return Activation(constants.Slope(0.0, 1.0), constants.exact_constant(1.0, norm=ctx.norm))
+        return translation(ctx)
+    if count > 1:
+        return scale(ctx, torch.tensor(1.0 / count))
+    return translation(ctx)
+
+
+def where(ctx: LipschitzContext):
+    if ctx.varying(0):
+        return unbounded(ctx, "an input-dependent condition makes the output jump")
+    return Combine("max")
+
+
+def selection(ctx: LipschitzContext, module) -> Linear:
+    """Ops that only copy entries (Slice, Gather with constant indices, Pad, Tile, Expand, nearest Resize,
+    Transpose...): run the op once on an index-coded input (entry i = i + 1, in float64, exact), count how often
+    each input entry appears in the output; ``sqrt(max count)`` is the exact L2 norm (1 in L-inf)."""
+    index = ctx.varying_inputs[0]
+    n = numel(ctx.in_shape)
+    coded = torch.arange(1, n + 1, dtype=torch.float64).reshape(1, *ctx.in_shape) + 0.5
+    args = [coded if i == index else _as_double(ctx.const(i)) for i in range(len(ctx.constants))]
+    with torch.no_grad():
+        out = module(*args)
+    out = (out[0] if isinstance(out, (tuple, list)) else out).reshape(-1)
+    picked = out[(out == out.floor() + 0.5) & (out >= 1.5) & (out <= n + 0.5)]
+    counts = torch.bincount((picked - 1.5).round().long(), minlength=n) if picked.numel() else torch.zeros(1)
+    return Linear("bounded", bound=constants.selection_bound(int(counts.max()), ctx.norm))
+
+
+def _as_double(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    return value
+
+
+def indexed(ctx: LipschitzContext, module):
+    """Data movement with constant indices/pads/repeats (input 0 is the data)."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "indices, pads or repeats depend on the input")
+    return selection(ctx, module)
+
+
+def concat(ctx: LipschitzContext, module):
+    return Combine("concat") if len(ctx.varying_inputs) > 1 else selection(ctx, module)
+
+
+def reduction(ctx: LipschitzContext, kind: str) -> LayerBound | Linear:
+    """Reduce* over n = numel(in)/numel(out) entries per output (disjoint groups): sum sqrt(n) (L-inf: n), mean
+    1/sqrt(n) (1), max/min 1, L2 norm 1 (L-inf: sqrt(n)), L1 norm sqrt(n) (n), log-sum-exp 1 (gradient softmax,
+    ||p||_2 <= ||p||_1 = 1); sum of squares and product are not Lipschitz."""
+    n = numel(ctx.in_shape) / max(numel(ctx.out_shape), 1)
+    linf = ctx.norm == "linf"
+    values = {"sum": n if linf else math.sqrt(n), "mean": 1.0 if linf else 1 / math.sqrt(n), "max": 1.0,
+              "l2": math.sqrt(n) if linf else 1.0, "l1": n if linf else math.sqrt(n), "logsumexp": 1.0}
+    if kind not in values:
+        return unbounded(ctx, f"Reduce{kind} has no global Lipschitz constant")
+    bound = constants.exact_constant(values[kind], method="reduction", norm=ctx.norm)
+    return Linear("bounded", bound=bound) if kind in ("sum", "mean") else bound
+
+
+def separable(ctx: LipschitzContext, matrices) -> Linear:
+    """A linear op acting as one matrix per axis (Resize): the norm is the product of the per-axis norms."""
+    upper = lower = 1.0
+    for m in matrices:
+        m = np.asarray(m, dtype=np.float64)
+        value = float(np.abs(m).sum(axis=1).max()) if ctx.norm == "linf" else float(np.linalg.norm(m, 2))
+        upper *= constants.round_up(value, 1e-12 * sum(m.shape))
+        lower *= value
+    return Linear("bounded", bound=LayerBound(upper=constants.round_up(upper), lower=lower * (1 - 1e-12),
+                                             method="per-axis svd", exact=True, norm=ctx.norm))
+
+
+def softmax(ctx: LipschitzContext, axis: int, flatten_to_2d: bool, log: bool = False) -> LayerBound:
+    """Softmax / LogSoftmax along ``axis`` of the batch-1 tensor (the whole trailing block before opset 13)."""
+    full = (1, *ctx.in_shape)
+    axis = axis + len(full) if axis < 0 else axis
+    size = math.prod(full[axis:]) if flatten_to_2d else full[axis]
+    return (constants.log_softmax_bound if log else constants.softmax_bound)(size, ctx.norm)
+
+
+def clip(ctx: LipschitzContext):
+    """Clip: slope in [0, 1]; with input-dependent bounds, 1 jointly (min and max are 1-Lipschitz)."""
+    if ctx.varying_inputs != [0]:
+        return constants.exact_constant(1.0, method="clip (joint)", norm=ctx.norm)
+    return activation("Clip", ctx)
+
+
+def prelu(ctx: LipschitzContext):
+    if ctx.varying_inputs != [0]:
+        return product_of_varying(ctx)
+    return activation("PRelu", ctx, slope=ctx.const(1).double().numpy())
+
+
+def batchnorm(ctx: LipschitzContext, epsilon: float):
+    """Inference BatchNorm: the per-channel scale gamma / sqrt(var + eps) (fused into a preceding conv)."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "its parameters depend on the input")
+    factor = constants.batchnorm_scale(ctx.const(1), ctx.const(4), epsilon)
+    channel_shape = (-1,) + (1,) * (len(ctx.in_shape) - 1) if factor.ndim <= 1 else factor.shape
+    return scale(ctx, torch.from_numpy(factor).reshape(channel_shape))
+
+
+def normalization(ctx: LipschitzContext, epsilon: float):
+    """Layer / instance / group normalisation: max|gamma| / sqrt(eps) (see ``constants.layernorm_bound``)."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "its scale depends on the input")
+    if sum(s is not None for s in ctx.output_shapes) > 1:
+        return unbounded(ctx, "its statistics outputs (mean, inverse std) are used")
+    gamma = ctx.const(1)
+    gamma = None if gamma is None else gamma.double().numpy()
+    return constants.layernorm_bound(numel(ctx.in_shape), gamma, epsilon, ctx.norm)
+
+
+def pooling(ctx: LipschitzContext, window, kind: str, count_include_pad: bool = False):
+    """MaxPool (``kind="max"``) or AveragePool over the geometry of ``window`` (a ``SlidingWindow``)."""
+    in_spatial = ctx.in_shape[1:]
+    nd = len(in_spatial)
+    args = (ctx.in_shape, ctx.out_shape, window.kernel_shape, window.axis_strides(nd),
+            window.resolved_pads(in_spatial), window.axis_dilations(nd))
+    if kind == "max":
+        return constants.maxpool_bound(*args, norm=ctx.norm)
+    return Linear("bounded", bound=constants.avgpool_bound(*args, count_include_pad=count_include_pad,
+                                                          norm=ctx.norm))
+
+
+def resampling(ctx: LipschitzContext, resampler):
+    """Resize / Upsample with constant scales: one matrix per axis (nearest: a selection)."""
+    if ctx.varying_inputs != [0]:
+        return unbounded(ctx, "scales or sizes depend on the input")
+    plan, _ = resampler.plan((1, *ctx.in_shape))
+    return separable(ctx, [step.dense_matrix() for step in plan])
+
+
+def cast(ctx: LipschitzContext, dtype: torch.dtype):
+    if dtype.is_floating_point:
+        return Linear("isometry")
+    return unbounded(ctx, f"casting to {dtype} rounds: not continuous")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -306,6 +596,8 @@ def bound_segment(segment: Segment, env: dict, norm: str) -> None:
 #: Safety shift of every X_i, relative to lambda_i (X_i's eigenvalues lie in [lambda_i, 2 lambda_i]): it covers the
 #: float64 rounding of forming X_i and of its Cholesky factor, a few n*u*lambda_i for n up to 10^5.
 ECLIPSE_SHIFT = 1e-9
+
+
 #: Relative margin on the final spectral norm (a triangular solve with a factor of condition number <= sqrt 2).
 ECLIPSE_MARGIN = 1e-8
 
@@ -383,368 +675,7 @@ def pair_norms(final: torch.Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the analysis
-
-
-@dataclass
-class Chain:
-    """Alternating fused linear segments and slope-restricted activations, bounded by ECLipsE-Fast."""
-
-    items: list  # Segment | NodeRecord (activation)
-    upper: float | None = None
-    pairs: np.ndarray | None = None  # L of f_y - f_j when the chain ends in a linear segment with class outputs
-    ms: float = 0.0
-
-    @property
-    def input(self) -> str:
-        return self.items[0].input
-
-    @property
-    def output(self) -> str:
-        last = self.items[-1]
-        return last.output if isinstance(last, Segment) else last.outputs[0]
-
-
-@dataclass
-class Analysis:
-    records: list[NodeRecord]
-    segments: list[Segment]
-    chains: list[Chain]
-    product: dict  # tensor -> bound (None: unbounded)
-    composed: dict
-    reasons: dict  # tensor -> why unbounded
-    input_name: str
-    output_name: str
-    input_shape: tuple
-    output_shape: tuple
-    norm: str
-
-
-def _context(module, inputs, outputs, env, varying: set, norm) -> LipschitzContext:
-    shapes = [per_sample(env[n].shape) if n and n in env and isinstance(env[n], torch.Tensor) else None
-              for n in inputs]
-    consts = [None if (n in varying) else (env.get(n) if n else None) for n in inputs]
-    out_shapes = [per_sample(env[n].shape) if n in env else None for n in outputs]
-    return LipschitzContext(norm=norm, node=module.onnx_name, op_type=module.op_type, input_shapes=shapes,
-                            output_shapes=out_shapes, constants=consts)
-
-
-def softmax(ctx: LipschitzContext, axis: int, flatten_to_2d: bool, log: bool = False) -> LayerBound:
-    """Softmax / LogSoftmax along ``axis`` of the batch-1 tensor (the whole trailing block before opset 13)."""
-    full = (1, *ctx.in_shape)
-    axis = axis + len(full) if axis < 0 else axis
-    size = math.prod(full[axis:]) if flatten_to_2d else full[axis]
-    return (constants.log_softmax_bound if log else constants.softmax_bound)(size, ctx.norm)
-
-
-def clip(ctx: LipschitzContext):
-    """Clip: slope in [0, 1]; with input-dependent bounds, 1 jointly (min and max are 1-Lipschitz)."""
-    if ctx.varying_inputs != [0]:
-        return constants.exact_constant(1.0, method="clip (joint)", norm=ctx.norm)
-    return activation("Clip", ctx)
-
-
-def prelu(ctx: LipschitzContext):
-    if ctx.varying_inputs != [0]:
-        return product_of_varying(ctx)
-    return activation("PRelu", ctx, slope=ctx.const(1).double().numpy())
-
-
-def batchnorm(ctx: LipschitzContext, epsilon: float):
-    """Inference BatchNorm: the per-channel scale gamma / sqrt(var + eps) (fused into a preceding conv)."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "its parameters depend on the input")
-    factor = constants.batchnorm_scale(ctx.const(1), ctx.const(4), epsilon)
-    channel_shape = (-1,) + (1,) * (len(ctx.in_shape) - 1) if factor.ndim <= 1 else factor.shape
-    return scale(ctx, torch.from_numpy(factor).reshape(channel_shape))
-
-
-def normalization(ctx: LipschitzContext, epsilon: float):
-    """Layer / instance / group normalisation: max|gamma| / sqrt(eps) (see ``constants.layernorm_bound``)."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "its scale depends on the input")
-    if sum(s is not None for s in ctx.output_shapes) > 1:
-        return unbounded(ctx, "its statistics outputs (mean, inverse std) are used")
-    gamma = ctx.const(1)
-    gamma = None if gamma is None else gamma.double().numpy()
-    return constants.layernorm_bound(numel(ctx.in_shape), gamma, epsilon, ctx.norm)
-
-
-def pooling(ctx: LipschitzContext, window, kind: str, count_include_pad: bool = False):
-    """MaxPool (``kind="max"``) or AveragePool over the geometry of ``window`` (a ``SlidingWindow``)."""
-    in_spatial = ctx.in_shape[1:]
-    nd = len(in_spatial)
-    args = (ctx.in_shape, ctx.out_shape, window.kernel_shape, window.axis_strides(nd),
-            window.resolved_pads(in_spatial), window.axis_dilations(nd))
-    if kind == "max":
-        return constants.maxpool_bound(*args, norm=ctx.norm)
-    return Linear("bounded", bound=constants.avgpool_bound(*args, count_include_pad=count_include_pad,
-                                                          norm=ctx.norm))
-
-
-def convolution(ctx: LipschitzContext, window, groups: int, transposed: bool = False):
-    """Conv / ConvTranspose with the geometry of ``window`` (a ``SlidingWindow``) and a constant kernel."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "the kernel depends on the input")
-    in_spatial = ctx.in_shape[1:]
-    nd = len(in_spatial)
-    kernel = list(ctx.const(1).shape[2:])
-    if transposed:
-        return conv_transpose(ctx, window.axis_strides(nd), window.axis_dilations(nd), groups,
-                              window.full_spatial_shape(in_spatial, kernel))
-    return conv(ctx, window.axis_strides(nd), window.resolved_pads(in_spatial, kernel), window.axis_dilations(nd),
-                groups)
-
-
-def resampling(ctx: LipschitzContext, resampler):
-    """Resize / Upsample with constant scales: one matrix per axis (nearest: a selection)."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "scales or sizes depend on the input")
-    plan, _ = resampler.plan((1, *ctx.in_shape))
-    return separable(ctx, [step.dense_matrix() for step in plan])
-
-
-def cast(ctx: LipschitzContext, dtype: torch.dtype):
-    if dtype.is_floating_point:
-        return Linear("isometry")
-    return unbounded(ctx, f"casting to {dtype} rounds: not continuous")
-
-
-def indexed(ctx: LipschitzContext, module):
-    """Data movement with constant indices/pads/repeats (input 0 is the data)."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "indices, pads or repeats depend on the input")
-    return selection(ctx, module)
-
-
-def concat(ctx: LipschitzContext, module):
-    return Combine("concat") if len(ctx.varying_inputs) > 1 else selection(ctx, module)
-
-
-def _rule(module, ctx: LipschitzContext):
-    """The operator's own rule (``OnnxOp.lipschitz``); a failing rule is reported, not raised."""
-    try:
-        return module.lipschitz(ctx)
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        return unbounded(ctx, f"its bound rule failed ({type(e).__name__}: {e})")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# rule helpers the operators' ``lipschitz`` methods call
-
-
-def translation(ctx: LipschitzContext) -> Linear:
-    """Adding a constant: an isometry, unless broadcasting copies the varying input (then sqrt(copies))."""
-    copies = numel(ctx.out_shape) / max(numel(ctx.in_shape), 1)
-    if copies == 1:
-        return Linear("isometry")
-    return Linear("bounded", bound=constants.exact_constant(_copies_factor(copies, ctx.norm), method="broadcast",
-                                                            norm=ctx.norm))
-
-
-def _copies_factor(copies: float, norm: str) -> float:
-    """Norm of copying every entry ``copies`` times: sqrt(copies) in L2, 1 in L-inf."""
-    return 1.0 if norm == "linf" else math.sqrt(copies)
-
-
-def unbounded(ctx: LipschitzContext, why: str) -> LayerBound:
-    return constants.unbounded(f"{ctx.op_type} {ctx.node}: {why}", ctx.norm)
-
-
-def product_of_varying(ctx: LipschitzContext) -> LayerBound:
-    return unbounded(ctx, "product of two input-dependent tensors has no global Lipschitz constant")
-
-
-def zero(ctx: LipschitzContext) -> LayerBound:
-    """Outputs that do not depend on the input's values (Shape, Size)."""
-    return constants.exact_constant(0.0, method="value-independent", norm=ctx.norm)
-
-
-def dense(ctx: LipschitzContext, weight: torch.Tensor) -> Linear:
-    """``x -> x @ weight^T`` along the last axis, ``weight`` (out, in)."""
-    return Linear("dense", weight=weight.detach().double())
-
-
-def gemm(ctx: LipschitzContext, alpha: float, trans_a: bool, trans_b: bool):
-    """Gemm with a varying A (rows are samples) and constant B: ``y = alpha B'^T x`` per sample."""
-    if ctx.varying_inputs != [0] or trans_a:
-        return unbounded(ctx, "the weight depends on the input (or A is transposed across the batch)")
-    b = ctx.const(1).double()
-    return dense(ctx, alpha * (b if trans_b else b.T))
-
-
-def matmul(ctx: LipschitzContext):
-    """MatMul with one constant operand: ``x @ B`` acts on the last axis (norm ||B||), ``A @ x`` on the second to
-    last (norm ||A||)."""
-    if ctx.varying_inputs == [0] and ctx.const(1).dim() == 2:
-        return dense(ctx, ctx.const(1).double().T)
-    if ctx.varying_inputs == [1] and ctx.const(0).dim() == 2 and len(ctx.input_shapes[1]) >= 2:
-        from certify.lipschitz import linear_norms
-
-        return Linear("bounded", bound=linear_norms.dense_bound(ctx.const(0).double(), norm=ctx.norm)
-                      if ctx.norm == "l2" else _linf_left(ctx.const(0)))
-    if len(ctx.varying_inputs) > 1:
-        return product_of_varying(ctx)
-    return unbounded(ctx, "batched constant operand not supported")
-
-
-def _linf_left(a: torch.Tensor) -> LayerBound:
-    value = float(a.double().abs().sum(dim=1).max())
-    return constants.exact_constant(value, method="row sums", norm="linf")
-
-
-def conv(ctx: LipschitzContext, strides, pads, dilations, groups: int) -> Linear | LayerBound:
-    """Convolution with a constant kernel; ``pads`` explicit ONNX [begin..., end...]."""
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "the kernel depends on the input")
-    return Linear("conv", weight=ctx.const(1).detach().double(),
-                  conv={"stride": list(strides), "padding": list(pads), "dilation": list(dilations),
-                        "groups": int(groups)})
-
-
-def conv_transpose(ctx: LipschitzContext, strides, dilations, groups: int, full_spatial) -> Linear | LayerBound:
-    """A transposed convolution is the adjoint of the strided convolution with the same kernel read on the
-    uncropped output (same norm); cropping (pads) and zero-extension (output_padding) never increase it."""
-    from certify.lipschitz import linear_norms
-
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "the kernel depends on the input")
-    weight = ctx.const(1).detach().double()
-    nd = weight.dim() - 2
-    full = (weight.shape[1] * int(groups), *[int(f) for f in full_spatial])
-    bound = linear_norms.conv_bound(weight, full, stride=list(strides), padding=[0] * (2 * nd),
-                                    dilation=list(dilations), groups=int(groups), norm="l2")
-    if ctx.norm == "linf":  # adjoint: L-inf norm of A^T is the L1 norm of A; fall back to the column sums
-        value = float(weight.abs().sum(dim=tuple(range(1, weight.dim()))).max()) * math.prod(
-            -(-k // s) for k, s in zip(weight.shape[2:], strides))
-        bound = LayerBound(upper=constants.round_up(value), lower=None, method="column sums", norm="linf")
-    bound.lower = None
-    bound.exact = False
-    return Linear("bounded", bound=bound)
-
-
-def scale(ctx: LipschitzContext, factor: torch.Tensor, broadcast_ok: bool = True) -> Linear | LayerBound:
-    """``x * factor`` for a constant factor; when broadcasting copies x, the copies add sqrt(copies)."""
-    factor = torch.as_tensor(factor).detach().double()
-    copies = numel(ctx.out_shape) / max(numel(ctx.in_shape), 1)
-    if copies == 1 and factor.dim() <= len(ctx.in_shape) + 1:
-        shape = factor.shape[1:] if factor.dim() == len(ctx.in_shape) + 1 else factor.shape
-        return Linear("scale", scale=factor.reshape(shape))
-    value = float(factor.abs().max()) * _copies_factor(copies, ctx.norm)
-    return Linear("bounded", bound=LayerBound(upper=constants.round_up(value), lower=None, method="broadcast scale",
-                                             norm=ctx.norm))
-
-
-def add(ctx: LipschitzContext, subtract: bool = False):
-    """Add / Sub: a residual sum of two varying tensors, or a translation."""
-    if len(ctx.varying_inputs) > 1:
-        return Combine("sum")
-    if subtract and ctx.varying_inputs == [1]:
-        return scale(ctx, torch.tensor(-1.0))
-    return translation(ctx)
-
-
-def mul(ctx: LipschitzContext):
-    if len(ctx.varying_inputs) > 1:
-        return product_of_varying(ctx)
-    return scale(ctx, ctx.const(1 - ctx.varying_inputs[0]))
-
-
-def div(ctx: LipschitzContext):
-    if ctx.varying_inputs != [0]:
-        return unbounded(ctx, "division by an input-dependent tensor has no global Lipschitz constant")
-    denominator = ctx.const(1).double()
-    if bool((denominator == 0).any()):
-        return unbounded(ctx, "division by zero")
-    return scale(ctx, 1.0 / denominator)
-
-
-def variadic(ctx: LipschitzContext, kind: str, count: int):
-    """Sum / Mean (``kind="sum"``, Mean divides by ``count``) and Max / Min (``kind="max"``: elementwise max is
-    1-Lipschitz in the concatenated inputs) over several inputs."""
-    if len(ctx.varying_inputs) > 1:
-        return Combine(kind, scale=1.0 / count if count > 1 else 1.0)
-    if kind == "max":
-        if numel(ctx.out_shape) == numel(ctx.in_shape):
-            return Activation(constants.Slope(0.0, 1.0), constants.exact_constant(1.0, norm=ctx.norm))
-        return translation(ctx)
-    if count > 1:
-        return scale(ctx, torch.tensor(1.0 / count))
-    return translation(ctx)
-
-
-def where(ctx: LipschitzContext):
-    if ctx.varying(0):
-        return unbounded(ctx, "an input-dependent condition makes the output jump")
-    return Combine("max")
-
-
-def selection(ctx: LipschitzContext, module) -> Linear:
-    """Ops that only copy entries (Slice, Gather with constant indices, Pad, Tile, Expand, nearest Resize,
-    Transpose...): run the op once on an index-coded input (entry i = i + 1, in float64, exact), count how often
-    each input entry appears in the output; ``sqrt(max count)`` is the exact L2 norm (1 in L-inf)."""
-    index = ctx.varying_inputs[0]
-    n = numel(ctx.in_shape)
-    coded = torch.arange(1, n + 1, dtype=torch.float64).reshape(1, *ctx.in_shape) + 0.5
-    args = [coded if i == index else _as_double(ctx.const(i)) for i in range(len(ctx.constants))]
-    with torch.no_grad():
-        out = module(*args)
-    out = (out[0] if isinstance(out, (tuple, list)) else out).reshape(-1)
-    picked = out[(out == out.floor() + 0.5) & (out >= 1.5) & (out <= n + 0.5)]
-    counts = torch.bincount((picked - 1.5).round().long(), minlength=n) if picked.numel() else torch.zeros(1)
-    return Linear("bounded", bound=constants.selection_bound(int(counts.max()), ctx.norm))
-
-
-def _as_double(value):
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.double()
-    return value
-
-
-def reduction(ctx: LipschitzContext, kind: str) -> LayerBound | Linear:
-    """Reduce* over n = numel(in)/numel(out) entries per output (disjoint groups): sum sqrt(n) (L-inf: n), mean
-    1/sqrt(n) (1), max/min 1, L2 norm 1 (L-inf: sqrt(n)), L1 norm sqrt(n) (n), log-sum-exp 1 (gradient softmax,
-    ||p||_2 <= ||p||_1 = 1); sum of squares and product are not Lipschitz."""
-    n = numel(ctx.in_shape) / max(numel(ctx.out_shape), 1)
-    linf = ctx.norm == "linf"
-    values = {"sum": n if linf else math.sqrt(n), "mean": 1.0 if linf else 1 / math.sqrt(n), "max": 1.0,
-              "l2": math.sqrt(n) if linf else 1.0, "l1": n if linf else math.sqrt(n), "logsumexp": 1.0}
-    if kind not in values:
-        return unbounded(ctx, f"Reduce{kind} has no global Lipschitz constant")
-    bound = constants.exact_constant(values[kind], method="reduction", norm=ctx.norm)
-    return Linear("bounded", bound=bound) if kind in ("sum", "mean") else bound
-
-
-def separable(ctx: LipschitzContext, matrices) -> Linear:
-    """A linear op acting as one matrix per axis (Resize): the norm is the product of the per-axis norms."""
-    upper = lower = 1.0
-    for m in matrices:
-        m = np.asarray(m, dtype=np.float64)
-        value = float(np.abs(m).sum(axis=1).max()) if ctx.norm == "linf" else float(np.linalg.norm(m, 2))
-        upper *= constants.round_up(value, 1e-12 * sum(m.shape))
-        lower *= value
-    return Linear("bounded", bound=LayerBound(upper=constants.round_up(upper), lower=lower * (1 - 1e-12),
-                                             method="per-axis svd", exact=True, norm=ctx.norm))
-
-
-def _is_activation(record: NodeRecord) -> bool:
-    return isinstance(record.rule, Activation) and record.rule.slope is not None and record.bound.upper is not None
-
-
-def _mul(a: float | None, b: float | None) -> float | None:
-    if a == 0 or b == 0:
-        return 0.0
-    if a is None or b is None:
-        return None
-    return a * b
-
-
-def _min(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
+# gated activations exported as products (SiLU, GELU, Mish)
 
 
 #: Exported forms of gated activations ``x * g(x)``: the gate's scalar function and the activation it makes.
@@ -752,6 +683,8 @@ _GATED = (("SiLU (x * sigmoid x)", lambda t: t * torch.sigmoid(t), constants.SIL
           ("GELU (x * (1 + erf(x / sqrt 2)))", lambda t: 2.0 * torch.nn.functional.gelu(t), constants.GELU_SLOPE, 2.0),
           ("GELU (x * Phi(x))", torch.nn.functional.gelu, constants.GELU_SLOPE, 1.0),
           ("Mish (x * tanh softplus x)", torch.nn.functional.mish, constants.MISH_SLOPE, 1.0))
+
+
 _GATE_OPS = {"Sigmoid", "Tanh", "Softplus", "Erf", "Add", "Sub", "Mul", "Div"}
 
 
@@ -803,6 +736,81 @@ def _gated_activation(record: NodeRecord, producers: dict, env: dict):
                     bound.method = f"constant: {name}"
                     return Activation(scaled, bound), [source]
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the analysis
+
+
+@dataclass
+class Chain:
+    """Alternating fused linear segments and slope-restricted activations, bounded by ECLipsE-Fast."""
+
+    items: list  # Segment | NodeRecord (activation)
+    upper: float | None = None
+    pairs: np.ndarray | None = None  # L of f_y - f_j when the chain ends in a linear segment with class outputs
+    ms: float = 0.0
+
+    @property
+    def input(self) -> str:
+        return self.items[0].input
+
+    @property
+    def output(self) -> str:
+        last = self.items[-1]
+        return last.output if isinstance(last, Segment) else last.outputs[0]
+
+
+@dataclass
+class Analysis:
+    records: list[NodeRecord]
+    segments: list[Segment]
+    chains: list[Chain]
+    product: dict  # tensor -> bound (None: unbounded)
+    composed: dict
+    reasons: dict  # tensor -> why unbounded
+    input_name: str
+    output_name: str
+    input_shape: tuple
+    output_shape: tuple
+    norm: str
+
+
+def _context(module, inputs, outputs, env, varying: set, norm) -> LipschitzContext:
+    shapes = [per_sample(env[n].shape) if n and n in env and isinstance(env[n], torch.Tensor) else None
+              for n in inputs]
+    consts = [None if (n in varying) else (env.get(n) if n else None) for n in inputs]
+    out_shapes = [per_sample(env[n].shape) if n in env else None for n in outputs]
+    return LipschitzContext(norm=norm, node=module.onnx_name, op_type=module.op_type, input_shapes=shapes,
+                            output_shapes=out_shapes, constants=consts)
+
+
+def _rule(module, ctx: LipschitzContext):
+    """The operator's own rule (``OnnxOp.lipschitz``); a failing rule is reported, not raised."""
+    try:
+        return module.lipschitz(ctx)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        return unbounded(ctx, f"its bound rule failed ({type(e).__name__}: {e})")
+
+
+def _is_activation(record: NodeRecord) -> bool:
+    return isinstance(record.rule, Activation) and record.rule.slope is not None and record.bound.upper is not None
+
+
+def _mul(a: float | None, b: float | None) -> float | None:
+    if a == 0 or b == 0:
+        return 0.0
+    if a is None or b is None:
+        return None
+    return a * b
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
 
 
 def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str], None] | None = None,

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 
+from certify.errors import CodedError
 from certify.report.keys import TrustedKey
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -22,16 +23,8 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 MAX_ENVELOPE_BYTES = 32 * 1024 * 1024
 
 
-class VerificationError(Exception):
+class VerificationError(CodedError):
     """A report that must not be trusted; ``code`` is stable and machine-readable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
 
 
 def shown(value, limit: int = 100) -> str:
