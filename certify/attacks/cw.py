@@ -63,8 +63,5 @@ class CarliniWagnerL2(Attack):
                     if loss.item() > previous * 0.9999:
                         break
                     previous = loss.item()
-            with torch.no_grad():
-                x_adv = to_input(w)
-                succeeded |= best.offer(x_adv, misclassified(model(x_adv), y))
             search.update(succeeded)
         return best.refined(model, y)

@@ -34,11 +34,11 @@ class Smallest:
     def found(self) -> torch.Tensor:
         return torch.isfinite(self.dist)
 
-    def refined(self, model, y: torch.Tensor, steps: int = 12) -> torch.Tensor:
-        """The kept candidates, each moved towards x by bisection as far as it stays misclassified."""
+    def refined(self, model, y: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """The kept candidates, each moved towards x by bisection as far as it stays misclassified (8 steps: within
+        0.4% of the crossing on the segment)."""
         closer = bisect_to_boundary(model, self.x, y, self.best, steps)
-        with torch.no_grad():
-            self.offer(closer, misclassified(model(closer), y))
+        self.offer(closer, self.found)  # bisection only returns points it saw misclassified
         return self.best
 
 
@@ -65,7 +65,7 @@ class ConstantSearch:
 
 
 @torch.no_grad()
-def bisect_to_boundary(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, steps: int = 12) -> torch.Tensor:
+def bisect_to_boundary(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, steps: int = 8) -> torch.Tensor:
     """Move each misclassified ``x_adv`` along the segment towards ``x`` as far as it stays misclassified.
 
     The segment lies in the box (both ends do), so the result stays feasible; it is never farther than ``x_adv``.

@@ -30,9 +30,9 @@ import torch
 from certify.lipschitz import constants
 from certify.lipschitz.bound import LayerBound
 
-
 #: Largest segment turned into an explicit matrix by running it on the identity basis (inputs, entries).
 EXPLICIT_MAX_INPUTS = 4096
+EXPLICIT_MAX_ENTRIES = 1 << 23
 
 
 @dataclass
@@ -225,7 +225,7 @@ def convolution(ctx: LipschitzContext, window, groups: int, transposed: bool = F
                 groups)
 
 
-def scale(ctx: LipschitzContext, factor: torch.Tensor, broadcast_ok: bool = True) -> Linear | LayerBound:
+def scale(ctx: LipschitzContext, factor: torch.Tensor) -> Linear | LayerBound:
     """``x * factor`` for a constant factor; when broadcasting copies x, the copies add sqrt(copies)."""
     factor = torch.as_tensor(factor).detach().double()
     copies = numel(ctx.out_shape) / max(numel(ctx.in_shape), 1)

@@ -7,3 +7,43 @@ from datetime import UTC, datetime
 
 def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+
+
+def store_upload(kind: str, max_bytes: int, describe, default_name: str, name: str | None):
+    """Stream an upload into the store, describe it, and record it for the tenant.
+
+    Returns ``(record, 201)`` for new bytes or ``(existing record, 200)`` for bytes uploaded before. ``describe(path,
+    max_bytes)`` returns the record's facts or raises; a refused upload that created the stored file removes it.
+    """
+    from service.context import require_write, services
+    from service.records import now
+    from service.uploads import receive
+
+    t = require_write()
+    ctx = services()
+    stored, filename = receive(ctx.store, kind, max_bytes)
+    ctx.records.add_upload_bytes(kind, stored.size)
+    existing = ctx.records.get_artifact(t.name, kind, stored.digest)
+    if existing:
+        return existing, 200
+    try:
+        facts = describe(ctx.store.local_path(kind, stored.digest), max_bytes)
+    except Exception:
+        if stored.created:
+            ctx.store.discard(kind, stored.digest)
+        raise
+    record = {"id": stored.digest, "name": name or filename or default_name, "size": stored.size, **facts,
+              "created_at": iso(now())}
+    created = ctx.records.put_artifact(t.name, kind, record)
+    return (record, 201) if created else (ctx.records.get_artifact(t.name, kind, stored.digest), 200)
+
+
+def tenant_artifact(kind: str, artifact_id: str, what: str) -> dict:
+    """The tenant's record of an artifact, or 404 (also for another tenant's)."""
+    from service.context import services, tenant
+    from service.problems import ApiProblem
+
+    record = services().records.get_artifact(tenant().name, kind, artifact_id)
+    if record is None:
+        raise ApiProblem(404, "not_found", f"no {what} {artifact_id}")
+    return record

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from service.api.common import iso
-from service.context import require_write, services, tenant
-from service.problems import ApiProblem
-from service.records import now
+from service.api.common import store_upload, tenant_artifact
+from service.context import services
 from service.schemas import ModelSchema, UploadQuerySchema
-from service.uploads import receive
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="ONNX models")
 
@@ -53,30 +50,11 @@ def describe_model(path: str, max_bytes: int) -> dict:
 @blp.alt_response(200, schema=ModelSchema, description="the same bytes were uploaded before")
 def upload_model(name=None):
     """Upload an ONNX model (raw body or multipart part 'file'); the id is sha256 of the bytes."""
-    t = require_write()
-    ctx = services()
-    stored, filename = receive(ctx.store, "models", ctx.settings.max_model_bytes)
-    ctx.records.add_upload_bytes("models", stored.size)
-    existing = ctx.records.get_artifact(t.name, "models", stored.digest)
-    if existing:
-        return existing, 200
-    try:
-        facts = describe_model(ctx.store.local_path("models", stored.digest), ctx.settings.max_model_bytes)
-    except Exception:
-        if stored.created:
-            ctx.store.discard("models", stored.digest)
-        raise
-    record = {"id": stored.digest, "name": name or filename or "model.onnx", "size": stored.size,
-              **facts, "created_at": iso(now())}
-    created = ctx.records.put_artifact(t.name, "models", record)
-    return (record, 201) if created else (ctx.records.get_artifact(t.name, "models", stored.digest), 200)
+    return store_upload("models", services().settings.max_model_bytes, describe_model, "model.onnx", name)
 
 
 @blp.route("/<string:model_id>", methods=["GET"])
 @blp.response(200, ModelSchema)
 def get_model(model_id):
     """A model record of this tenant."""
-    record = services().records.get_artifact(tenant().name, "models", model_id)
-    if record is None:
-        raise ApiProblem(404, "not_found", f"no model {model_id}")
-    return record
+    return tenant_artifact("models", model_id, "model")
