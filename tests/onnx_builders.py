@@ -23,3 +23,15 @@ def relu_model(opset: int = 17, shape=("N", 4)) -> onnx.ModelProto:
 
 def const_tensor(name: str, array) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array), name)
+
+
+def assert_case_passes(case) -> None:
+    """Run one onnx backend case through the converter: pass, or skip with the harness's reason."""
+    import pytest
+
+    from certify.conformance import run_case
+
+    status, detail = run_case(case)
+    if status == "skip":
+        pytest.skip(detail)
+    assert status == "pass", detail

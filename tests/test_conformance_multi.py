@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from certify.conformance import multi_node_cases, run_case
+from certify.conformance import multi_node_cases
+from tests.onnx_builders import assert_case_passes
 
 CASES = multi_node_cases()
 
@@ -15,7 +16,4 @@ def test_there_are_multi_node_cases():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_multi_node_case(case):
-    status, detail = run_case(case)
-    if status == "skip":
-        pytest.skip(detail)
-    assert status == "pass", detail
+    assert_case_passes(case)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from certify.conformance import cases_for, run_case
+from certify.conformance import cases_for
 from certify.convert import to_torch
 from certify.errors import ModelRejected
+from tests.onnx_builders import assert_case_passes
 
 SPATIAL_OPS = [
     "Conv",
@@ -34,10 +35,7 @@ SPATIAL_OPS = [
 
 @pytest.mark.parametrize("case", cases_for(SPATIAL_OPS), ids=lambda c: c.name)
 def test_backend_case(case):
-    status, detail = run_case(case)
-    if status == "skip":
-        pytest.skip(detail)
-    assert status == "pass", detail
+    assert_case_passes(case)
 
 
 def _model(op_type, inputs, attrs=None, opset=22, n_outputs=1, initializers=(), node_inputs=None):
