@@ -191,6 +191,35 @@ def _attack_section(result: dict, cfg: dict) -> dict:
     }
 
 
+def _transfer(run: _Run, module, samples, targets, cfg: dict, input_shape: tuple, device: str) -> list[dict]:
+    """Adversarial examples crafted on ``module`` (PGD), evaluated on each target model."""
+    from certify.convert import to_torch
+    from certify.load import load_onnx
+    from certify.robustness import transfer
+    from certify.verify import input_specs
+
+    run.start("transfer", "transfer to other models")
+    out = []
+    for i, source in enumerate(targets):
+        data, name = _read_model(source)
+        target_model = load_onnx(data, input_shapes=cfg["input_shapes"])
+        specs = input_specs(target_model, batch=1)
+        if len(specs) != 1 or tuple(specs[0][1][1:]) != tuple(input_shape):
+            raise ModelRejected("transfer_model_mismatch", f"transfer target {name} does not take inputs of shape "
+                                f"{list(input_shape)}")
+        target = to_torch(target_model)
+        results = {}
+        for norm in cfg["norms"]:
+            results[norm] = transfer(
+                module, target, samples[0], samples[1], norm=norm, epsilons=cfg["epsilons"], attack="pgd",
+                input_range=tuple(cfg["input_range"]), seed=cfg["seed"], device=device,
+                progress=lambda stage, fraction, message="", i=i: run.tick(
+                    "transfer", (i + fraction) / len(targets), message))
+        out.append({"target": {"name": name, "sha256": hashlib.sha256(data).hexdigest()}, "results": results})
+    run.finish("transfer")
+    return out
+
+
 def run_pipeline(
     model_source,
     config: dict | None = None,
@@ -199,8 +228,12 @@ def run_pipeline(
     cancelled: Callable[[], bool] | None = None,
     signer=None,
     model_name: str | None = None,
+    transfer_to=(),
 ) -> PipelineResult:
     """Run every stage on ``model_source`` (path or bytes) and ``dataset`` (.npz path/bytes or None).
+
+    ``transfer_to``: other models (paths or bytes) on which adversarial examples crafted on this one are evaluated
+    (Szegedy et al.'s transfer finding); recorded under ``attacks.transfer``.
 
     ``progress(stage, fraction, message)`` is called at every progress point; ``cancelled()`` is checked there too
     and raises :class:`Cancelled`. Refusals (bad model, dataset, config, policy, time budget) raise
@@ -298,6 +331,8 @@ def run_pipeline(
             module.to("cpu")
         attacks = _attack_section(result, cfg)
         run.finish("attacks")
+        if transfer_to:
+            attacks["transfer"] = _transfer(run, module, samples, transfer_to, cfg, input_shape, device)
 
     run.start("report", "assembling the report")
     predicate = {

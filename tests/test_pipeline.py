@@ -15,6 +15,7 @@ from certify.pipeline import Cancelled, load_dataset, run_pipeline
 from certify.report.keys import load_public_key, write_keypair
 from certify.report.verify import verify_report
 from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL
+from tests.onnx_builders import relu_model
 
 FAST = {"norms": ["l2"], "epsilons": [0.05, 0.2], "samples": 24, "attacks": "quick"}
 
@@ -142,6 +143,21 @@ def test_cli_certify_writes_a_report_that_verifies(tmp_path, keypair):
                              "--model", EXAMPLE_MODEL], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(out.read_text())["payloadType"] == "application/vnd.in-toto+json"
+
+
+def test_transfer_to_itself_transfers_every_success_and_other_shapes_are_refused(tmp_path):
+    cfg = dict(FAST, attacks=["fgsm"])
+    p = run_pipeline(EXAMPLE_MODEL, cfg, dataset=EXAMPLE_DATA, transfer_to=[EXAMPLE_MODEL]).statement["predicate"]
+    (entry,) = p["attacks"]["transfer"]
+    per_eps = entry["results"]["l2"]["per_eps"]
+    assert [row["eps"] for row in per_eps] == [0.05, 0.2]
+    for row in per_eps:  # the same model: every example that fooled the source fools the target
+        assert row["transfer_rate"] == 1.0 or row["source_success_rate"] == 0.0
+    other = tmp_path / "relu.onnx"
+    other.write_bytes(relu_model(shape=("N", 3)).SerializeToString())
+    with pytest.raises(ModelRejected) as info:
+        run_pipeline(EXAMPLE_MODEL, cfg, dataset=EXAMPLE_DATA, transfer_to=[str(other)])
+    assert info.value.code == "transfer_model_mismatch"
 
 
 def test_cli_certify_refuses_bad_eps_with_exit_2(tmp_path):

@@ -188,9 +188,14 @@ class JobRunner:
         if config.get("device", "auto") == "auto":
             config["device"] = self.device
         progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0))
+        transfer_paths = [self.store.local_path("models", other) for other in job.get("transfer_to") or []]
+        if any(path is None for path in transfer_paths):
+            from certify.errors import ModelRejected
+
+            raise ModelRejected("artifact_missing", "a transfer_to model is no longer in the artifact store")
         return run_pipeline(model_path, config, dataset=dataset_path, progress=progress,
                             cancelled=lambda: self.records.cancel_requested(job["id"]), signer=self.signer(),
-                            model_name=job.get("model_name") or "model.onnx")
+                            model_name=job.get("model_name") or "model.onnx", transfer_to=transfer_paths)
 
     def _sign(self, statement: dict) -> dict:
         from certify.report.dsse import sign_statement

@@ -57,13 +57,15 @@ def _floats(value: str, what: str) -> list[float]:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
+@click.option("--transfer-to", multiple=True, type=click.Path(dir_okay=False),
+              help="Another ONNX model to evaluate this model's adversarial examples on (repeatable).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), help="YAML policy to evaluate.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (PEM) that signs the report.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the report (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
 @refusals_exit_2
-def certify_command(model, data, norm, eps, attacks, input_range, samples, seed, device, input_shape, policy_path,
-                    key_path, output, as_json):
+def certify_command(model, data, norm, eps, attacks, input_range, samples, seed, device, input_shape, transfer_to,
+                    policy_path, key_path, output, as_json):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     from certify.pipeline import run_pipeline
     from certify.report.dsse import dump_envelope
@@ -94,7 +96,7 @@ def certify_command(model, data, norm, eps, attacks, input_range, samples, seed,
             raise ModelRejected("bad_key", f"cannot load signing key {key_path}: {e}") from None
     progress = StageProgress()
     try:
-        result = run_pipeline(model, config, dataset=data, progress=progress, signer=signer)
+        result = run_pipeline(model, config, dataset=data, progress=progress, signer=signer, transfer_to=transfer_to)
     finally:
         progress.close()
     document = result.envelope if result.envelope is not None else result.statement
