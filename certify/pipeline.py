@@ -21,7 +21,7 @@ from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
 
-STAGES = ("load", "convert", "conversion_check", "bounds", "attacks", "report")
+STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "report")
 MAX_DATASET_BYTES = 1024**3
 
 
