@@ -7,21 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_attacks import CountingModel, GradientMasked, digits, exact_min_distance, linear, mlp
+from test_attacks import (  # noqa: F401  (one_thread: the same autouse fixture)
+    CountingModel,
+    GradientMasked,
+    digits,
+    exact_min_distance,
+    linear,
+    mlp,
+    one_thread,
+)
 
 from certify.pipeline import Cancelled
 from certify.robustness import SoundnessError, evaluate, transfer
 
 FAST = [("fgsm", {}), ("pgd", {"steps": 10})]
 EPS = (0.0, 0.05, 0.2, 0.5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
