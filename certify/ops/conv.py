@@ -188,10 +188,11 @@ class Conv(SlidingWindow, OnnxOp):
         if self.kernel_shape is not None and list(self.kernel_shape) != kernel:
             raise ValueError(f"Conv {self.onnx_name}: kernel_shape {self.kernel_shape} differs from weight {kernel}")
         pads = self.resolved_pads(x.shape[2:], kernel)
-        pad = torch_pad_list(pads[:nd], pads[nd:])
-        if any(pad):
-            x = F.pad(x, pad)
-        return _CONV[nd](x, w, b, self.axis_strides(nd), 0, self.axis_dilations(nd), self.group)
+        padding = list(pads[:nd])
+        if pads[:nd] != pads[nd:]:  # torch pads symmetrically; uneven pads need an explicit copy first
+            x = F.pad(x, torch_pad_list(pads[:nd], pads[nd:]))
+            padding = 0
+        return _CONV[nd](x, w, b, self.axis_strides(nd), padding, self.axis_dilations(nd), self.group)
 
     def lipschitz(self, ctx):
         """Linear: this kernel with the resolved strides, pads and dilations."""

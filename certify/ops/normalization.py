@@ -65,6 +65,8 @@ class BatchNormalization(OnnxOp):
         return multiplier, bias - mean * multiplier
 
     def forward(self, x, scale, bias, mean, var):
+        if x.dim() >= 2 and x.is_floating_point() and all(t.dtype == x.dtype for t in (scale, bias, mean, var)):
+            return F.batch_norm(x, mean, var, scale, bias, training=False, eps=self.epsilon)
         multiplier, offset = self.channel_affine(scale, bias, mean, var)
         return x * per_channel(multiplier, x.dim()) + per_channel(offset, x.dim())
 
