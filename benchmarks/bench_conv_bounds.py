@@ -44,6 +44,7 @@ def resnet50_convs() -> list[tuple[str, int, int, int, int, int]]:
 
 
 def vgg19_convs() -> list[tuple[str, int, int, int, int, int]]:
+    """The 16 convolutions of VGG-19; features.N numbers the convolutions (not torchvision module indices)."""
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
     layers, c_in, size, index = [], 3, 224, 0
     for item in cfg:

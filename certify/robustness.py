@@ -178,6 +178,8 @@ def _perturbation_stats(dist: np.ndarray, deltas: np.ndarray | None, correct: np
     d = dist[found]
     out.update(mean=float(d.mean()), median=float(np.median(d)), min=float(d.min()), max=float(d.max()),
                percentiles={str(q): float(np.percentile(d, q)) for q in (5, 25, 75, 95)})
+    counts, edges = np.histogram(d, bins=min(20, max(5, int(np.ceil(np.sqrt(d.size))))))
+    out["histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
     if deltas is not None:
         flat = deltas[found].reshape(int(found.sum()), -1).astype(np.float64)
         # Szegedy et al.: "average minimum distortion" sqrt(sum(delta^2) / n), n the number of input values.

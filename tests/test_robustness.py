@@ -58,6 +58,9 @@ def test_result_is_plain_data_with_every_part(result, model, data):
         stats = res["minimal_perturbation"]
         assert stats["n_found"] > 0 and 0 < stats["median"] <= max(EPS)
         assert stats["percentiles"]["5"] <= stats["median"] <= stats["percentiles"]["95"]
+        hist = stats["histogram"]
+        assert sum(hist["counts"]) == stats["n_found"] and len(hist["edges"]) == len(hist["counts"]) + 1
+        assert hist["edges"][0] == stats["min"] and hist["edges"][-1] == pytest.approx(stats["max"])
         assert stats["average_minimum_distortion"] > 0
     assert {c["name"] for c in result["sanity_checks"]} >= {"monotone_in_eps/l2", "large_eps_breaks_all/linf"}
     assert all(c["passed"] for c in result["sanity_checks"]), result["sanity_checks"]

@@ -105,7 +105,7 @@ class Feasible:
         delta = x_adv - self.x
         n = flat_norm(delta, "l2")
         factor = torch.clamp(self.eps / n.clamp_min(1e-30), max=1.0)
-        return torch.clamp(self.x + delta * _expand(factor, delta), self.box_lo, self.box_hi)
+        return torch.clamp(self.x + delta * expand_as_batch(factor, delta), self.box_lo, self.box_hi)
 
     def enforce(self, x_adv: torch.Tensor) -> torch.Tensor:
         """Make the batch exactly feasible as measured in float64 (a final pass; cheap, not per step)."""
@@ -120,12 +120,13 @@ class Feasible:
             if not bool(over.any()):
                 return x_adv
             shrink = torch.where(over, self.eps / n * (1 - 1e-6), torch.ones_like(n))
-            x_adv = torch.clamp((x64 + d * _expand(shrink, d)).to(x_adv.dtype), self.box_lo, self.box_hi)
+            x_adv = torch.clamp((x64 + d * expand_as_batch(shrink, d)).to(x_adv.dtype), self.box_lo, self.box_hi)
         n = flat_norm(x_adv.double() - x64, "l2")
-        return torch.where(_expand(n > self.eps, x_adv), self.x, x_adv)
+        return torch.where(expand_as_batch(n > self.eps, x_adv), self.x, x_adv)
 
 
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def expand_as_batch(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector shaped to broadcast against the batch ``like``."""
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
@@ -144,6 +145,3 @@ def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
 def distances(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
     """Exact per-sample distances in float64 (what the report and the soundness check use)."""
     return flat_norm(x_adv.double() - x.double(), norm)
-
-
-expand_as_batch = _expand

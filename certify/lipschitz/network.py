@@ -562,6 +562,7 @@ def bound_segment(segment: Segment, env: dict, norm: str) -> None:
         fused = copy.copy(core[0].bound if core else segment.members[0].bound)
         if len(segment.members) > 1:
             fused.method = f"fused {fused.method}"
+            fused.ms = (time.perf_counter() - started) * 1e3
         segment.bound = fused
         return
     runner = _segment_runner(segment, env)
@@ -600,6 +601,8 @@ ECLIPSE_SHIFT = 1e-9
 
 #: Relative margin on the final spectral norm (a triangular solve with a factor of condition number <= sqrt 2).
 ECLIPSE_MARGIN = 1e-8
+#: Largest layer matrix ECLipsE-Fast takes (its Gram products and factorisations grow with the cube of the width).
+ECLIPSE_MAX_ENTRIES = 1 << 22
 
 
 def _small_gram(b: torch.Tensor) -> torch.Tensor:
@@ -940,8 +943,10 @@ def _propagate(record: NodeRecord, table: dict) -> float | None:
     return _mul(record.bound.upper, incoming)
 
 
-def _linear_single(record: NodeRecord) -> bool:
-    return (isinstance(record.rule, Linear) and len(record.varying) == 1 and len(record.outputs) == 1
+def _linear_single(record: NodeRecord, consumers: dict, graph_outputs) -> bool:
+    """A linear node with one varying input whose only used output is its first (Dropout's unused mask is fine)."""
+    used = [n for n in record.outputs[1:] if n and (consumers.get(n) or n in graph_outputs)]
+    return (isinstance(record.rule, Linear) and len(record.varying) == 1 and not used
             and record.bound.upper is not None)
 
 
@@ -950,7 +955,7 @@ def _segments(records, consumers, graph_outputs) -> list[Segment]:
     by_tail: dict[str, Segment] = {}
     segments: list[Segment] = []
     for record in records:
-        if not _linear_single(record):
+        if not _linear_single(record, consumers, graph_outputs):
             continue
         source = record.varying[0]
         previous = by_tail.pop(source, None)
@@ -971,7 +976,7 @@ def _chains(records, segments, consumers, graph_outputs) -> list[Chain]:
     """Maximal alternations segment, activation, segment, ... where each link feeds only the next."""
     items: dict[str, object] = {}
     for segment in segments:
-        if segment.matrix is not None and segment.bound is not None:
+        if segment.matrix is not None and segment.bound is not None and segment.matrix.numel() <= ECLIPSE_MAX_ENTRIES:
             items[segment.input] = segment
     for record in records:
         if _is_activation(record) and len(record.varying) == 1 and record.rule.slope.lo >= 0:
