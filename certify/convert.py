@@ -101,10 +101,17 @@ class OnnxGraph(nn.Module):
         self.nodes = nn.ModuleList(s.module for s in steps)
         self._wiring = [(s.inputs, s.outputs) for s in steps]
         used = {n for s in steps for n in s.inputs if n} | set(self.output_names)
+        # 2-D convolutions run markedly faster on CPU (oneDNN) with channels-last activations and weights; the
+        # memory format changes strides only, never values.
+        self.channels_last = any(s.module.op_type in ("Conv", "ConvTranspose") and len(self.shapes.get(s.inputs[1])
+                                 or ()) == 4 for s in steps)
         self._const_attr: dict[str, str] = {}
         for i, name in enumerate(sorted(n for n in used if n in constants)):
             attr = f"const_{i}"
-            self.register_buffer(attr, constants[name], persistent=True)
+            value = constants[name]
+            if self.channels_last and value.dim() == 4 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last)
+            self.register_buffer(attr, value, persistent=True)
             self._const_attr[name] = attr
 
     def constant(self, name: str) -> torch.Tensor | None:
@@ -121,6 +128,8 @@ class OnnxGraph(nn.Module):
         """Run the graph; with ``keep`` return the environment of every named tensor too."""
         if len(args) != len(self.input_names):
             raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(args)}")
+        if self.channels_last:
+            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
         env: dict[str, torch.Tensor] = dict(zip(self.input_names, args))
         for name, attr in self._const_attr.items():
             env.setdefault(name, getattr(self, attr))
