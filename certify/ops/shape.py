@@ -60,8 +60,28 @@ def _dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
     return dense.reshape(dims)
 
 
+class Reshaping(OnnxOp):
+    """An operator that only rearranges its input's entries (each entry kept once): an isometry."""
+
+    def lipschitz(self, ctx):
+        """A reshape: norm 1."""
+        from certify.lipschitz import network
+
+        return network.Linear("isometry")
+
+
+class Indexing(OnnxOp):
+    """An operator whose output entries are copies of input entries (maybe repeated, maybe dropped)."""
+
+    def lipschitz(self, ctx):
+        """Copies entries: sqrt(max copies of one entry)."""
+        from certify.lipschitz import network
+
+        return network.indexed(ctx, self)
+
+
 @register("Flatten", versions=(1, None))
-class Flatten(OnnxOp):
+class Flatten(Reshaping):
     """To 2-D: dimensions before ``axis`` become the rows, the rest the columns."""
 
     def __init__(self, node):
@@ -72,15 +92,9 @@ class Flatten(OnnxOp):
         axis = self.axis + x.dim() if self.axis < 0 else self.axis
         return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
-    def lipschitz(self, ctx):
-        """A reshape: norm 1."""
-        from certify.lipschitz import network
-
-        return network.Linear("isometry")
-
 
 @register("Reshape", versions=(5, None))
-class Reshape(OnnxOp):
+class Reshape(Reshaping):
     """A target shape with -1 (inferred) and 0 (copy the input's dimension, unless ``allowzero``)."""
 
     def __init__(self, node):
@@ -93,15 +107,9 @@ class Reshape(OnnxOp):
             target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return x.reshape(target)
 
-    def lipschitz(self, ctx):
-        """A reshape: norm 1."""
-        from certify.lipschitz import network
-
-        return network.Linear("isometry")
-
 
 @register("Transpose", versions=(1, None))
-class Transpose(OnnxOp):
+class Transpose(Indexing):
     """Permute dimensions; without ``perm`` reverse them."""
 
     def __init__(self, node):
@@ -113,15 +121,9 @@ class Transpose(OnnxOp):
         perm = self.perm if self.perm is not None else list(reversed(range(x.dim())))
         return x.permute(perm)
 
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
-
 
 @register("Squeeze", versions=(1, None))
-class Squeeze(OnnxOp):
+class Squeeze(Reshaping):
     """Drop size-1 dimensions: the listed ``axes`` (attribute before opset 13, input after), or all of them."""
 
     def __init__(self, node):
@@ -138,15 +140,9 @@ class Squeeze(OnnxOp):
                 raise ValueError(f"cannot squeeze axis {d} of size {x.shape[d]}")
         return x.squeeze(tuple(dims)) if dims else x
 
-    def lipschitz(self, ctx):
-        """A reshape: norm 1."""
-        from certify.lipschitz import network
-
-        return network.Linear("isometry")
-
 
 @register("Unsqueeze", versions=(1, None))
-class Unsqueeze(OnnxOp):
+class Unsqueeze(Reshaping):
     """Insert size-1 dimensions at ``axes`` of the output (attribute before opset 13, input after)."""
 
     def __init__(self, node):
@@ -164,12 +160,6 @@ class Unsqueeze(OnnxOp):
         for d in dims:
             x = x.unsqueeze(d)
         return x
-
-    def lipschitz(self, ctx):
-        """A reshape: norm 1."""
-        from certify.lipschitz import network
-
-        return network.Linear("isometry")
 
 
 @register("Concat", versions=(4, None))
@@ -190,7 +180,7 @@ class Concat(OnnxOp):
 
 
 @register("Split", versions=(2, None))
-class Split(OnnxOp):
+class Split(Indexing):
     """Split along ``axis`` by the ``split`` sizes (attribute before opset 13, input after), else into as many
     parts as the node has outputs (``num_outputs`` from opset 18), the last part smaller when uneven."""
 
@@ -211,12 +201,6 @@ class Split(OnnxOp):
                 raise ValueError(f"cannot split a dimension of {size} into {self.parts} parts")
         return tuple(torch.split(x, sizes, dim=axis))
 
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
-
 
 def _slice_bounds(start: int, end: int, step: int, size: int) -> tuple[int, int]:
     """ONNX Slice's clamping of ``start`` and ``end`` for one axis of ``size``."""
@@ -230,7 +214,7 @@ def _slice_bounds(start: int, end: int, step: int, size: int) -> tuple[int, int]
 
 
 @register("Slice", versions=(1, None))
-class Slice(OnnxOp):
+class Slice(Indexing):
     """Strided slices along ``axes``; starts/ends/axes are attributes before opset 10, inputs (with steps) after.
 
     Negative steps select in reverse (``index_select``, since torch views only take positive steps).
@@ -264,15 +248,9 @@ class Slice(OnnxOp):
             x = x.index_select(axis, positions)
         return x
 
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
-
 
 @register("Gather", versions=(1, None))
-class Gather(OnnxOp):
+class Gather(Indexing):
     """Take entries of ``axis`` at ``indices`` (negative counts from the end); the axis becomes indices' shape."""
 
     def __init__(self, node):
@@ -286,12 +264,6 @@ class Gather(OnnxOp):
         flat = torch.where(flat < 0, flat + size, flat)
         out = x.index_select(axis, flat)
         return out.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))
-
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
 
 
 def _pad_positions(size: int, before: int, after: int, mode: str, device) -> torch.Tensor:
@@ -307,7 +279,7 @@ def _pad_positions(size: int, before: int, after: int, mode: str, device) -> tor
 
 
 @register("Pad", versions=(2, None))
-class Pad(OnnxOp):
+class Pad(Indexing):
     """Pad (or, with negative pads, crop) each axis: constant, reflect, edge or wrap.
 
     ``pads`` is ``[begin..., end...]``: an attribute with ``value`` before opset 11, inputs after, restricted to
@@ -352,15 +324,9 @@ class Pad(OnnxOp):
                 x = x.index_select(d, _pad_positions(x.shape[d], befores[d], afters[d], self.mode, x.device))
         return x
 
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
-
 
 @register("Tile", versions=(6, None))
-class Tile(OnnxOp):
+class Tile(Indexing):
     def forward(self, x, repeats):
         counts = ints(repeats)
         if len(counts) != x.dim():
@@ -368,15 +334,9 @@ class Tile(OnnxOp):
         check_allocation([s * r for s, r in zip(x.shape, counts)], x.dtype, "Tile output")
         return x.repeat(counts)
 
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
-
 
 @register("Expand", versions=(8, None))
-class Expand(OnnxOp):
+class Expand(Indexing):
     """Broadcast ``x`` with ``shape`` in both directions (numpy rules)."""
 
     def forward(self, x, shape):
@@ -386,12 +346,6 @@ class Expand(OnnxOp):
             raise ValueError(f"cannot expand {list(x.shape)} to {ints(shape)}: {e}") from None
         check_allocation(target, x.dtype, "Expand output")
         return x.expand(target)
-
-    def lipschitz(self, ctx):
-        """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
-
-        return network.indexed(ctx, self)
 
 
 @register("Shape", versions=(1, None))
@@ -527,12 +481,6 @@ class Dropout(OnnxOp):
 
 
 @register("Identity", versions=(1, None))
-class Identity(OnnxOp):
+class Identity(Reshaping):
     def forward(self, x):
         return x
-
-    def lipschitz(self, ctx):
-        """A reshape: norm 1."""
-        from certify.lipschitz import network
-
-        return network.Linear("isometry")
