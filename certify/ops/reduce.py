@@ -45,6 +45,8 @@ class Reduce(OnnxOp):
 
     float_math = False
 
+    bound_kind: str | None = None  # how certify.lipschitz bounds this reduction ("mean", "max", "sum", ...)
+
     def __init__(self, node):
         super().__init__(node)
         self.keepdims = bool(node.attr("keepdims", 1))
@@ -86,17 +88,19 @@ class Reduce(OnnxOp):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", axes={self.axes}, keepdims={self.keepdims}"
 
+    def lipschitz(self, ctx):
+        """The bound of this reduction kind (see ``certify.lipschitz.network.reduction``); none without a kind."""
+        from certify.lipschitz import network
+
+        return network.reduction(ctx, self.bound_kind) if self.bound_kind else None
+
 
 @register("ReduceSum", versions=(1, None))
 class ReduceSum(Reduce):
     def reduce(self, x, dims):
         return torch.sum(x, dim=dims, keepdim=True)
 
-    def lipschitz(self, ctx):
-        """sqrt(n) over disjoint groups of n."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "sum")
+    bound_kind = "sum"  # sqrt(n) over disjoint groups of n.
 
 
 @register("ReduceMean", versions=(1, None))
@@ -106,11 +110,7 @@ class ReduceMean(Reduce):
     def reduce(self, x, dims):
         return torch.mean(x, dim=dims, keepdim=True)
 
-    def lipschitz(self, ctx):
-        """1/sqrt(n) over disjoint groups of n."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "mean")
+    bound_kind = "mean"  # 1/sqrt(n) over disjoint groups of n.
 
 
 @register("ReduceMax", versions=(1, None))
@@ -121,11 +121,7 @@ class ReduceMax(Reduce):
     def empty_value(self, dtype):
         return _extreme(dtype, largest=False)
 
-    def lipschitz(self, ctx):
-        """A selection: 1."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "max")
+    bound_kind = "max"  # A selection: 1.
 
 
 @register("ReduceMin", versions=(1, None))
@@ -136,11 +132,7 @@ class ReduceMin(Reduce):
     def empty_value(self, dtype):
         return _extreme(dtype, largest=True)
 
-    def lipschitz(self, ctx):
-        """A selection: 1."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "max")
+    bound_kind = "max"  # A selection: 1.
 
 
 @register("ReduceProd", versions=(1, None))
@@ -150,11 +142,7 @@ class ReduceProd(Reduce):
             x = torch.prod(x, dim=d, keepdim=True)
         return x
 
-    def lipschitz(self, ctx):
-        """No global constant."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "prod")
+    bound_kind = "prod"  # No global constant.
 
 
 @register("ReduceL1", versions=(1, None))
@@ -164,11 +152,7 @@ class ReduceL1(Reduce):
     def reduce(self, x, dims):
         return torch.sum(torch.abs(x), dim=dims, keepdim=True)
 
-    def lipschitz(self, ctx):
-        """sqrt(n)."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "l1")
+    bound_kind = "l1"  # sqrt(n).
 
 
 @register("ReduceL2", versions=(1, None))
@@ -179,11 +163,7 @@ class ReduceL2(Reduce):
     def reduce(self, x, dims):
         return torch.sqrt(torch.sum(x * x, dim=dims, keepdim=True))
 
-    def lipschitz(self, ctx):
-        """A norm: 1."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "l2")
+    bound_kind = "l2"  # A norm: 1.
 
 
 @register("ReduceSumSquare", versions=(1, None))
@@ -193,11 +173,7 @@ class ReduceSumSquare(Reduce):
     def reduce(self, x, dims):
         return torch.sum(x * x, dim=dims, keepdim=True)
 
-    def lipschitz(self, ctx):
-        """No global constant."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "sumsquare")
+    bound_kind = "sumsquare"  # No global constant.
 
 
 @register("ReduceLogSumExp", versions=(1, None))
@@ -210,11 +186,7 @@ class ReduceLogSumExp(Reduce):
     def empty_value(self, dtype):
         return -math.inf if dtype.is_floating_point else None
 
-    def lipschitz(self, ctx):
-        """Gradient is a softmax: 1."""
-        from certify.lipschitz import network
-
-        return network.reduction(ctx, "logsumexp")
+    bound_kind = "logsumexp"  # Gradient is a softmax: 1.
 
 
 class ArgExtreme(OnnxOp):
