@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from service.webhooks import parse_networks
+
 
 def _int(env: dict, name: str, default: int) -> int:
     value = env.get(name)
@@ -54,6 +56,7 @@ class Settings:
     visibility_timeout_s: int = 120  # a message whose worker stopped heart-beating is delivered again after this
     worker_heartbeat_s: float = 2.0
     queue: str = "lipcert"
+    webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/webhooks.py)
     progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
 
     @property
@@ -80,5 +83,6 @@ class Settings:
             visibility_timeout_s=_int(env, "LIPCERT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s),
             worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
+            webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
             progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),
         )

@@ -113,6 +113,7 @@ def service(tmp_path_factory):
         "LIPCERT_TOKENS": ",".join([f"alice:{TOKENS['alice']}", f"bob:{TOKENS['bob']}",
                                     f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}"]),
         "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S}",
+        "LIPCERT_WEBHOOK_ALLOW_NETS": "127.0.0.0/8",
         "LIPCERT_VISIBILITY_TIMEOUT": "3",
         "LIPCERT_WORKER_HEARTBEAT_S": "0.5",
         "LIPCERT_MAX_MODEL_BYTES": str(1024 * 1024),

@@ -226,3 +226,9 @@ def test_job_quota(service, tiny_model):
     finally:
         for job_id in created:
             bob.delete(service.url(f"/v1/jobs/{job_id}"))
+
+
+def test_webhook_to_an_internal_address_is_refused(service, tiny_model):
+    r = service.submit(tiny_model, webhook_url="http://169.254.169.254/latest/meta-data")
+    body = problem(r, 422, "webhook_refused")
+    assert "webhook_url" in body["errors"] and "169.254.169.254" in body["detail"]

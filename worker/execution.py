@@ -227,6 +227,13 @@ class JobRunner:
         url = job and job.get("webhook_url")
         if not url or job["state"] not in TERMINAL:
             return
+        from service.webhooks import WebhookRefused, check_webhook_target
+
+        try:
+            check_webhook_target(url, self.settings.webhook_allow_nets)
+        except WebhookRefused as e:
+            log.warning("webhook for %s not called: %s", job_id, e)
+            return
         body = json.dumps({"id": job_id, "state": job["state"], "model": job["model"], "error": job.get("error")})
         request = urllib.request.Request(url, data=body.encode(), method="POST",
                                          headers={"Content-Type": "application/json"})

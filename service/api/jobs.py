@@ -11,6 +11,7 @@ from service.datasets import check_fit
 from service.problems import ApiProblem
 from service.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
 from service.schemas import REQUEST_ONLY, JobCreateSchema, JobListQuerySchema, JobPageSchema, JobSchema
+from service.webhooks import WebhookRefused, check_webhook_target
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Certification jobs")
 
@@ -48,6 +49,11 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
     if model.get("unsupported_operators"):
         ops = ", ".join(f"{k} ({v})" for k, v in sorted(model["unsupported_operators"].items()))
         raise ApiProblem(422, "unsupported_operator", f"the model uses unsupported operators: {ops}")
+    if body.get("webhook_url"):
+        try:
+            check_webhook_target(body["webhook_url"], services().settings.webhook_allow_nets)
+        except WebhookRefused as e:
+            raise ApiProblem(422, "webhook_refused", str(e), errors={"webhook_url": [str(e)]}) from None
     for other in body["transfer_to"]:
         if records.get_artifact(t_name, "models", other) is None:
             raise ApiProblem(422, "unknown_model", f"no model {other}", errors={"transfer_to": ["unknown model"]})
