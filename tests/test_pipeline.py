@@ -165,3 +165,12 @@ def test_cli_certify_refuses_bad_eps_with_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: bad_argument")
+
+
+def test_cli_bounds_refuses_a_dataset_of_the_wrong_shape_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(_npz(x=np.zeros((3, 65), np.float32), y=np.zeros(3, np.int64)))
+    proc = subprocess.run([sys.executable, "-m", "certify", "bounds", EXAMPLE_MODEL, "--data", str(bad)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: invalid_dataset: x has per-sample shape [65]")

@@ -10,18 +10,6 @@ from certify.cli import main, parse_input_shapes, refusals_exit_2
 from certify.errors import ModelRejected
 
 
-def _load_dataset(path: str):
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise ModelRejected("bad_dataset", f"{path}: expected arrays 'x' and 'y'")
-            return data["x"].astype(np.float32), data["y"].astype(np.int64)
-    except (OSError, ValueError) as e:
-        raise ModelRejected("bad_dataset", f"{path}: {e}") from None
-
-
 def _fmt(value, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -84,7 +72,12 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
     if not declared or any(d is None for d in declared[1:]):
         raise ModelRejected("dynamic_shape", "the input shape is not fully known; pin it with --input-shape")
     declared = (1, *declared[1:])  # one sample; the batch dimension may be dynamic
-    dataset = _load_dataset(data) if data else None
+    dataset = None
+    if data:
+        from certify.pipeline import load_dataset
+
+        x, y, _ = load_dataset(data, tuple(declared[1:]), samples)
+        dataset = (x, y)
     try:
         result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or (0.1,),
                              samples=samples)
