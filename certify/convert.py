@@ -19,7 +19,7 @@ from certify import ops  # noqa: F401  (registers every operator)
 from certify.errors import ModelRejected
 from certify.load import DEFAULT_LIMITS, Limits, opset_of
 from certify.ops import registry
-from certify.ops.base import ALLOCATION_LIMIT, TORCH_OF_ONNX, NodeView, OnnxOp
+from certify.ops.base import ALLOCATION_LIMIT, TORCH_OF_ONNX, NodeView, OnnxOp, dense_of_sparse, tensor_of_array
 
 CONVERTER_VERSION = "1"
 
@@ -33,15 +33,6 @@ class Step:
     outputs: list[str]
 
 
-def _to_tensor(value) -> torch.Tensor:
-    arr = np.asarray(value)
-    if arr.dtype == np.uint16 or arr.dtype.kind in "US":  # bfloat16 stored as uint16, strings
-        raise ModelRejected("unsupported_dtype", f"constant of dtype {arr.dtype} is not supported")
-    if arr.dtype.kind == "u" and arr.dtype != np.uint8:
-        arr = arr.astype(np.int64)
-    return torch.from_numpy(np.array(arr, copy=True))
-
-
 def _inferred_shapes(model: onnx.ModelProto) -> dict:
     shapes = {}
     for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
@@ -49,6 +40,13 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict:
         if t.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
     return shapes
+
+
+def _rank(name: str, constants: dict, shapes: dict) -> int | None:
+    if name in constants:
+        return constants[name].dim()
+    shape = shapes.get(name)
+    return None if shape is None else len(shape)
 
 
 class OnnxGraph(nn.Module):
@@ -67,9 +65,9 @@ class OnnxGraph(nn.Module):
         self.opset = opset_of(model)
         constants: dict[str, torch.Tensor] = {}
         for init in graph.initializer:
-            constants[init.name] = _to_tensor(numpy_helper.to_array(init))
+            constants[init.name] = tensor_of_array(numpy_helper.to_array(init))
         for sp in graph.sparse_initializer:
-            constants[sp.values.name] = _to_tensor(numpy_helper.to_array(numpy_helper.to_dense(sp)))  # noqa
+            constants[sp.values.name] = tensor_of_array(dense_of_sparse(sp))
         self.input_names = [vi.name for vi in graph.input if vi.name not in constants]
         self.output_names = [vi.name for vi in graph.output]
         self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
@@ -103,8 +101,8 @@ class OnnxGraph(nn.Module):
         used = {n for s in steps for n in s.inputs if n} | set(self.output_names)
         # 2-D convolutions run markedly faster on CPU (oneDNN) with channels-last activations and weights; the
         # memory format changes strides only, never values.
-        self.channels_last = any(s.module.op_type in ("Conv", "ConvTranspose") and len(self.shapes.get(s.inputs[1])
-                                 or ()) == 4 for s in steps)
+        self.channels_last = any(s.module.op_type in ("Conv", "ConvTranspose") and _rank(s.inputs[1], constants,
+                                 self.shapes) == 4 for s in steps)
         self._const_attr: dict[str, str] = {}
         for i, name in enumerate(sorted(n for n in used if n in constants)):
             attr = f"const_{i}"

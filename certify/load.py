@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from certify.errors import ModelRejected
 from certify.ops import registry
@@ -249,6 +250,28 @@ def fix_input_dims(model: onnx.ModelProto, input_shapes: dict | None = None) -> 
                 )
 
 
+def _densify_sparse_initializers(model: onnx.ModelProto, limits: Limits) -> None:
+    """Store sparse initializers densely: shape inference and the operators expect dense tensors."""
+    from certify.ops.base import dense_of_sparse
+
+    sparse = list(model.graph.sparse_initializer)
+    for sp in sparse:
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(sp.values.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 8
+        if int(np.prod(sp.dims, dtype=object)) * itemsize > limits.max_initializer_bytes:
+            raise ModelRejected("initializers_too_large", f"sparse initializer {sp.values.name!r} of shape "
+                                f"{list(sp.dims)} is over {limits.max_initializer_bytes} bytes when dense")
+        try:
+            dense = dense_of_sparse(sp)
+        except (ValueError, IndexError) as e:
+            raise ModelRejected("invalid_model", f"sparse initializer {sp.values.name!r}: {e}") from None
+        model.graph.initializer.append(numpy_helper.from_array(dense, sp.values.name))
+    if sparse:
+        model.graph.ClearField("sparse_initializer")
+
+
 def load_onnx(
     source,
     limits: Limits = DEFAULT_LIMITS,
@@ -269,6 +292,7 @@ def load_onnx(
         missing = unsupported_operators(model)
         if missing:
             raise ModelRejected("unsupported_operator", f"Unsupported operators: {_count_phrase(missing)}")
+    _densify_sparse_initializers(model, limits)
     fix_input_dims(model, input_shapes)
     model = _infer(model)
     _check_allocations(model, limits)

@@ -64,6 +64,32 @@ def check_allocation(shape, dtype: torch.dtype = torch.float32, what: str = "ten
         )
 
 
+def tensor_of_array(value: np.ndarray) -> torch.Tensor:
+    """A numpy constant as a tensor; dtypes torch or lipcert cannot hold are refused."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported")
+    if value.dtype.kind == "u" and value.dtype != np.uint8:
+        value = value.astype(np.int64)
+    try:
+        return torch.from_numpy(np.array(value, copy=True))
+    except TypeError:  # a numpy extension dtype (bfloat16, 8-bit floats) torch cannot wrap
+        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported") from None
+
+
+def dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """A SparseTensorProto as a dense array (indices are either linear [NNZ] or coordinates [NNZ, rank])."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dims = tuple(int(d) for d in sparse.dims)
+    check_allocation(dims, tensor_of_array(values).dtype, "sparse Constant")
+    dense = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
+    dense[indices] = values
+    return dense.reshape(dims)
+
+
 def ints(t: torch.Tensor | None) -> list[int] | None:
     """A 1-D integer tensor input (shape, axes, pads...) as a Python list."""
     if t is None:

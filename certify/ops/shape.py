@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 
 from certify.errors import ModelRejected
-from certify.ops.base import OnnxOp, check_allocation, ints
+from certify.ops.base import OnnxOp, check_allocation, dense_of_sparse, ints, tensor_of_array
 from certify.ops.registry import register
 
 
@@ -32,32 +29,6 @@ def _int_list(tensor: torch.Tensor | None, attribute) -> list[int] | None:
     if tensor is not None:
         return ints(tensor)
     return None if attribute is None else [int(v) for v in attribute]
-
-
-def _tensor_of_array(value: np.ndarray) -> torch.Tensor:
-    """A numpy constant as a tensor; dtypes torch or lipcert cannot hold are refused."""
-    value = np.asarray(value)
-    if value.dtype.kind not in "biuf":
-        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported")
-    if value.dtype.kind == "u" and value.dtype != np.uint8:
-        value = value.astype(np.int64)
-    try:
-        return torch.from_numpy(np.array(value, copy=True))
-    except TypeError:  # a numpy extension dtype (bfloat16, 8-bit floats) torch cannot wrap
-        raise ModelRejected("unsupported_dtype", f"constant of dtype {value.dtype} is not supported") from None
-
-
-def _dense_of_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray:
-    """A SparseTensorProto as a dense array (indices are either linear [NNZ] or coordinates [NNZ, rank])."""
-    values = numpy_helper.to_array(sparse.values)
-    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-    dims = tuple(int(d) for d in sparse.dims)
-    check_allocation(dims, _tensor_of_array(values).dtype, "sparse Constant")
-    dense = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
-    if indices.ndim == 2:
-        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
-    dense[indices] = values
-    return dense.reshape(dims)
 
 
 class Reshaping(OnnxOp):
@@ -387,9 +358,9 @@ class Constant(OnnxOp):
     def __init__(self, node):
         super().__init__(node)
         if "value" in node.attrs:
-            value = _tensor_of_array(node.attrs["value"])
+            value = tensor_of_array(node.attrs["value"])
         elif "sparse_value" in node.attrs:
-            value = _tensor_of_array(_dense_of_sparse(node.attrs["sparse_value"]))
+            value = tensor_of_array(dense_of_sparse(node.attrs["sparse_value"]))
         elif "value_float" in node.attrs or "value_floats" in node.attrs:
             value = torch.tensor(node.attr("value_float", node.attr("value_floats")), dtype=torch.float32)
         elif "value_int" in node.attrs or "value_ints" in node.attrs:
@@ -413,7 +384,7 @@ class ConstantOfShape(OnnxOp):
         value = node.attr("value")
         self.register_buffer(
             "fill",
-            torch.zeros((), dtype=torch.float32) if value is None else _tensor_of_array(value).reshape(-1)[0].clone(),
+            torch.zeros((), dtype=torch.float32) if value is None else tensor_of_array(value).reshape(-1)[0].clone(),
         )
 
     def forward(self, shape):
