@@ -122,8 +122,17 @@ class OnnxGraph(nn.Module):
         for module, (inputs, outputs) in zip(self.nodes, self._wiring):
             yield module, inputs, outputs
 
-    def run(self, *args, keep: bool = False):
-        """Run the graph; with ``keep`` return the environment of every named tensor too."""
+    def execute(self, *args, release: bool = False):
+        """Run the graph one node at a time, yielding ``(module, input names, output names, env)`` after each.
+
+        ``env`` maps every live tensor name to its value. With ``release``, a computed tensor leaves ``env`` once
+        the last node reading it has run (graph outputs stay), so a caller that looks at one node at a time holds
+        only the live activations, not the whole history.
+        """
+        env = self._start(args)
+        yield from self._advance(env, release)
+
+    def _start(self, args) -> dict[str, torch.Tensor]:
         if len(args) != len(self.input_names):
             raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(args)}")
         if self.channels_last:
@@ -131,7 +140,11 @@ class OnnxGraph(nn.Module):
         env: dict[str, torch.Tensor] = dict(zip(self.input_names, args))
         for name, attr in self._const_attr.items():
             env.setdefault(name, getattr(self, attr))
-        for module, inputs, outputs in self.steps():
+        return env
+
+    def _advance(self, env: dict, release: bool):
+        last_use = self._last_use() if release else {}
+        for index, (module, inputs, outputs) in enumerate(self.steps()):
             out = module(*[env[n] if n else None for n in inputs])
             if isinstance(out, (tuple, list)):
                 for name, value in zip(outputs, out):
@@ -139,6 +152,25 @@ class OnnxGraph(nn.Module):
                         env[name] = value
             else:
                 env[outputs[0]] = out
+            yield module, inputs, outputs, env
+            for name in set(inputs) | set(outputs):
+                if last_use.get(name, len(self._wiring)) <= index and name not in self._const_attr:
+                    env.pop(name, None)
+
+    def _last_use(self) -> dict[str, int]:
+        """Index of the last step reading each tensor (-1 for tensors no step reads); graph outputs never expire."""
+        last = {n: -1 for _, outputs in self._wiring for n in outputs}
+        for index, (inputs, _) in enumerate(self._wiring):
+            last.update((n, index) for n in inputs if n)
+        for name in self.output_names:
+            last.pop(name, None)
+        return last
+
+    def run(self, *args, keep: bool = False):
+        """Run the graph; with ``keep`` return the environment of every named tensor too."""
+        env = self._start(args)
+        for _ in self._advance(env, release=False):
+            pass
         result = tuple(env[n] for n in self.output_names)
         return (result, env) if keep else result
 

@@ -249,7 +249,7 @@ def run_pipeline(
     from certify.report.statement import build_statement, environment, utc_now, validate_predicate, weights_sha256
     from certify.robustness import SoundnessError, evaluate
     from certify.summary import summarize
-    from certify.verify import input_specs, verify_conversion
+    from certify.verify import input_specs, mismatch_message, verify_conversion
 
     cfg = load_config(config)
     _validate_early(cfg)
@@ -280,6 +280,8 @@ def run_pipeline(
 
     run.start("conversion_check", "comparing with onnxruntime")
     conversion = verify_conversion(model, module, input_range=input_range, seed=cfg["seed"])
+    if conversion["status"] == "mismatch":
+        raise ModelRejected("conversion_mismatch", mismatch_message(conversion))
     run.finish("conversion_check")
 
     run.start("bounds", "Lipschitz bounds per layer")

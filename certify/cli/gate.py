@@ -1,9 +1,10 @@
 """``lipcert gate``: the deployment gate for CI: verify the report, then hold it to a policy.
 
 Exit 0: verified and every policy check passed. Exit 1: denied, with the reasons: the report failed verification
-(unsigned, tampered, another model's, unreadable) or a check failed (a threshold not met, a measurement missing, a
-stale report). Exit 2: the gate could not evaluate: the policy file is unreadable or invalid (an unknown key
-included), or a --key file is unusable.
+(unsigned, tampered, another model's, unreadable), it records a conversion mismatch (a converted node that
+disagrees with onnxruntime: its numbers are not about the model), or a check failed (a threshold not met, a
+measurement missing, a stale report). Exit 2: the gate could not evaluate: the policy file is unreadable or invalid
+(an unknown key included), or a --key file is unusable.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from certify.cli.verify import load_keys, trusted_keys_option, verification_line
 from certify.errors import ModelRejected
 
 
-def _emit_denied(as_json: bool, report: str, error) -> None:
+def _emit_denied(as_json: bool, report: str, error, verification: dict | None = None) -> None:
+    """Denied before the policy: an unverifiable report, or (``verification`` given) a verified one that records a
+    conversion mismatch."""
     if as_json:
-        click.echo(json.dumps({"verdict": "fail", "exit_code": 1, "report": report,
-                               "verification": {"verified": False, "error": error.to_dict()}, "policy": None},
-                              indent=2))
+        verification = verification or {"verified": False, "error": error.to_dict()}
+        click.echo(json.dumps({"verdict": "fail", "exit_code": 1, "report": report, "verification": verification,
+                               "policy": None, "error": error.to_dict()}, indent=2))
     else:
-        click.echo(f"FAIL: {report} is not a verified report: {error.code}: {error.message}")
+        what = "records a conversion mismatch" if verification else "is not a verified report"
+        click.echo(f"FAIL: {report} {what}: {error.code}: {error.message}")
 
 
 @main.command()
@@ -38,7 +42,7 @@ def _emit_denied(as_json: bool, report: str, error) -> None:
 @refusals_exit_2
 def gate(report, keys, model, policy_path, as_json):
     """Verify REPORT for MODEL, then evaluate the policy. Exit 0 pass, 1 denied, 2 could not evaluate."""
-    from certify.report.policy import PolicyError, evaluate_policy, read_policy
+    from certify.report.policy import PolicyError, conversion_refusal, evaluate_policy, read_policy
     from certify.report.render import policy_lines
     from certify.report.verify import VerificationError, verify_report
 
@@ -51,6 +55,11 @@ def gate(report, keys, model, policy_path, as_json):
         verified = verify_report(report, trusted, model=model)
     except VerificationError as e:
         _emit_denied(as_json, report, e)
+        sys.exit(1)
+    refused = conversion_refusal(verified.predicate)
+    if refused:
+        _emit_denied(as_json, report, ModelRejected("conversion_mismatch", refused),
+                     verification_summary(verified, model))
         sys.exit(1)
     result = evaluate_policy(policy, verified.predicate)
     code = 0 if result["verdict"] == "pass" else 1

@@ -274,6 +274,24 @@ def _sanity_failures(predicate: dict, required) -> tuple[list[str], str]:
     return failing, f"{len(names) - len(failing)} of {len(names)} passed"
 
 
+def conversion_refusal(predicate: dict) -> str | None:
+    """Why a report cannot be deployed whatever the policy: its conversion check found (or could not rule out) a
+    converted node that disagrees with onnxruntime. None when the check passed (``ok`` or ``ill_conditioned``).
+    """
+    try:
+        conversion = _section(predicate, "conversion")
+    except _Missing as e:
+        return str(e)
+    status = conversion.get("status")
+    if status in ("ok", "ill_conditioned"):
+        return None
+    if status is None:
+        return "the report predates the node-by-node conversion check; certify the model again"
+    node = conversion.get("first_divergent") if isinstance(conversion.get("first_divergent"), dict) else {}
+    where = f" at node {node.get('node')} ({node.get('op')})" if node else ""
+    return f"the conversion check found a mismatch with onnxruntime{where}: the numbers are not about this model"
+
+
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 

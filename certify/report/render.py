@@ -50,12 +50,25 @@ def _model_lines(p: dict) -> list[str]:
     ds = p.get("dataset")
     lines.append("  dataset      " + (f"{ds.get('samples')} samples, sha256 {ds.get('sha256')}" if ds else "none"))
     conv = p.get("conversion")
-    lines.append("  conversion   " + (_skipped(conv) or f"max_abs_diff {fmt(conv.get('max_abs_diff'))}, "
-                                      f"max_rel_diff {fmt(conv.get('max_rel_diff'))} (vs onnxruntime)"))
+    lines.append("  conversion   " + (_skipped(conv) or conversion_line(conv)))
     conv = p.get("converter")
     lines.append("  converter    " + (_skipped(conv) or f"{conv.get('version')}, weights sha256 "
                                       f"{conv.get('weights_sha256')}"))
     return lines
+
+
+def conversion_line(conv: dict) -> str:
+    """The conversion check in one line: verdict, output differences, and the node to look at."""
+    status = conv.get("status")
+    text = (f"{status}: " if status else "") + (f"max_abs_diff {fmt(conv.get('max_abs_diff'))}, max_rel_diff "
+                                                f"{fmt(conv.get('max_rel_diff'))} (vs onnxruntime)")
+    if conv.get("nodes") is not None:
+        text += f", {conv.get('nodes_checked')} of {conv.get('nodes')} nodes checked on identical inputs"
+    node = conv.get("first_divergent") or (conv.get("amplification") if status == "ill_conditioned" else None)
+    if isinstance(node, dict):
+        what = "first divergent node" if status == "mismatch" else "amplified at"
+        text += f"; {what} {node.get('node')} ({node.get('op')})"
+    return text
 
 
 def _bounds_lines(p: dict) -> list[str]:
