@@ -192,8 +192,9 @@ def _like(value: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _local_error(graph, node, inputs, outputs, env, ref) -> tuple[float, float] | None:
-    """``node`` run on onnxruntime's inputs: (worst output difference in units of its tolerance, that tolerance).
+def _local_error(graph, node, inputs, outputs, env, ref) -> tuple[float, float, str] | None:
+    """``node`` run on onnxruntime's inputs: its worst output's difference in units of its tolerance, the tolerance
+    and the output's name.
 
     None when some input has no onnxruntime value. Constants (weights; folded values are checked on their own)
     come from the converted graph.
@@ -210,14 +211,14 @@ def _local_error(graph, node, inputs, outputs, env, ref) -> tuple[float, float] 
             return None
     out = node(*args)
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    worst, tolerance = 0.0, 0.0
+    worst = (0.0, 0.0, outputs[0])
     for name, value in zip(outputs, outs):
         if name and name in ref and value is not None:
             rel_tolerance, scale = _local_tolerance(node, args, ref[name])
             rel = _difference(value, ref[name], scale)[1]
             units = rel / rel_tolerance if rel_tolerance else (0.0 if rel == 0 else float("inf"))
-            worst, tolerance = max(worst, units), max(tolerance, rel_tolerance)
-    return worst, tolerance
+            worst = max(worst, (units, rel_tolerance, name))
+    return worst
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -267,10 +268,10 @@ class _Comparison:
             own = LOCAL_ULPS * float(np.finfo(np.float32).eps)
         else:
             self.checked += 1
-            units, own = local
+            units, own, output = local
             self.worst_local = max(self.worst_local, units)
             if units > 1.0 and self.first_divergent is None:
-                self.first_divergent = {"node": node.onnx_name, "op": node.op_type, "output": outputs[0],
+                self.first_divergent = {"node": node.onnx_name, "op": node.op_type, "output": output,
                                         "local_error": units, "tolerance": own}
         tolerance = upstream + own
         self.tolerance.update((n, tolerance) for n in outputs if n)
@@ -350,7 +351,7 @@ def verify_conversion(
     result = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "batch": batch, "seed": seed,
               "input_range": list(input_range)}
     if error:
-        return {**result, "status": "mismatch", "error": error, "first_divergent": state.first_divergent}
+        return {**result, "status": "mismatch", "error": error, "first_divergent": _finite(state.first_divergent)}
     if state.first_divergent is not None:
         status = "mismatch"
     elif max_rel > tolerance:
@@ -358,17 +359,26 @@ def verify_conversion(
         status = "ill_conditioned" if state.checked == len(steps) else "mismatch"
     else:
         status = "ok"
-    return {**result, "status": status, "tolerance": tolerance, "first_divergent": state.first_divergent,
-            "amplification": state.amplification if status != "ok" else None, "nodes": len(steps),
-            "nodes_checked": state.checked, "unchecked": state.unchecked[:10], "max_local_error": state.worst_local}
+    return {**result, "status": status, "tolerance": tolerance, "first_divergent": _finite(state.first_divergent),
+            "amplification": _finite(state.amplification) if status != "ok" else None, "nodes": len(steps),
+            "nodes_checked": state.checked, "unchecked": state.unchecked[:10],
+            "max_local_error": _finite(state.worst_local)}
+
+
+def _finite(value):
+    """JSON has no infinity: an infinite difference (a changed shape or integer value) is recorded as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def mismatch_message(result: dict) -> str:
     """One line naming where a ``mismatch`` verdict comes from."""
     node = result.get("first_divergent")
     if node:
-        return (f"node {node['node']} ({node['op']}) disagrees with onnxruntime on identical inputs: error "
-                f"{node['local_error']:.3g}x its tolerance {node['tolerance']:.2g}")
+        size = "beyond any tolerance" if node["local_error"] is None else f"{node['local_error']:.3g}x its tolerance"
+        return (f"node {node['node']} ({node['op']}) disagrees with onnxruntime on identical inputs: output "
+                f"{node['output']} differs {size} ({node['tolerance']:.2g} relative)")
     if result.get("error"):
         return result["error"]
     return (f"the outputs differ from onnxruntime's (max relative difference {result['max_rel_diff']:.3g}, "
