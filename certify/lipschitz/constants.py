@@ -83,9 +83,8 @@ def _phi(t):
 
 def _gelu_prime(t):
     """d/dt [t Phi(t)] = Phi(t) + t phi(t); f'' = phi(t)(2 - t^2) vanishes at t = +-sqrt(2)."""
-    from scipy.special import ndtr
-
-    return ndtr(t) + t * _phi(t)
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(t, dtype=np.float64) / math.sqrt(2.0)))
+    return cdf + t * _phi(t)
 
 
 def _gelu_tanh_prime(t):

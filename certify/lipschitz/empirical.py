@@ -4,8 +4,10 @@ Any point x gives ``L >= ||J(x)||`` (for the L2 operator norm, ``||J(x) v|| / ||
 the largest value over the dataset points and over points reached by ascent on ``||J(x)||`` from the best of
 them. The upper bound divided by this value is the honest size of the remaining uncertainty.
 
-Samples always run at batch 1 (vectorised with ``torch.func.vmap`` when the operators allow it) so graphs exported
-with a fixed batch of 1 (reshapes to ``[1, -1]``) are evaluated correctly.
+Samples always run at batch 1, one at a time, so graphs exported with a fixed batch of 1 (reshapes to ``[1, -1]``)
+are evaluated correctly. Derivatives use plain reverse-mode autograd of scalars, not ``torch.func``, forward-mode
+AD or ``grad_outputs``, whose first use imports torch's compiler stack or sympy: seconds of fixed cost for a command
+on a small network.
 """
 
 from __future__ import annotations
@@ -30,11 +32,8 @@ def sample_function(graph) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def per_sample(fn: Callable, xs: torch.Tensor) -> torch.Tensor:
-    """``fn`` applied to every sample of ``xs``, vectorised by vmap when possible, else one by one."""
-    try:
-        return torch.func.vmap(fn)(xs)
-    except Exception:  # an operator without a batching rule
-        return torch.stack([fn(x) for x in xs])
+    """``fn`` applied to every sample of ``xs``, one by one, stacked."""
+    return torch.stack([fn(x) for x in xs])
 
 
 def outputs(graph, xs: torch.Tensor) -> torch.Tensor:
@@ -43,11 +42,44 @@ def outputs(graph, xs: torch.Tensor) -> torch.Tensor:
         return per_sample(sample_function(graph), xs)
 
 
+def jacobian(f, x: torch.Tensor) -> torch.Tensor:
+    """The exact Jacobian ``[outputs, *x.shape]`` of ``f`` at ``x``: one forward pass and one backward pass per
+    output row (the graph is kept between them)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = f(x)
+        rows = []
+        for i in range(out.numel()):
+            (row,) = torch.autograd.grad(out[i], x, retain_graph=i + 1 < out.numel(), allow_unused=True)
+            rows.append(torch.zeros_like(x) if row is None else row)
+    return torch.stack(rows) if rows else x.new_zeros((0, *x.shape))
+
+
+def jvp(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``J(x) v`` by the double-backward identity ``J v = d/du <J^T u, v>`` (differentiable with respect to ``x``
+    when ``x`` requires grad). Forward-mode AD would be one pass cheaper, but its first use on an operation mixing
+    a dual and a plain tensor imports torch's compiler stack."""
+    with torch.enable_grad():
+        z = x if x.requires_grad else x.detach().requires_grad_(True)
+        out = f(z)
+        u = torch.zeros_like(out, requires_grad=True)
+        (g,) = torch.autograd.grad((out * u).sum(), z, create_graph=True, allow_unused=True)
+        if g is None or not g.requires_grad:
+            return torch.zeros_like(out)
+        (jv,) = torch.autograd.grad((g * v).sum(), u, create_graph=x.requires_grad, allow_unused=True)
+    return torch.zeros_like(out) if jv is None else jv
+
+
+def vjp(f, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``J(x)^T u`` by reverse mode."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad((f(x) * u).sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
 def _full_jacobians(f, xs: torch.Tensor) -> torch.Tensor:
-    try:
-        return torch.func.vmap(torch.func.jacrev(f))(xs)
-    except Exception:
-        return torch.stack([torch.autograd.functional.jacobian(f, x) for x in xs])
+    return torch.stack([jacobian(f, x) for x in xs])
 
 
 def jacobian_norms(graph, xs: torch.Tensor, norm: str = "l2", iters: int = 30, seed: int = 0) -> np.ndarray:
@@ -74,12 +106,11 @@ def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     v = v / v.norm()
-    _, vjp = torch.func.vjp(f, x)
     value = 0.0
     for _ in range(iters):
-        _, jv = torch.func.jvp(f, (x,), (v,))
+        jv = jvp(f, x, v).detach()
         value = float(jv.norm())
-        (w,) = vjp(jv)
+        w = vjp(f, x, jv)
         if float(w.norm()) == 0.0:
             break
         v = w / w.norm()
@@ -88,14 +119,20 @@ def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
 
 def _norm_and_direction(f, x: torch.Tensor) -> tuple[float, torch.Tensor]:
     """``||J(x)||`` and its top right singular vector, from the full Jacobian."""
-    jac = torch.func.jacrev(f)(x).reshape(-1, x.numel()).detach().double()
+    jac = jacobian(f, x).reshape(-1, x.numel()).detach().double()
     _, singular, vh = torch.linalg.svd(jac, full_matrices=False)
     return float(singular[0]), vh[0].to(x.dtype).reshape(x.shape)
 
 
-def _directional_energy(f, v: torch.Tensor):
-    """``z -> ||J(z) v||^2``, whose gradient points to larger Jacobian norms along v."""
-    return lambda z: torch.func.jvp(f, (z,), (v,))[1].pow(2).sum()
+def _energy_gradient(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``z -> ||J(z) v||^2`` at ``x``, which points to larger Jacobian norms along v."""
+    z = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        energy = jvp(f, z, v).pow(2).sum()
+        if not energy.requires_grad:  # J does not depend on z here (an affine piece)
+            return torch.zeros_like(x)
+        (g,) = torch.autograd.grad(energy, z, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
 
 
 def ascend(graph, x0: torch.Tensor, steps: int = 20, step: float | None = None,
@@ -121,7 +158,7 @@ def ascend(graph, x0: torch.Tensor, steps: int = 20, step: float | None = None,
         direction = None
         if v is not None:
             try:
-                g = torch.func.grad(_directional_energy(f, v))(x)
+                g = _energy_gradient(f, x, v)
                 if float(g.norm()) > 1e-12:
                     direction = g / g.norm()
             except Exception:  # an operator without forward-mode derivatives: random steps only
