@@ -12,6 +12,10 @@ reference's + 0.5 point, our time at most the reference's; PGD time per step / o
 
 from __future__ import annotations
 
+# isort: off
+import passive_threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
+# isort: on
+
 import argparse
 import time
 

@@ -10,6 +10,10 @@ upper / lower <= 1.01 on every layer, and the whole ResNet-50 set under 120 s on
 
 from __future__ import annotations
 
+# isort: off
+import passive_threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
+# isort: on
+
 import argparse
 import math
 import os

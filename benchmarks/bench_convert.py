@@ -8,14 +8,19 @@ The light_* models pin batch 1 twice: in the input shape and in the flatten's Re
 For other batch sizes the input's first dimension is set to the batch and that target's leading 1 becomes 0
 ("copy the input's dimension"), which leaves batch 1 unchanged.
 
-On a busy machine (load average above the core count) torch's OpenMP threads lose whole time slices waiting at
-barriers while onnxruntime's pool copes better; compare there with both waiting passively:
-``OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_convert.py --no-spin``.
+On a busy machine (load average above the core count) spinning OpenMP threads lose whole time slices waiting at
+barriers; torch here waits passively (``OMP_WAIT_POLICY=PASSIVE``, lipcert's setting, see certify/threads.py) unless
+the variable is set. Compare with torch's default spinning: ``OMP_WAIT_POLICY= python benchmarks/bench_convert.py``
+(an empty value keeps libgomp's default, with a warning), and with onnxruntime not spinning either: ``--no-spin``.
 
     python benchmarks/bench_convert.py [--models resnet50 vgg19] [--batches 1 16] [--runs 5] [--no-spin]
 """
 
 from __future__ import annotations
+
+# isort: off
+import passive_threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
+# isort: on
 
 import argparse
 import os

@@ -9,6 +9,10 @@ seconds on this machine; ``ours/ecl`` is our bound divided by eclipse-nn's (1.0 
 
 from __future__ import annotations
 
+# isort: off
+import passive_threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
+# isort: on
+
 import argparse
 import io
 import time

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from certify.threads import use_passive_wait
 from service.settings import Settings
+
+use_passive_wait()  # before worker.tasks (and the prefork children) load torch
 
 TASK_NAME = "lipcert.run_job"
 

@@ -13,6 +13,9 @@ import sys
 import click
 
 from certify.errors import ModelRejected
+from certify.threads import use_passive_wait
+
+use_passive_wait()  # before any command imports torch
 
 
 def _fail(code: str, message: str, as_json: bool) -> None:

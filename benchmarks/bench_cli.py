@@ -1,0 +1,102 @@
+"""Fixed cost of the command line, and the effect of lipcert's thread setting (certify/threads.py).
+
+Each command runs as a fresh process, as a user runs it; the time is the median wall time of ``--runs`` runs.
+Columns: ``spinning`` runs with ``OMP_WAIT_POLICY=`` (an empty value: libgomp keeps its default spinning and prints
+a warning, i.e. torch as lipcert ran it before it set anything); ``passive`` with the variable unset, so lipcert
+sets ``PASSIVE`` itself (for the bare ``import torch`` it is set explicitly); ``passive - torch`` is the command's
+cost beyond a bare ``python -c "import torch"``. Goal: inspect and bounds on the digits model within 1 s of it.
+
+``--load N`` runs N CPU-burning processes during the measurements (killed at the end) to see a loaded machine;
+``--root DIR`` times another checkout of lipcert (e.g. the previous release) with this script.
+
+    python benchmarks/bench_cli.py [--runs 3] [--load 0] [--certify] [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIPCERT = [sys.executable, "-m", "certify"]
+GOAL_S = 1.0
+
+
+def commands(root: str, with_certify: bool) -> list[tuple[str, list[str]]]:
+    model = os.path.join(root, "examples", "digits_mlp.onnx")
+    data = os.path.join(root, "examples", "digits_test.npz")
+    rows = [
+        ("import torch", [sys.executable, "-c", "import torch"]),
+        ("lipcert --help", [*LIPCERT, "--help"]),
+        ("lipcert inspect digits", [*LIPCERT, "inspect", model]),
+        ("lipcert bounds digits --data", [*LIPCERT, "bounds", model, "--data", data]),
+    ]
+    if with_certify:
+        rows.append(("lipcert certify digits (quick attacks)",
+                     [*LIPCERT, "certify", model, "--data", data, "--samples", "100", "--norm", "l2,linf",
+                      "--eps", "0.05,0.1", "-o", os.devnull]))
+    return rows
+
+
+def timed(argv: list[str], env: dict, runs: int, root: str) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return statistics.median(times)
+
+
+def environments(root: str, bare_torch: bool) -> dict[str, dict]:
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base["PYTHONPATH"] = root
+    passive = dict(base, OMP_WAIT_POLICY="PASSIVE") if bare_torch else base
+    return {"spinning": dict(base, OMP_WAIT_POLICY=""), "passive": passive}
+
+
+def _burn(deadline: float) -> None:
+    while time.monotonic() < deadline:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--load", type=int, default=0, help="CPU-burning background processes during the runs")
+    parser.add_argument("--certify", action="store_true", help="also time a whole certify run (bounds + attacks)")
+    parser.add_argument("--root", default=ROOT, help="the lipcert checkout to time (default: this one)")
+    args = parser.parse_args()
+    root = os.path.abspath(args.root)
+    burners = [multiprocessing.Process(target=_burn, args=(time.monotonic() + 3600,), daemon=True)
+               for _ in range(args.load)]
+    for b in burners:
+        b.start()
+    try:
+        rows = []
+        for name, argv in commands(root, args.certify):
+            envs = environments(root, bare_torch=name == "import torch")
+            rows.append((name, {label: timed(argv, env, args.runs, root) for label, env in envs.items()}))
+    finally:
+        for b in burners:
+            b.terminate()
+            b.join()
+    torch_s = rows[0][1]["passive"]
+    print(f"lipcert at {root}; cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, background burners "
+          f"{args.load}, median of {args.runs} runs, wall seconds")
+    print(f"{'command':<40} {'spinning':>9} {'passive':>9} {'passive - torch':>16}  goal")
+    for name, t in rows:
+        extra = t["passive"] - torch_s
+        goal = "" if name in ("import torch", "lipcert --help") or "certify" in name else (
+            "ok" if extra <= GOAL_S else f"over {GOAL_S:g} s")
+        print(f"{name:<40} {t['spinning']:>9.2f} {t['passive']:>9.2f} {extra:>16.2f}  {goal}")
+
+
+if __name__ == "__main__":
+    main()
