@@ -307,6 +307,18 @@ def test_gate_fails_on_a_missing_measurement(setup, make_report):
     assert "the attacks stage was skipped: no dataset was given" in result.output
 
 
+def test_gate_denies_a_report_that_records_a_conversion_mismatch(setup, make_report):
+    predicate = example_predicate()
+    predicate["conversion"].update(status="mismatch", first_divergent={"node": "conv_3", "op": "Conv"})
+    make_report(predicate, "mismatch.json")
+    result = _gate(setup, report="mismatch.json")
+    assert result.exit_code == 1
+    assert "records a conversion mismatch: conversion_mismatch:" in result.output and "conv_3 (Conv)" in result.output
+    info = json.loads(_gate(setup, "--json", report="mismatch.json").output)
+    assert info["verdict"] == "fail" and info["verification"]["verified"] and info["policy"] is None
+    assert info["error"]["code"] == "conversion_mismatch"
+
+
 def test_gate_denies_unverifiable_reports(setup, make_report):
     data = (setup / "report.json").read_bytes()
     cases = {
