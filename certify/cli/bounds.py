@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -57,12 +58,16 @@ def _print_table(result: dict) -> None:
 @click.option("--eps", "epsilons", type=float, multiple=True, help="Radii for certified accuracy (repeatable).")
 @click.option("--samples", type=click.IntRange(1, 100_000), default=200, show_default=True)
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
+@click.option("--json-lines", "json_lines", is_flag=True,
+              help="One JSON object per line: each layer's row as it is computed, then the whole result.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @refusals_exit_2
-def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
+def bounds(model, as_json, data, norm, epsilons, samples, input_shape, json_lines, quiet):
     """Per-layer Lipschitz bounds of MODEL, the network bound, and certified radii with --data."""
     from certify.convert import to_torch
     from certify.lipschitz.certificate import certificate
     from certify.load import load_onnx
+    from certify.progress import StageProgress
 
     proto = load_onnx(model, input_shapes=parse_input_shapes(input_shape))
     module = to_torch(proto)
@@ -78,12 +83,23 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
 
         x, y, _ = load_dataset(data, tuple(declared[1:]), samples)
         dataset = (x, y)
+    progress = StageProgress(quiet=quiet or as_json, lines=False)
+
+    def row_line(row: dict) -> None:
+        click.echo(json.dumps({"type": "layer", **row}))
+        sys.stdout.flush()
+
     try:
         result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or (0.1,),
-                             samples=samples)
+                             samples=samples, progress=lambda fraction, message: progress("bounds", fraction, message),
+                             on_layer=row_line if json_lines else None)
     except ValueError as e:
         raise ModelRejected("bounds_failed", str(e)) from None
-    if as_json:
+    finally:
+        progress.close()
+    if json_lines:
+        click.echo(json.dumps({"type": "result", **result}))
+    elif as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         _print_table(result)

@@ -11,33 +11,6 @@ from certify.cli import main, parse_input_shapes, parse_range, refusals_exit_2
 from certify.errors import ModelRejected
 
 
-class StageProgress:
-    """One status line per stage on stderr; redrawn in place on a terminal, one line per stage otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.stage = None
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if stage != self.stage:
-            if self.stage is not None and self.tty:
-                self.stream.write("\n")
-            self.stage = stage
-            if not self.tty:
-                self.stream.write(f"[{stage}] {message}\n")
-        if self.tty:
-            bar = "#" * int(fraction * 20)
-            self.stream.write(f"\r[{stage:<16}] [{bar:<20}] {fraction:4.0%} {message[:50]:<50}")
-        elif fraction >= 1.0:
-            self.stream.write(f"[{stage}] {message}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self.stage is not None:
-            self.stream.write("\n")
-
-
 def _floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in value.split(",") if v.strip()]
@@ -63,11 +36,13 @@ def _floats(value: str, what: str) -> list[float]:
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (PEM) that signs the report.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the report (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
 def certify_command(model, data, norm, eps, attacks, input_range, samples, seed, device, input_shape, transfer_to,
-                    policy_path, key_path, output, as_json):
+                    policy_path, key_path, output, as_json, quiet):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     from certify.pipeline import run_pipeline
+    from certify.progress import StageProgress
     from certify.report.dsse import dump_envelope
     from certify.report.keys import load_signer
     from certify.report.policy import PolicyError, read_policy
@@ -94,7 +69,7 @@ def certify_command(model, data, norm, eps, attacks, input_range, samples, seed,
             signer = load_signer(key_path)
         except (OSError, ValueError) as e:
             raise ModelRejected("bad_key", f"cannot load signing key {key_path}: {e}") from None
-    progress = StageProgress()
+    progress = StageProgress(quiet=quiet)
     try:
         result = run_pipeline(model, config, dataset=data, progress=progress, signer=signer, transfer_to=transfer_to)
     finally:

@@ -14,6 +14,7 @@ import time
 import click
 
 from certify.cli import main
+from certify.progress import Bar
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -53,20 +54,21 @@ class ApiClient:
         return self.call("GET", f"/v1/jobs/{job_id}").json()
 
     def wait(self, job_id: str, interval: float = 0.5, show: bool = True) -> dict:
-        """Poll until the job ends, with a progress bar on stderr."""
+        """Poll until the job ends, with a progress bar on stderr (a terminal only) that stops where the job did."""
         job = self.job(job_id)
-        with click.progressbar(length=1000, label=job_id, file=sys.stderr if show else open(os.devnull, "w"),
-                               show_eta=False) as bar:
-            done = 0
-            while job["state"] not in TERMINAL:
-                now = int(1000 * (job.get("progress") or 0))
-                bar.label = f"{job['state']:<9} {job.get('stage') or '':<16}"
-                bar.update(max(0, now - done))
-                done = max(done, now)
+        bar = Bar(job_id[:12]) if show and sys.stderr.isatty() else None
+        try:
+            while True:
+                if bar is not None:
+                    bar.update(job.get("progress") or 0.0, f"{job['state']} {job.get('stage') or ''}",
+                               eta=job.get("eta_s"))
+                if job["state"] in TERMINAL:
+                    return job
                 time.sleep(interval)
                 job = self.job(job_id)
-            bar.update(1000 - done)
-        return job
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _fail(code: str, message: str):
