@@ -677,7 +677,9 @@ def _policy_section(p: dict) -> str:
                 "<code>lipcert gate report.json --key KEY.pub.pem --model MODEL --policy policy.yaml</code>.</p>")
     verdict = str(result.get("verdict", "")).lower()
     css = verdict if verdict in ("pass", "fail") else "none"
-    rows = [[c.get("verdict", "").upper(), c.get("name"), c.get("value"), c.get("threshold"), c.get("detail")]
+    from certify.report.policy import check_cells
+
+    rows = [[c.get("verdict", "").upper(), c.get("name"), *check_cells(c), c.get("detail")]
             for c in result.get("checks") or [] if isinstance(c, dict)]
     table = _table(["verdict", "check", "value", "threshold", "detail"], rows, verdicts=True)
     when = f'<p class="muted">evaluated {_e(result["evaluated_at"])}</p>' if result.get("evaluated_at") else ""

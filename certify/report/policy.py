@@ -274,6 +274,18 @@ def _sanity_failures(predicate: dict, required) -> tuple[list[str], str]:
     return failing, f"{len(names) - len(failing)} of {len(names)} passed"
 
 
+def check_cells(check: dict) -> tuple:
+    """A check's value and threshold as a reader should see them: ages with their unit, sanity checks in words."""
+    value, threshold = check.get("value"), check.get("threshold")
+    if check.get("name") == "max_age" and isinstance(value, (int, float)):
+        value = f"{value:g}s" if value < 60 else f"{value:g}s ({_age_text(value)})"
+    elif check.get("name") == "require_sanity_checks":
+        if isinstance(value, list):
+            value = "all passed" if not value else "failing: " + ", ".join(map(str, value))
+        threshold = "all" if threshold is True else threshold
+    return value, threshold
+
+
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 

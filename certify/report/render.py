@@ -115,8 +115,9 @@ def policy_lines(result: dict | None, title: str = "Policy") -> list[str]:
     """A policy evaluation: one line per check, then the verdict."""
     if not result:
         return [f"{title}: none evaluated"]
-    rows = [[c["verdict"].upper(), c["name"], c.get("value"), c.get("threshold"), c.get("detail")]
-            for c in result.get("checks", [])]
+    from certify.report.policy import check_cells
+
+    rows = [[c["verdict"].upper(), c["name"], *check_cells(c), c.get("detail")] for c in result.get("checks", [])]
     return [f"{title}: {str(result.get('verdict')).upper()}",
             format_table(["verdict", "check", "value", "threshold", "detail"], rows)]
 
