@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from certify.config import load_config
+from certify.config import job_warnings, load_config
 from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
@@ -350,6 +350,7 @@ def run_pipeline(
                                    seed=cfg["seed"]),
         "timings": {},
         "stages": run.stages,
+        "warnings": job_warnings(samples is not None),
     }
     if cfg["policy"] is not None:
         predicate["policy"] = evaluate_policy(cfg["policy"], predicate)

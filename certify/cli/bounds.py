@@ -8,6 +8,8 @@ import sys
 import click
 
 from certify.cli import main, parse_input_shapes, refusals_exit_2
+from certify.cli._options import eps_option, single_norm_option
+from certify.config import DEFAULTS
 from certify.errors import ModelRejected
 
 
@@ -54,8 +56,8 @@ def _print_table(result: dict) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--data", type=click.Path(dir_okay=False), help="A .npz with arrays x (inputs) and y (labels).")
-@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option("--eps", "epsilons", type=float, multiple=True, help="Radii for certified accuracy (repeatable).")
+@single_norm_option
+@eps_option
 @click.option("--samples", type=click.IntRange(1, 100_000), default=200, show_default=True)
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
 @click.option("--json-lines", "json_lines", is_flag=True,
@@ -90,7 +92,7 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_shape, json_line
         sys.stdout.flush()
 
     try:
-        result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or (0.1,),
+        result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or DEFAULTS["epsilons"],
                              samples=samples, progress=lambda fraction, message: progress("bounds", fraction, message),
                              on_layer=row_line if json_lines else None)
     except ValueError as e:

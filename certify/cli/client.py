@@ -14,6 +14,9 @@ import time
 import click
 
 from certify.cli import main
+from certify.cli._options import attacks_option, eps_option, input_range_option, norms_option
+from certify.config import DEFAULTS, load_config
+from certify.errors import ModelRejected
 from certify.progress import Bar
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -99,12 +102,12 @@ def _finish(job: dict, as_json: bool) -> None:
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), help="An .npz with x and y.")
-@click.option("--norm", "norms", multiple=True, type=click.Choice(["l2", "linf"]), help="Repeatable; default l2.")
-@click.option("--eps", "epsilons", multiple=True, type=float, help="Repeatable; default 0.1.")
-@click.option("--attacks", default=None, help="A preset (none, quick, standard, thorough) or a comma list.")
-@click.option("--samples", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--input-range", default=None, help="LO,HI")
+@norms_option
+@eps_option
+@attacks_option
+@click.option("--samples", type=int, default=None, help=f"[default: {DEFAULTS['samples']}]")
+@click.option("--seed", type=int, default=None, help=f"[default: {DEFAULTS['seed']}]")
+@input_range_option
 @click.option("--time-budget", type=float, default=None, help="Seconds before the job is stopped.")
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
 @click.option("--json", "as_json", is_flag=True)
@@ -112,26 +115,17 @@ def _finish(job: dict, as_json: bool) -> None:
 def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, time_budget, wait, as_json, url,
            token):
     """Upload MODEL (and --data), create a job and print its id."""
-    from certify.cli import parse_range
-
+    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "samples": samples, "seed": seed,
+             "time_budget_s": time_budget, "input_range": input_range}
+    config = {k: v for k, v in given.items() if v is not None}
+    try:
+        load_config(config)  # the server checks the same; refuse before uploading anything
+    except ModelRejected as e:
+        _fail(e.code, e.message)
     client = ApiClient(url, token)
-    body = {"model": client.upload("models", model)["id"]}
+    body = {"model": client.upload("models", model)["id"], **config}
     if data:
         body["dataset"] = client.upload("datasets", data)["id"]
-    if norms:
-        body["norms"] = list(norms)
-    if epsilons:
-        body["epsilons"] = list(epsilons)
-    if attacks:
-        body["attacks"] = attacks if "," not in attacks else [a.strip() for a in attacks.split(",") if a.strip()]
-    for key, value in (("samples", samples), ("seed", seed), ("time_budget_s", time_budget)):
-        if value is not None:
-            body[key] = value
-    if input_range:
-        try:
-            body["input_range"] = list(parse_range(input_range))
-        except Exception as e:
-            _fail("bad_argument", str(getattr(e, "message", e)))
     job = client.call("POST", "/v1/jobs", json=body).json()
     if not wait:
         click.echo(json.dumps(job, indent=2) if as_json else job["id"])

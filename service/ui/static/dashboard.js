@@ -175,7 +175,9 @@
       const page = await (await api("GET", "/v1/jobs?limit=10")).json();
       $("jobs").replaceChildren(...page.items.map((job) => {
         const tr = document.createElement("tr");
-        tr.append(cell(job.id), cell(job.state), cell(job.created_at), cell(job.model));
+        const model = cell(job.model_name ? `${job.model_name} (${job.model.slice(7, 19)})` : job.model);
+        model.title = job.model;
+        tr.append(cell(job.id), cell(job.state), cell(job.created_at), model);
         const open = document.createElement("td");
         const button = document.createElement("button");
         button.type = "button";
