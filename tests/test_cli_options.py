@@ -74,3 +74,25 @@ def test_certify_without_data_warns_on_stderr_and_in_the_report(tmp_path):
     predicate = json.loads(out.read_text())["predicate"]
     assert predicate["warnings"] == [NO_DATASET_WARNING]
     assert "WARNING       no dataset was given" in r.stdout
+
+
+@pytest.mark.parametrize("env", [{"LIPCERT_TOKENS": "alice:short"}, {"LIPCERT_RATE_LIMIT": "many"},
+                                 {"LIPCERT_SIGNING_KEY": "/nonexistent/key.pem"}])
+def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, env):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "certify", "serve", "--data-dir", str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: invalid_config: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "data" / "redis").exists()  # refused before anything started
+
+
+def test_the_printed_submit_hint_names_lipcert_by_full_path():
+    import os
+
+    from certify.cli.serve import _lipcert_command
+
+    command = _lipcert_command()
+    executable = command.split(" ")[0]
+    assert os.path.isabs(executable) and os.access(executable, os.X_OK), command
