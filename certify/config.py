@@ -20,6 +20,18 @@ def job_warnings(has_dataset: bool) -> list[str]:
     return [] if has_dataset else [NO_DATASET_WARNING]
 
 
+class PreprocessingSchema(Schema):
+    """model input = (x * scale - mean) / std; mean and std per channel (or one value), x in input_range."""
+
+    class Meta:
+        unknown = RAISE
+
+    scale = fields.Float(load_default=1.0, validate=validate.Range(min=0, min_inclusive=False, max=1e6))
+    mean = fields.List(fields.Float(), load_default=lambda: [0.0], validate=validate.Length(min=1, max=4096))
+    std = fields.List(fields.Float(validate=validate.Range(min=1e-12, max=1e12)), load_default=lambda: [1.0],
+                      validate=validate.Length(min=1, max=4096))
+
+
 class JobConfigSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -40,6 +52,9 @@ class JobConfigSchema(Schema):
     input_shapes = fields.Dict(keys=fields.String(), values=fields.List(fields.Integer(validate=validate.Range(min=1))),
                                load_default=dict)
     policy = fields.Dict(load_default=None, allow_none=True)
+    preprocessing = fields.Nested(PreprocessingSchema, load_default=None, allow_none=True,
+                                  metadata={"description": "prepended to the model; eps and input_range are then "
+                                                           "in raw (e.g. pixel) units"})
 
     @validates_schema
     def _check(self, data, **_):

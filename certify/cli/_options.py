@@ -98,3 +98,44 @@ def input_range_option(f):
     return click.option("--input-range", default=None, callback=_input_range, metavar="LO,HI",
                         help="The valid input range (pixel units when a preprocessing is given) "
                              f"[default: {_defaults('input_range')}].")(f)
+
+
+def _number(text: str) -> float:
+    """``0.5`` or a fraction such as ``1/255``."""
+    num, sep, den = text.partition("/")
+    return float(num) / float(den) if sep else float(num)
+
+
+def _numbers(ctx, param, value) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [_number(v) for v in _items([value])]
+    except (ValueError, ZeroDivisionError):
+        refuse(f"--{param.name} {value!r}: expected numbers (or fractions like 1/255), comma-separated")
+    if not numbers:
+        refuse(f"--{param.name} {value!r}: expected at least one number")
+    return numbers
+
+
+def preprocessing_options(f):
+    """``--scale``, ``--mean``, ``--std``: model input = (x * scale - mean) / std, prepended to the graph."""
+    f = click.option("--std", default=None, callback=_numbers, metavar="S[,S...]",
+                     help="Per-channel divisor of the model's normalisation (after --scale and --mean).")(f)
+    f = click.option("--mean", default=None, callback=_numbers, metavar="M[,M...]",
+                     help="Per-channel mean the model subtracts (after --scale).")(f)
+    return click.option("--scale", default=None, callback=_numbers, metavar="S",
+                        help="Multiply raw inputs first, e.g. 1/255 for pixels in 0..255. With any of --scale, "
+                             "--mean, --std, eps and --input-range are in raw units.")(f)
+
+
+def preprocessing(scale, mean, std) -> dict | None:
+    """The job configuration's ``preprocessing`` from the three options (None when none was given)."""
+    if scale is None and mean is None and std is None:
+        return None
+    if scale is not None and len(scale) != 1:
+        refuse("--scale takes one number")
+    spec = {"scale": scale[0] if scale else 1.0, "mean": mean or [0.0], "std": std or [1.0]}
+    if min(spec["std"]) <= 0 or spec["scale"] <= 0:
+        refuse("--scale and --std must be positive")
+    return spec

@@ -8,7 +8,14 @@ import sys
 import click
 
 from certify.cli import main, parse_input_shapes, refusals_exit_2
-from certify.cli._options import attacks_option, eps_option, input_range_option, norms_option
+from certify.cli._options import (
+    attacks_option,
+    eps_option,
+    input_range_option,
+    norms_option,
+    preprocessing,
+    preprocessing_options,
+)
 from certify.config import DEFAULTS, load_config
 from certify.errors import ModelRejected
 
@@ -20,6 +27,7 @@ from certify.errors import ModelRejected
 @eps_option
 @attacks_option
 @input_range_option
+@preprocessing_options
 @click.option("--samples", default=DEFAULTS["samples"], show_default=True, type=int,
               help="Samples of the dataset to use.")
 @click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=int)
@@ -33,10 +41,11 @@ from certify.errors import ModelRejected
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
-def certify_command(model, data, norms, epsilons, attacks, input_range, samples, seed, device, input_shape,
-                    transfer_to, policy_path, key_path, output, as_json, quiet):
+def certify_command(model, data, norms, epsilons, attacks, input_range, scale, mean, std, samples, seed, device,
+                    input_shape, transfer_to, policy_path, key_path, output, as_json, quiet):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
-    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "input_range": input_range}
+    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "input_range": input_range,
+             "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
     config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
     load_config(config)  # refuse a bad configuration before the pipeline imports torch

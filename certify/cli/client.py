@@ -14,7 +14,14 @@ import time
 import click
 
 from certify.cli import main
-from certify.cli._options import attacks_option, eps_option, input_range_option, norms_option
+from certify.cli._options import (
+    attacks_option,
+    eps_option,
+    input_range_option,
+    norms_option,
+    preprocessing,
+    preprocessing_options,
+)
 from certify.config import DEFAULTS, load_config
 from certify.errors import ModelRejected
 from certify.progress import Bar
@@ -108,15 +115,16 @@ def _finish(job: dict, as_json: bool) -> None:
 @click.option("--samples", type=int, default=None, help=f"[default: {DEFAULTS['samples']}]")
 @click.option("--seed", type=int, default=None, help=f"[default: {DEFAULTS['seed']}]")
 @input_range_option
+@preprocessing_options
 @click.option("--time-budget", type=float, default=None, help="Seconds before the job is stopped.")
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
 @click.option("--json", "as_json", is_flag=True)
 @_connection
-def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, time_budget, wait, as_json, url,
-           token):
+def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, scale, mean, std, time_budget, wait,
+           as_json, url, token):
     """Upload MODEL (and --data), create a job and print its id."""
     given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "samples": samples, "seed": seed,
-             "time_budget_s": time_budget, "input_range": input_range}
+             "time_budget_s": time_budget, "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
     try:
         load_config(config)  # the server checks the same; refuse before uploading anything
