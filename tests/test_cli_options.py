@@ -56,6 +56,16 @@ def test_submit_takes_both_eps_forms_and_shares_certify_defaults(service, tmp_pa
     assert job["model_name"] == "tiny.onnx"
     assert job["warnings"] == [NO_DATASET_WARNING]
 
+    r = runner.invoke(main, ["submit", str(model), "--scale", "1/255", "--input-range", "0,255", "--mean", "0.5",
+                             "--json"], env=_env(service))
+    assert r.exit_code == 0, r.output
+    config = json.loads(r.stdout)["config"]
+    assert config["preprocessing"] == {"scale": 1 / 255, "mean": [0.5], "std": [1.0]}
+    assert config["input_range"] == [0.0, 255.0]
+    bad = service.session().post(service.url("/v1/jobs"), json={"model": job["model"],
+                                                                 "preprocessing": {"std": [0.0]}})
+    assert bad.status_code == 400 and "preprocessing" in bad.json()["errors"]
+
     r = runner.invoke(main, ["submit", str(model), "--json"], env=_env(service))
     assert r.exit_code == 0, r.output
     config = json.loads(r.stdout)["config"]
