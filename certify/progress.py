@@ -72,8 +72,9 @@ class Bar:
         from tqdm import tqdm
 
         self.eta = Eta()
-        self.bar = tqdm(total=1000, desc=label, file=stream or sys.stderr, leave=True, dynamic_ncols=True,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+        label = label.replace("{", "{{").replace("}", "}}")  # the label is fixed; tqdm's desc carries the ETA
+        self.bar = tqdm(total=1000, desc="eta ?", file=stream or sys.stderr, leave=True, dynamic_ncols=True,
+                        bar_format=label + " {percentage:3.0f}%|{bar}| {desc}")
 
     def update(self, fraction: float, message: str = "", eta: float | None = None) -> None:
         """Draw ``fraction`` done; ``eta`` when the work reports its own (a job's ``eta_s``), else estimated here."""
@@ -81,7 +82,7 @@ class Bar:
         estimate = self.eta.update(fraction)
         eta = estimate if eta is None else eta
         self.bar.n = max(self.bar.n, int(round(1000 * fraction)))
-        self.bar.set_postfix_str(f"{format_eta(eta)}  {message[:60]}", refresh=False)
+        self.bar.set_description_str(f"{format_eta(eta)}  {message[:60]}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

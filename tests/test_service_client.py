@@ -48,3 +48,33 @@ def test_client_errors_exit_2(service, tmp_path):
     bad.write_bytes(b"not a model")
     r = runner.invoke(main, ["submit", str(bad)], env=_env(service))
     assert r.exit_code == 2 and "error: " in r.output
+
+
+def test_a_failed_job_leaves_its_bar_where_it_stopped(service, tmp_path, monkeypatch):
+    """Raw pixels against the default [0, 1] range: the worker refuses the data, and the bar must not say 100%."""
+    import io
+    import sys
+
+    import numpy as np
+
+    from certify.cli.client import ApiClient
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_model_bytes())
+    data = tmp_path / "pixels.npz"
+    np.savez(data, x=np.full((4, 4), 200.0, np.float32), y=np.zeros(4, np.int64))
+    r = CliRunner().invoke(main, ["submit", str(model), "--data", str(data), "--attacks", "none", "--json"],
+                           env=_env(service))
+    assert r.exit_code == 0, r.output
+    job_id = json.loads(r.stdout)["id"]
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    job = ApiClient(service.base_url, TOKENS["alice"]).wait(job_id, interval=0.1)
+    assert job["state"] == "failed" and job["error"]["code"] == "input_out_of_range"
+    drawn = terminal.getvalue()
+    assert "%|" in drawn and "100%" not in drawn, drawn
+    assert f"{round(100 * job['progress']):3d}%" in drawn.rsplit("\r", 1)[-1]
