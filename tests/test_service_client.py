@@ -78,3 +78,31 @@ def test_a_failed_job_leaves_its_bar_where_it_stopped(service, tmp_path, monkeyp
     drawn = terminal.getvalue()
     assert "%|" in drawn and "100%" not in drawn, drawn
     assert f"{round(100 * job['progress']):3d}%" in drawn.rsplit("\r", 1)[-1]
+
+
+def test_the_worker_records_an_eta_that_does_not_rise_near_the_end(service):
+    """The progress records of the issue's case: quick load/convert/bounds, then long attacks."""
+    import redis
+
+    from certify.progress import Eta
+    from service.records import Records
+    from worker.execution import _Progress
+
+    records = Records(redis.Redis.from_url(service.env["REDIS_URL"], decode_responses=True))
+    job = {"id": "job_eta_unit", "tenant": "alice", "state": "running", "created_at": 0}
+    records.update_job(job["id"], state="running")
+    progress = _Progress(records, job, budget_s=3600, delay_s=0)
+    clock = [0.0]
+    progress.eta = Eta(clock=lambda: clock[0])
+    timeline = [("load", 1.0, 0.2), ("convert", 1.0, 0.1), ("conversion_check", 1.0, 0.2), ("bounds", 0.5, 1.0),
+                ("bounds", 1.0, 1.0), ("certified", 1.0, 0.1)]
+    timeline += [("attacks", k / 10, 3.0) for k in range(1, 11)] + [("report", 1.0, 2.0)]
+    seen = []
+    for stage, fraction, seconds in timeline:
+        clock[0] += seconds
+        progress(stage, fraction, "")
+        record = records.get_job(job["id"])
+        seen.append((record["progress"], record["eta_s"]))
+    late = [eta for p, eta in seen if p >= 0.5 and eta is not None]
+    assert late and all(b <= a for a, b in zip(late, late[1:])), seen
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
