@@ -15,6 +15,16 @@ NO_DATASET_WARNING = ("no dataset was given: certified accuracy and the attacks 
                       "the Lipschitz bounds (pass a .npz with x and y)")
 
 
+def check_input_span(x_min: float, x_max: float, input_range) -> None:
+    """Refuse data outside the declared input range: raw pixels in [0, 255] against the default [0, 1] would make
+    every eps meaningless."""
+    lo, hi = (float(v) for v in input_range)
+    if x_min < lo or x_max > hi:
+        raise ModelRejected("input_out_of_range", f"x spans [{x_min:g}, {x_max:g}], outside the declared input range "
+                            f"[{lo:g}, {hi:g}]: declare the range the data is in (--input-range LO,HI, e.g. 0,255 for "
+                            "raw pixels, with --scale/--mean/--std for the model's normalisation) or rescale x")
+
+
 def job_warnings(has_dataset: bool) -> list[str]:
     """What a job will not measure, said up front (the job record) and in the report."""
     return [] if has_dataset else [NO_DATASET_WARNING]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from certify.config import job_warnings, load_config
+from certify.config import check_input_span, job_warnings, load_config
 from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
@@ -127,18 +127,9 @@ def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> 
     if not np.isfinite(x).all():
         raise ModelRejected("invalid_dataset", "x contains NaN or infinite values")
     if input_range is not None:
-        check_range(x, input_range)
+        check_input_span(float(x.min()), float(x.max()), input_range)
     record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
     return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record
-
-
-def check_range(x: np.ndarray, input_range) -> None:
-    lo, hi = (float(v) for v in input_range)
-    x_min, x_max = float(x.min()), float(x.max())
-    if x_min < lo or x_max > hi:
-        raise ModelRejected("input_out_of_range", f"x spans [{x_min:g}, {x_max:g}], outside the declared input range "
-                            f"[{lo:g}, {hi:g}]: declare the range the data is in (--input-range LO,HI, e.g. 0,255 for "
-                            "raw pixels, with --scale/--mean/--std for the model's normalisation) or rescale x")
 
 
 def _device(name: str) -> str:

@@ -41,6 +41,8 @@ class DatasetSchema(Schema):
     x_dtype = fields.String()
     y_dtype = fields.String()
     classes = fields.Integer()
+    x_min = fields.Float(metadata={"description": "smallest value in x (checked against a job's input_range)"})
+    x_max = fields.Float()
     created_at = fields.String()
 
 

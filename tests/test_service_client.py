@@ -51,11 +51,9 @@ def test_client_errors_exit_2(service, tmp_path):
 
 
 def test_a_failed_job_leaves_its_bar_where_it_stopped(service, tmp_path, monkeypatch):
-    """Raw pixels against the default [0, 1] range: the worker refuses the data, and the bar must not say 100%."""
+    """A job that runs past its time budget part-way: the bar must stop where the job did, not draw 100%."""
     import io
     import sys
-
-    import numpy as np
 
     from certify.cli.client import ApiClient
 
@@ -65,19 +63,33 @@ def test_a_failed_job_leaves_its_bar_where_it_stopped(service, tmp_path, monkeyp
 
     model = tmp_path / "tiny.onnx"
     model.write_bytes(tiny_model_bytes())
-    data = tmp_path / "pixels.npz"
-    np.savez(data, x=np.full((4, 4), 200.0, np.float32), y=np.zeros(4, np.int64))
-    r = CliRunner().invoke(main, ["submit", str(model), "--data", str(data), "--attacks", "none", "--json"],
-                           env=_env(service))
+    env = {"LIPCERT_URL": service.base_url, "LIPCERT_TOKEN": TOKENS["slow"]}  # sleeps at every progress point
+    r = CliRunner().invoke(main, ["submit", str(model), "--attacks", "none", "--time-budget", "2", "--json"], env=env)
     assert r.exit_code == 0, r.output
     job_id = json.loads(r.stdout)["id"]
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    job = ApiClient(service.base_url, TOKENS["alice"]).wait(job_id, interval=0.1)
-    assert job["state"] == "failed" and job["error"]["code"] == "input_out_of_range"
+    job = ApiClient(service.base_url, TOKENS["slow"]).wait(job_id, interval=0.1)
+    assert job["state"] == "failed" and 0 < job["progress"] < 1, job
     drawn = terminal.getvalue()
     assert "%|" in drawn and "100%" not in drawn, drawn
     assert f"{round(100 * job['progress']):3d}%" in drawn.rsplit("\r", 1)[-1]
+
+
+def test_data_outside_the_declared_range_is_refused_when_the_job_is_created(service, tmp_path):
+    import numpy as np
+
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_model_bytes())
+    data = tmp_path / "pixels.npz"
+    np.savez(data, x=np.full((4, 4), 200.0, np.float32), y=np.zeros(4, np.int64))
+    runner = CliRunner()
+    r = runner.invoke(main, ["submit", str(model), "--data", str(data), "--attacks", "none"], env=_env(service))
+    assert r.exit_code == 2 and "error: input_out_of_range: x spans [200, 200]" in r.output, r.output
+    r = runner.invoke(main, ["submit", str(model), "--data", str(data), "--attacks", "none", "--input-range", "0,255",
+                             "--scale", "1/255", "--wait", "--json"], env=_env(service))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["state"] == "succeeded"
 
 
 def test_the_worker_records_an_eta_that_does_not_rise_near_the_end(service):

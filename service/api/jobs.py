@@ -64,7 +64,7 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
         if dataset is None:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
-        check_fit(model, dataset)
+        check_fit(model, dataset, body["input_range"])
     return model, dataset
 
 
