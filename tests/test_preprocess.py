@@ -80,6 +80,13 @@ def test_pipeline_in_pixel_units_matches_the_unit_pipeline(tmp_path):
     assert px["input"]["eps_space"] == "raw_input" and px["input"]["range"] == [0, 255]
     assert px["input"]["preprocessing"] == {"scale": 1 / 255, "mean": [0.0], "std": [1.0]}
     assert unit["input"] == describe(None, (0.0, 1.0)) and unit["input"]["eps_space"] == "model_input"
+    from certify.report.html import render_report_html
+    from certify.report.render import render_report
+    from certify.report.statement import build_statement
+
+    statement = build_statement(model_name="m.onnx", model_sha256="ab" * 32, predicate=px)
+    assert "eps space     eps is in raw input units (x in [0, 255])" in render_report(statement, "not verified")
+    assert "eps is in raw input units" in render_report_html(statement)
     with pytest.raises(ModelRejected) as info:
         run_pipeline(EXAMPLE_MODEL, cfg, dataset=str(pixels))
     assert info.value.code == "input_out_of_range" and "x spans [0, 255]" in info.value.message

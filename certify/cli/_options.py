@@ -96,7 +96,7 @@ def _input_range(ctx, param, value) -> list[float] | None:
 
 def input_range_option(f):
     return click.option("--input-range", default=None, callback=_input_range, metavar="LO,HI",
-                        help="The valid input range (pixel units when a preprocessing is given) "
+                        help="The valid input range (in raw units when --scale/--mean/--std are given) "
                              f"[default: {_defaults('input_range')}].")(f)
 
 

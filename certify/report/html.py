@@ -768,7 +768,8 @@ def render_report_html(envelope_or_statement: dict, *, verified_keyid: str | Non
     name = subject.get("name") or "unnamed model"
     head = (f"<h1>Robustness report: {_e(name)}</h1>{banner}"
             + _kv([("model sha256", (subject.get("digest") or {}).get("sha256")), ("created", p.get("created")),
-                   ("predicate type", statement.get("predicateType"))]))
+                   ("predicate type", statement.get("predicateType"))]
+                  + ([("eps space", p["input"].get("description"))] if isinstance(p.get("input"), dict) else [])))
     warnings = [w for w in p.get("warnings") or [] if isinstance(w, str)]
     head += "".join(f'<p class="banner warn">WARNING: {_e(w)}</p>' for w in warnings)
     sections = [

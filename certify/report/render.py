@@ -140,6 +140,7 @@ def render_report(statement: dict, verification: str) -> str:
          f"  model sha256  {(subject.get('digest') or {}).get('sha256')}",
          f"  created       {p.get('created')}",
          f"  predicate     {statement.get('predicateType')}",
+         *([f"  eps space     {p['input'].get('description')}"] if isinstance(p.get("input"), dict) else []),
          *(f"  WARNING       {w}" for w in p.get("warnings") or [])],
         _model_lines(p),
         _bounds_lines(p),
