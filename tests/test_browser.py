@@ -197,6 +197,7 @@ def test_dashboard_upload_job_progress_report(browser, dashboard):
     assert states[0] in ("queued", "running") and states[-1] == "succeeded", states
     progress = [value for _, value in seen]
     assert progress == sorted(progress) and progress[-1] == 1.0, progress
+    assert not browser.find_element(By.ID, "job-warnings").is_displayed()  # a dataset was given
     stages = browser.find_element(By.ID, "job-stages").text
     assert "load: done" in stages and "report: done" in stages
 

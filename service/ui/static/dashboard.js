@@ -70,6 +70,9 @@
     const eta = job.eta_s != null && !TERMINAL.includes(job.state) ? ` (about ${Math.round(job.eta_s)} s left)` : "";
     const error = job.error ? ` ${job.error.code}: ${job.error.message}` : "";
     $("job-message").textContent = (job.message || "") + eta + error;
+    const warnings = job.warnings || [];
+    $("job-warnings").textContent = warnings.map((w) => `Warning: ${w}`).join(" ");
+    $("job-warnings").hidden = !warnings.length;
     const list = $("job-stages");
     list.replaceChildren(...(job.stages || []).map((s) => {
       const li = document.createElement("li");
