@@ -2,7 +2,7 @@
 
 ``--eps 0.05,0.1`` and ``--eps 0.05 --eps 0.1`` mean the same everywhere; norms are matched case-insensitively.
 A bad value is refused here, before any command imports torch, with the usual ``error: bad_argument: ...``.
-Defaults are not filled in here: the job configuration (``certify.config``) holds them, once.
+Defaults are not filled in here: the job configuration (``certify.config``, from ``certify.defaults``) fills them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from certify.config import DEFAULTS, NORMS
+from certify.defaults import DEFAULTS, NORMS
 
 
 def refuse(message: str) -> None:

@@ -15,7 +15,7 @@ from certify.cli._options import (
     preprocessing_options,
     single_norm_option,
 )
-from certify.config import DEFAULTS
+from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
 
 

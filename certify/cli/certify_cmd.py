@@ -16,7 +16,7 @@ from certify.cli._options import (
     preprocessing,
     preprocessing_options,
 )
-from certify.config import DEFAULTS, load_config
+from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
 
 
@@ -48,6 +48,8 @@ def certify_command(model, data, norms, epsilons, attacks, input_range, scale, m
              "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
     config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
+    from certify.config import load_config
+
     load_config(config)  # refuse a bad configuration before the pipeline imports torch
     from certify.pipeline import run_pipeline
     from certify.progress import StageProgress

@@ -22,7 +22,7 @@ from certify.cli._options import (
     preprocessing,
     preprocessing_options,
 )
-from certify.config import DEFAULTS, load_config
+from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
 from certify.progress import Bar
 
@@ -126,6 +126,8 @@ def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, sc
     given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "samples": samples, "seed": seed,
              "time_budget_s": time_budget, "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
+    from certify.config import load_config
+
     try:
         load_config(config)  # the server checks the same; refuse before uploading anything
     except ModelRejected as e:
