@@ -4,29 +4,52 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from certify.defaults import (  # noqa: F401  (re-exported: the names of a job configuration live with it)
+    ATTACK_PRESETS,
+    DEFAULTS,
+    NO_DATASET_WARNING,
+    NORMS,
+    check_input_span,
+    job_warnings,
+)
 from certify.errors import ModelRejected
 
-NORMS = ("l2", "linf")
-ATTACK_PRESETS = ("none", "quick", "standard", "thorough")
+
+class PreprocessingSchema(Schema):
+    """model input = (x * scale - mean) / std; mean and std per channel (or one value), x in input_range."""
+
+    class Meta:
+        unknown = RAISE
+
+    scale = fields.Float(load_default=1.0, validate=validate.Range(min=0, min_inclusive=False, max=1e6))
+    mean = fields.List(fields.Float(), load_default=lambda: [0.0], validate=validate.Length(min=1, max=4096))
+    std = fields.List(fields.Float(validate=validate.Range(min=1e-12, max=1e12)), load_default=lambda: [1.0],
+                      validate=validate.Length(min=1, max=4096))
 
 
 class JobConfigSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    norms = fields.List(fields.String(validate=validate.OneOf(NORMS)), load_default=lambda: ["l2"],
+    norms = fields.List(fields.String(validate=validate.OneOf(NORMS)), load_default=lambda: list(DEFAULTS["norms"]),
                         validate=validate.Length(min=1, max=2))
     epsilons = fields.List(fields.Float(validate=validate.Range(min=0, max=1e3, min_inclusive=False)),
-                           load_default=lambda: [0.1], validate=validate.Length(min=1, max=32))
-    attacks = fields.Raw(load_default="quick", metadata={"description": "a preset name or a list of attack names"})
-    input_range = fields.List(fields.Float(), load_default=lambda: [0.0, 1.0], validate=validate.Length(equal=2))
-    samples = fields.Integer(load_default=200, validate=validate.Range(min=1, max=100_000))
-    seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
-    time_budget_s = fields.Float(load_default=3600.0, validate=validate.Range(min=1, max=7 * 24 * 3600))
-    device = fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|cpu|cuda(:\d+)?)$"))
+                           load_default=lambda: list(DEFAULTS["epsilons"]), validate=validate.Length(min=1, max=32))
+    attacks = fields.Raw(load_default=DEFAULTS["attacks"],
+                         metadata={"description": "a preset name or a list of attack names"})
+    input_range = fields.List(fields.Float(), load_default=lambda: list(DEFAULTS["input_range"]),
+                              validate=validate.Length(equal=2))
+    samples = fields.Integer(load_default=DEFAULTS["samples"], validate=validate.Range(min=1, max=100_000))
+    seed = fields.Integer(load_default=DEFAULTS["seed"], validate=validate.Range(min=0, max=2**31 - 1))
+    time_budget_s = fields.Float(load_default=DEFAULTS["time_budget_s"],
+                                 validate=validate.Range(min=1, max=7 * 24 * 3600))
+    device = fields.String(load_default=DEFAULTS["device"], validate=validate.Regexp(r"^(auto|cpu|cuda(:\d+)?)$"))
     input_shapes = fields.Dict(keys=fields.String(), values=fields.List(fields.Integer(validate=validate.Range(min=1))),
                                load_default=dict)
     policy = fields.Dict(load_default=None, allow_none=True)
+    preprocessing = fields.Nested(PreprocessingSchema, load_default=None, allow_none=True,
+                                  metadata={"description": "prepended to the model; eps and input_range are then "
+                                                           "in raw (e.g. pixel) units"})
 
     @validates_schema
     def _check(self, data, **_):
@@ -48,10 +71,16 @@ class JobConfigSchema(Schema):
             raise ValidationError("a preset name or a non-empty list of attack names", "attacks")
 
 
+def _words(messages) -> str:
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return "; ".join(messages)
+    return str(messages)
+
+
 def load_config(data: dict | None) -> dict:
     """Validate a job configuration; errors become ``ModelRejected("invalid_config")`` naming each field."""
     try:
         return JobConfigSchema().load(data or {})
     except ValidationError as e:
-        detail = "; ".join(f"{k}: {v}" for k, v in sorted(e.normalized_messages().items()))
+        detail = "; ".join(f"{k}: {_words(v)}" for k, v in sorted(e.normalized_messages().items()))
         raise ModelRejected("invalid_config", detail) from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from certify.config import load_config
+from certify.config import check_input_span, job_warnings, load_config
 from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
@@ -86,11 +86,12 @@ def _read_model(source) -> tuple[bytes, str]:
         raise ModelRejected("file_not_found", f"cannot read {source}: {e.strerror}") from None
 
 
-def load_dataset(source, input_shape: tuple, samples: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
 
-    Pickled objects are refused (``allow_pickle=False``). Returns the first ``samples`` rows and the dataset
-    record (sha256 of the exact file bytes, sample count).
+    Pickled objects are refused (``allow_pickle=False``); with ``input_range`` (lo, hi), so is an ``x`` outside it
+    (raw pixels in [0, 255] against the default [0, 1] would make every eps meaningless). Returns the first
+    ``samples`` rows and the dataset record (sha256 of the exact file bytes, sample count).
     """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -125,6 +126,8 @@ def load_dataset(source, input_shape: tuple, samples: int) -> tuple[np.ndarray, 
                             f"{list(input_shape)}")
     if not np.isfinite(x).all():
         raise ModelRejected("invalid_dataset", "x contains NaN or infinite values")
+    if input_range is not None:
+        check_input_span(float(x.min()), float(x.max()), input_range)
     record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
     return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record
 
@@ -241,6 +244,7 @@ def run_pipeline(
     """
     import torch
 
+    from certify import preprocess
     from certify.convert import CONVERTER_VERSION, to_torch
     from certify.lipschitz import certificate
     from certify.load import load_onnx
@@ -259,7 +263,8 @@ def run_pipeline(
     input_range = tuple(cfg["input_range"])
 
     run.start("load", "parsing and checking the model")
-    model = load_onnx(data, input_shapes=cfg["input_shapes"])
+    model = preprocess.apply(load_onnx(data, input_shapes=cfg["input_shapes"]), cfg["preprocessing"],
+                             cfg["input_shapes"])
     summary = summarize(model)
     specs = input_specs(model, batch=1)
     if len(specs) != 1:
@@ -269,7 +274,7 @@ def run_pipeline(
     samples = None
     dataset_record = None
     if dataset is not None:
-        x, y, dataset_record = load_dataset(dataset, input_shape, cfg["samples"])
+        x, y, dataset_record = load_dataset(dataset, input_shape, cfg["samples"], input_range)
         samples = (x, y)
     run.finish("load")
 
@@ -352,6 +357,8 @@ def run_pipeline(
                                    seed=cfg["seed"]),
         "timings": {},
         "stages": run.stages,
+        "warnings": job_warnings(samples is not None),
+        "input": preprocess.describe(cfg["preprocessing"], input_range),
     }
     if cfg["policy"] is not None:
         predicate["policy"] = evaluate_policy(cfg["policy"], predicate)

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 
+from certify.config import check_input_span
 from certify.errors import ModelRejected
 
 
@@ -26,7 +27,7 @@ def _members(path: str, max_bytes: int) -> dict[str, int]:
 
 
 def inspect_dataset(path: str, max_bytes: int) -> dict:
-    """{"samples", "x_shape", "x_dtype", "y_dtype", "classes"}; refusals raise ModelRejected."""
+    """{"samples", "x_shape", "x_dtype", "y_dtype", "classes", "x_min", "x_max"}; refusals raise ModelRejected."""
     members = _members(path, max_bytes)
     missing = [k for k in ("x", "y") if f"{k}.npy" not in members]
     if missing:
@@ -58,11 +59,16 @@ def inspect_dataset(path: str, max_bytes: int) -> dict:
         "x_dtype": str(x.dtype),
         "y_dtype": str(y.dtype),
         "classes": int(y.max()) + 1,
+        "x_min": float(x.min()),
+        "x_max": float(x.max()),
     }
 
 
-def check_fit(model: dict, dataset: dict) -> None:
-    """The dataset's sample shape must match the model's (single) input; dynamic dimensions match anything."""
+def check_fit(model: dict, dataset: dict, input_range=None) -> None:
+    """The dataset's sample shape must match the model's (single) input (dynamic dimensions match anything), and
+    its values the job's declared input range (datasets recorded before their span was kept are not checked)."""
+    if input_range is not None and "x_min" in dataset:
+        check_input_span(dataset["x_min"], dataset["x_max"], input_range)
     inputs = model.get("inputs") or []
     if len(inputs) != 1:
         raise ModelRejected("dataset_model_mismatch", f"datasets need a model with one input; it has {len(inputs)}")

@@ -41,6 +41,8 @@ class DatasetSchema(Schema):
     x_dtype = fields.String()
     y_dtype = fields.String()
     classes = fields.Integer()
+    x_min = fields.Float(metadata={"description": "smallest value in x (checked against a job's input_range)"})
+    x_max = fields.Float()
     created_at = fields.String()
 
 
@@ -88,8 +90,10 @@ class JobSchema(Schema):
     eta_s = fields.Float(allow_none=True, metadata={"description": "estimated seconds left"})
     message = fields.String(allow_none=True)
     model = fields.String()
+    model_name = fields.String(allow_none=True, metadata={"description": "the file name given at upload"})
     dataset = fields.String(allow_none=True)
     config = fields.Dict()
+    warnings = fields.List(fields.String(), metadata={"description": "what the job will not measure, and why"})
     transfer_to = fields.List(fields.String())
     webhook_url = fields.String(allow_none=True)
     attempts = fields.Integer()

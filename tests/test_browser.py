@@ -197,6 +197,7 @@ def test_dashboard_upload_job_progress_report(browser, dashboard):
     assert states[0] in ("queued", "running") and states[-1] == "succeeded", states
     progress = [value for _, value in seen]
     assert progress == sorted(progress) and progress[-1] == 1.0, progress
+    assert not browser.find_element(By.ID, "job-warnings").is_displayed()  # a dataset was given
     stages = browser.find_element(By.ID, "job-stages").text
     assert "load: done" in stages and "report: done" in stages
 
@@ -222,3 +223,9 @@ def test_dashboard_upload_job_progress_report(browser, dashboard):
     # The recent-jobs table lists the job.
     browser.find_element(By.ID, "jobs-refresh").click()
     _wait(browser, lambda d: job_id in d.find_element(By.ID, "jobs").text, 10, "the job list")
+    assert "digits_mlp.onnx" in browser.find_element(By.ID, "jobs").text  # the uploaded name, not only the digest
+    browser.set_window_size(1400, 1000)
+    widths = browser.execute_script("""
+        const card = document.getElementById('jobs-section');
+        return [card.clientWidth, card.scrollWidth, card.querySelector('table').getBoundingClientRect().width];""")
+    assert widths[1] <= widths[0] and widths[2] <= widths[0], widths  # the table stays inside its card

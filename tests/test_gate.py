@@ -271,7 +271,8 @@ def test_gate_passes(setup):
     assert result.exit_code == 0, result.output
     assert "PASS: all 7 checks passed" in result.output
     assert re.search(r"PASS +min_certified_accuracy\[l2,0\.05\] +0\.402 +0\.4", result.output)
-    assert re.search(r"PASS +max_age +\d+ +7d +created .*, 5m ago", result.output)
+    assert re.search(r"PASS +max_age +\d+s \(5m\) +7d +created .*, 5m ago", result.output)
+    assert re.search(r"PASS +require_sanity_checks +all passed +all +\d+ of \d+ passed", result.output)
 
 
 def test_gate_json_output(setup):
@@ -371,3 +372,18 @@ def test_read_policy_from_yaml(tmp_path):
     (tmp_path / "p.yaml").write_text("max_age: 12h\nmin_attacked_accuracy:\n  - {norm: linf, eps: 0.03, min: 0.5}\n")
     assert read_policy(tmp_path / "p.yaml") == {"max_age": "12h",
                                                 "min_attacked_accuracy": [{"norm": "linf", "eps": 0.03, "min": 0.5}]}
+
+
+def test_policy_init_writes_the_commented_example_that_the_gate_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["policy", "init"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "policy.yaml").read_text()
+    assert text.count("\n# ") >= 5  # commented
+    policy = load_policy(read_policy(str(tmp_path / "policy.yaml")))
+    assert policy["required_attack_preset"] == "standard" and policy["require_sanity_checks"] is True
+    again = runner.invoke(main, ["policy", "init"])
+    assert again.exit_code == 2 and "error: file_exists: policy.yaml exists" in again.stderr
+    assert runner.invoke(main, ["policy", "init", "--force"]).exit_code == 0
+    assert runner.invoke(main, ["policy", "init", "-"]).output == text

@@ -463,3 +463,14 @@ def test_extreme_bounds_keep_the_chart_readable(signer):
     assert 5 <= len(labels) - 2 <= 12  # 281 decades, about ten of them labelled
     assert "no guaranteed bound" in page.text
     assert len(page.find("rect", **{"class": "bar-upper"})) == len(p["bounds"]["layers"])  # one layer has none
+
+
+def test_no_broken_sample_is_said_in_words_and_warnings_show_as_banners():
+    p = example_predicate()
+    p["attacks"]["minimal_perturbation"] = {"l2": {"n_found": 0, "n_not_found": 12, "count": 0,
+                                                   "estimate": "smallest perturbation found by the attacks"}}
+    p["warnings"] = ["no dataset was given: certified accuracy and the attacks were skipped"]
+    statement = build_statement(model_name="m.onnx", model_sha256=MODEL_SHA, predicate=p)
+    text = Page(render_report_html(statement)).text
+    assert "No sample was broken" in text and "could not be drawn" not in text
+    assert "WARNING: no dataset was given" in text

@@ -73,9 +73,14 @@ def _npz(path, **arrays):
 def test_dataset_checks(tmp_path):
     good = _npz(tmp_path / "good.npz", x=np.zeros((6, 64), np.float32), y=np.arange(6))
     info = inspect_dataset(good, 10**6)
-    assert info == {"samples": 6, "x_shape": [6, 64], "x_dtype": "float32", "y_dtype": "int64", "classes": 6}
+    assert info == {"samples": 6, "x_shape": [6, 64], "x_dtype": "float32", "y_dtype": "int64", "classes": 6,
+                    "x_min": 0.0, "x_max": 0.0}
     model = {"inputs": [{"name": "x", "shape": ["batch", 64]}]}
     check_fit(model, info)
+    check_fit(model, info, (0.0, 1.0))
+    with pytest.raises(ModelRejected) as e:
+        check_fit(model, info, (0.5, 1.0))
+    assert e.value.code == "input_out_of_range"
     with pytest.raises(ModelRejected) as e:
         check_fit({"inputs": [{"name": "x", "shape": ["batch", 32]}]}, info)
     assert e.value.code == "dataset_model_mismatch"

@@ -61,7 +61,9 @@ class _Progress:
 
     def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float):
         from certify.pipeline import STAGES
+        from certify.progress import Eta, overall_fraction
 
+        self.eta, self.fraction_of = Eta(), overall_fraction
         self.records, self.job_id = records, job["id"]
         self.stages = STAGES
         self.started = time.monotonic()
@@ -78,9 +80,9 @@ class _Progress:
             raise JobTimeLimit()
         if stage in self.stages:  # sub-stages the pipeline adds later count within the current stage
             self.index = self.stages.index(stage)
-        overall = self.overall = max(self.overall, min(1.0, (self.index + fraction) / len(self.stages)))
-        elapsed = time.monotonic() - self.started
-        eta = round(elapsed * (1 - overall) / overall, 2) if overall > 0.01 else None
+        overall = self.overall = max(self.overall, self.fraction_of(self.stages, self.index, fraction))
+        eta = self.eta.update(overall)
+        eta = None if eta is None else round(eta, 2)
         try:
             self.records.update_job(self.job_id, stage=stage, progress=round(overall, 4), eta_s=eta,
                                     message=message)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
 from certify.cli import main, parse_input_shapes, refusals_exit_2
+from certify.cli._options import (
+    eps_option,
+    input_range_option,
+    preprocessing,
+    preprocessing_options,
+    single_norm_option,
+)
+from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
 
 
@@ -53,18 +62,27 @@ def _print_table(result: dict) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--data", type=click.Path(dir_okay=False), help="A .npz with arrays x (inputs) and y (labels).")
-@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option("--eps", "epsilons", type=float, multiple=True, help="Radii for certified accuracy (repeatable).")
-@click.option("--samples", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@single_norm_option
+@eps_option
+@click.option("--samples", type=click.IntRange(1, 100_000), default=DEFAULTS["samples"], show_default=True)
+@input_range_option
+@preprocessing_options
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
+@click.option("--json-lines", "json_lines", is_flag=True,
+              help="One JSON object per line: each layer's row as it is computed, then the whole result.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @refusals_exit_2
-def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
+def bounds(model, as_json, data, norm, epsilons, samples, input_range, scale, mean, std, input_shape, json_lines,
+           quiet):
     """Per-layer Lipschitz bounds of MODEL, the network bound, and certified radii with --data."""
     from certify.convert import to_torch
     from certify.lipschitz.certificate import certificate
     from certify.load import load_onnx
+    from certify.preprocess import apply
+    from certify.progress import StageProgress
 
-    proto = load_onnx(model, input_shapes=parse_input_shapes(input_shape))
+    shapes = parse_input_shapes(input_shape)
+    proto = apply(load_onnx(model, input_shapes=shapes), preprocessing(scale, mean, std), shapes)
     module = to_torch(proto)
     if len(module.input_names) != 1:
         raise ModelRejected("unsupported_model", "bounds need a model with exactly one input")
@@ -76,14 +94,26 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_shape):
     if data:
         from certify.pipeline import load_dataset
 
-        x, y, _ = load_dataset(data, tuple(declared[1:]), samples)
+        x, y, _ = load_dataset(data, tuple(declared[1:]), samples, input_range or DEFAULTS["input_range"])
         dataset = (x, y)
+    progress = StageProgress(quiet=quiet or as_json, lines=False)
+
+    def row_line(row: dict) -> None:
+        click.echo(json.dumps({"type": "layer", **row}))
+        sys.stdout.flush()
+
     try:
-        result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or (0.1,),
-                             samples=samples)
+        result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or DEFAULTS["epsilons"],
+                             samples=samples, input_range=tuple(input_range or DEFAULTS["input_range"]),
+                             progress=lambda fraction, message: progress("bounds", fraction, message),
+                             on_layer=row_line if json_lines else None)
     except ValueError as e:
         raise ModelRejected("bounds_failed", str(e)) from None
-    if as_json:
+    finally:
+        progress.close()
+    if json_lines:
+        click.echo(json.dumps({"type": "result", **result}))
+    elif as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         _print_table(result)

@@ -7,55 +7,31 @@ import sys
 
 import click
 
-from certify.cli import main, parse_input_shapes, parse_range, refusals_exit_2
+from certify.cli import main, parse_input_shapes, refusals_exit_2
+from certify.cli._options import (
+    attacks_option,
+    eps_option,
+    input_range_option,
+    norms_option,
+    preprocessing,
+    preprocessing_options,
+)
+from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
-
-
-class StageProgress:
-    """One status line per stage on stderr; redrawn in place on a terminal, one line per stage otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.stage = None
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if stage != self.stage:
-            if self.stage is not None and self.tty:
-                self.stream.write("\n")
-            self.stage = stage
-            if not self.tty:
-                self.stream.write(f"[{stage}] {message}\n")
-        if self.tty:
-            bar = "#" * int(fraction * 20)
-            self.stream.write(f"\r[{stage:<16}] [{bar:<20}] {fraction:4.0%} {message[:50]:<50}")
-        elif fraction >= 1.0:
-            self.stream.write(f"[{stage}] {message}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self.stage is not None:
-            self.stream.write("\n")
-
-
-def _floats(value: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ModelRejected("bad_argument", f"{what} {value!r}: expected comma-separated numbers") from None
 
 
 @main.command("certify")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(dir_okay=False), help=".npz with x (float) and y (int labels).")
-@click.option("--norm", default="l2", show_default=True, help="Norms, comma-separated: l2, linf.")
-@click.option("--eps", default="0.1", show_default=True, help="Radii, comma-separated.")
-@click.option("--attacks", default="quick", show_default=True,
-              help="Preset (none, quick, standard, thorough) or comma-separated attack names.")
-@click.option("--input-range", default="0,1", show_default=True, help="Valid input range LO,HI.")
-@click.option("--samples", default=200, show_default=True, type=int, help="Samples of the dataset to use.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@norms_option
+@eps_option
+@attacks_option
+@input_range_option
+@preprocessing_options
+@click.option("--samples", default=DEFAULTS["samples"], show_default=True, type=int,
+              help="Samples of the dataset to use.")
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=int)
+@click.option("--device", default=DEFAULTS["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
 @click.option("--transfer-to", multiple=True, type=click.Path(dir_okay=False),
               help="Another ONNX model to evaluate this model's adversarial examples on (repeatable).")
@@ -63,26 +39,25 @@ def _floats(value: str, what: str) -> list[float]:
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (PEM) that signs the report.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the report (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
-def certify_command(model, data, norm, eps, attacks, input_range, samples, seed, device, input_shape, transfer_to,
-                    policy_path, key_path, output, as_json):
+def certify_command(model, data, norms, epsilons, attacks, input_range, scale, mean, std, samples, seed, device,
+                    input_shape, transfer_to, policy_path, key_path, output, as_json, quiet):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
+    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "input_range": input_range,
+             "preprocessing": preprocessing(scale, mean, std)}
+    config = {k: v for k, v in given.items() if v is not None}
+    config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
+    from certify.config import load_config
+
+    load_config(config)  # refuse a bad configuration before the pipeline imports torch
     from certify.pipeline import run_pipeline
+    from certify.progress import StageProgress
     from certify.report.dsse import dump_envelope
     from certify.report.keys import load_signer
     from certify.report.policy import PolicyError, read_policy
     from certify.report.render import render_report
 
-    config = {
-        "norms": [n.strip() for n in norm.split(",") if n.strip()],
-        "epsilons": _floats(eps, "--eps"),
-        "attacks": attacks if "," not in attacks else [a.strip() for a in attacks.split(",") if a.strip()],
-        "input_range": list(parse_range(input_range)),
-        "samples": samples,
-        "seed": seed,
-        "device": device,
-        "input_shapes": parse_input_shapes(input_shape),
-    }
     if policy_path:
         try:
             config["policy"] = read_policy(policy_path)
@@ -94,7 +69,7 @@ def certify_command(model, data, norm, eps, attacks, input_range, samples, seed,
             signer = load_signer(key_path)
         except (OSError, ValueError) as e:
             raise ModelRejected("bad_key", f"cannot load signing key {key_path}: {e}") from None
-    progress = StageProgress()
+    progress = StageProgress(quiet=quiet)
     try:
         result = run_pipeline(model, config, dataset=data, progress=progress, signer=signer, transfer_to=transfer_to)
     finally:
@@ -111,6 +86,8 @@ def certify_command(model, data, norm, eps, attacks, input_range, samples, seed,
     for stage in result.stages:
         if stage["status"] == "skipped":
             click.echo(f"skipped {stage['stage']}: {stage['reason']}", err=True)
+    for warning in result.statement["predicate"].get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
     if output:
         signed = f"signed by key {signer.keyid}" if signer else "UNSIGNED (pass --key to sign)"
         click.echo(f"report written to {output} ({signed})", err=True)

@@ -14,6 +14,17 @@ import time
 import click
 
 from certify.cli import main
+from certify.cli._options import (
+    attacks_option,
+    eps_option,
+    input_range_option,
+    norms_option,
+    preprocessing,
+    preprocessing_options,
+)
+from certify.defaults import DEFAULTS
+from certify.errors import ModelRejected
+from certify.progress import Bar
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -53,20 +64,21 @@ class ApiClient:
         return self.call("GET", f"/v1/jobs/{job_id}").json()
 
     def wait(self, job_id: str, interval: float = 0.5, show: bool = True) -> dict:
-        """Poll until the job ends, with a progress bar on stderr."""
+        """Poll until the job ends, with a progress bar on stderr (a terminal only) that stops where the job did."""
         job = self.job(job_id)
-        with click.progressbar(length=1000, label=job_id, file=sys.stderr if show else open(os.devnull, "w"),
-                               show_eta=False) as bar:
-            done = 0
-            while job["state"] not in TERMINAL:
-                now = int(1000 * (job.get("progress") or 0))
-                bar.label = f"{job['state']:<9} {job.get('stage') or '':<16}"
-                bar.update(max(0, now - done))
-                done = max(done, now)
+        bar = Bar(job_id[:12]) if show and sys.stderr.isatty() else None
+        try:
+            while True:
+                if bar is not None:
+                    bar.update(job.get("progress") or 0.0, f"{job['state']} {job.get('stage') or ''}",
+                               eta=job.get("eta_s"))
+                if job["state"] in TERMINAL:
+                    return job
                 time.sleep(interval)
                 job = self.job(job_id)
-            bar.update(1000 - done)
-        return job
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _fail(code: str, message: str):
@@ -97,39 +109,33 @@ def _finish(job: dict, as_json: bool) -> None:
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), help="An .npz with x and y.")
-@click.option("--norm", "norms", multiple=True, type=click.Choice(["l2", "linf"]), help="Repeatable; default l2.")
-@click.option("--eps", "epsilons", multiple=True, type=float, help="Repeatable; default 0.1.")
-@click.option("--attacks", default=None, help="A preset (none, quick, standard, thorough) or a comma list.")
-@click.option("--samples", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--input-range", default=None, help="LO,HI")
+@norms_option
+@eps_option
+@attacks_option
+@click.option("--samples", type=int, default=None, help=f"[default: {DEFAULTS['samples']}]")
+@click.option("--seed", type=int, default=None, help=f"[default: {DEFAULTS['seed']}]")
+@input_range_option
+@preprocessing_options
 @click.option("--time-budget", type=float, default=None, help="Seconds before the job is stopped.")
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
 @click.option("--json", "as_json", is_flag=True)
 @_connection
-def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, time_budget, wait, as_json, url,
-           token):
+def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, scale, mean, std, time_budget, wait,
+           as_json, url, token):
     """Upload MODEL (and --data), create a job and print its id."""
-    from certify.cli import parse_range
+    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "samples": samples, "seed": seed,
+             "time_budget_s": time_budget, "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
+    config = {k: v for k, v in given.items() if v is not None}
+    from certify.config import load_config
 
+    try:
+        load_config(config)  # the server checks the same; refuse before uploading anything
+    except ModelRejected as e:
+        _fail(e.code, e.message)
     client = ApiClient(url, token)
-    body = {"model": client.upload("models", model)["id"]}
+    body = {"model": client.upload("models", model)["id"], **config}
     if data:
         body["dataset"] = client.upload("datasets", data)["id"]
-    if norms:
-        body["norms"] = list(norms)
-    if epsilons:
-        body["epsilons"] = list(epsilons)
-    if attacks:
-        body["attacks"] = attacks if "," not in attacks else [a.strip() for a in attacks.split(",") if a.strip()]
-    for key, value in (("samples", samples), ("seed", seed), ("time_budget_s", time_budget)):
-        if value is not None:
-            body[key] = value
-    if input_range:
-        try:
-            body["input_range"] = list(parse_range(input_range))
-        except Exception as e:
-            _fail("bad_argument", str(getattr(e, "message", e)))
     job = client.call("POST", "/v1/jobs", json=body).json()
     if not wait:
         click.echo(json.dumps(job, indent=2) if as_json else job["id"])

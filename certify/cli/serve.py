@@ -25,6 +25,15 @@ def _service_env(data_dir: str | None) -> dict:
     return env
 
 
+def _lipcert_command() -> str:
+    """The ``lipcert`` executable by full path, so a printed hint works in a fresh shell without the venv active."""
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "lipcert")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("lipcert")
+    return found or f"{sys.executable} -m certify"
+
+
 def _devices(device: str, workers: int) -> list[str]:
     """One worker per GPU when CUDA is there (``auto``), else ``workers`` CPU workers."""
     if device == "auto":
@@ -51,6 +60,24 @@ def _tokens(env: dict, data_dir: str) -> str | None:
     return create_tokens_file(path)
 
 
+def _check_config(env: dict, signing: bool = False):
+    """Read the settings and tokens the children will read (and, with ``signing``, make sure of the signing key),
+    so a bad one is one line and exit 2, not a traceback from every child."""
+    from service.settings import Settings
+    from service.signing import ensure_signing_key
+    from service.tokens import TokenRegistry
+
+    try:
+        settings = Settings.from_env(env)
+        TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
+        if signing:
+            ensure_signing_key(settings)
+    except (ValueError, OSError) as e:
+        click.echo(f"error: invalid_config: {e}", err=True)
+        sys.exit(2)
+    return settings
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -62,12 +89,12 @@ def _tokens(env: dict, data_dir: str) -> str | None:
 def serve(host, port, data_dir, workers, device, api_processes):
     """Run Redis (embedded unless REDIS_URL is set), the API and the workers until Ctrl-C or SIGTERM."""
     from service.runner import Child, EmbeddedRedis, api_argv, wait_http, worker_argv
-    from service.settings import Settings
-    from service.signing import ensure_signing_key
 
     env = _service_env(data_dir)
     data_dir = env["LIPCERT_DATA_DIR"]
     os.makedirs(data_dir, exist_ok=True)
+    token = _tokens(env, data_dir)
+    _check_config(env, signing=True)
     children: list[Child] = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,8 +104,6 @@ def serve(host, port, data_dir, workers, device, api_processes):
             redis_child = EmbeddedRedis(os.path.join(data_dir, "redis")).start()
             children.append(redis_child)
             env["REDIS_URL"] = redis_child.url
-        token = _tokens(env, data_dir)
-        ensure_signing_key(Settings.from_env(env))
         api = Child("api", api_argv(host, port, processes=api_processes), env).start()
         children.append(api)
         for i, dev in enumerate(_devices(device, workers)):
@@ -95,7 +120,7 @@ def serve(host, port, data_dir, workers, device, api_processes):
         click.echo("try:")
         click.echo(f"  curl -s -H 'Authorization: Bearer {shown}' --data-binary @examples/digits_mlp.onnx "
                    f"-H 'Content-Type: application/octet-stream' {url}/v1/models")
-        click.echo(f"  LIPCERT_URL={url} LIPCERT_TOKEN={shown} lipcert submit examples/digits_mlp.onnx "
+        click.echo(f"  LIPCERT_URL={url} LIPCERT_TOKEN={shown} {_lipcert_command()} submit examples/digits_mlp.onnx "
                    "--data examples/digits_test.npz --wait")
         click.echo("Ctrl-C stops everything.")
         while not stop.wait(1.0):
@@ -126,8 +151,10 @@ def api(host, port, processes, threads):
     """Run only the API (gunicorn); REDIS_URL and the LIPCERT_* settings come from the environment."""
     from service.runner import api_argv
 
+    env = _service_env(None)
+    _check_config(env)
     argv = api_argv(host, port, processes=processes, threads=threads)
-    os.execvpe(argv[0], argv, _service_env(None))
+    os.execvpe(argv[0], argv, env)
 
 
 @main.command()

@@ -95,6 +95,16 @@ def _number(value):
     return value if math.isfinite(value) else None
 
 
+def layer_row(record, chain: int | None = None) -> dict:
+    """One node's own bound as a row; ``layer_rows`` adds what fusion and chains found once the graph is done."""
+    b = record.bound
+    return {"node": record.ctx.node, "op": record.ctx.op_type,
+            "shape": list(record.ctx.output_shapes[0] or []) if record.ctx.output_shapes else [],
+            "lower": _number(b.lower), "upper": _number(b.upper), "ratio": _number(b.ratio()),
+            "method": b.method, "exact": bool(b.exact), "ms": round(float(b.ms), 3), "reason": b.reason,
+            "fused_into": None, "fused_nodes": None, "fused": None, "chain": chain}
+
+
 def layer_rows(analysis: Analysis) -> list[dict]:
     """One row per runtime ONNX node: its own bound, and for fused groups which node carries the fused bound."""
     chain_of = {}
@@ -104,12 +114,7 @@ def layer_rows(analysis: Analysis) -> list[dict]:
                 chain_of[record.index] = c_index
     rows = []
     for record in analysis.records:
-        b = record.bound
-        row = {"node": record.ctx.node, "op": record.ctx.op_type,
-               "shape": list(record.ctx.output_shapes[0] or []) if record.ctx.output_shapes else [],
-               "lower": _number(b.lower), "upper": _number(b.upper), "ratio": _number(b.ratio()),
-               "method": b.method, "exact": bool(b.exact), "ms": round(float(b.ms), 3), "reason": b.reason,
-               "fused_into": None, "fused_nodes": None, "fused": None, "chain": chain_of.get(record.index)}
+        row = layer_row(record, chain_of.get(record.index))
         segment = record.segment
         if segment is not None and len(segment.members) > 1:
             head = segment.members[0]
@@ -167,20 +172,23 @@ def _random_points(shape, count: int, seed: int, input_range) -> torch.Tensor:
 
 def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DEFAULT_EPSILONS,
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
-                input_range=(0.0, 1.0), ascent_steps: int = 10) -> dict:
+                input_range=(0.0, 1.0), ascent_steps: int = 10,
+                on_layer: Callable[[dict], None] | None = None) -> dict:
     """Bound ``module`` (an ``OnnxGraph`` from ``certify.to_torch``) and, with data, certify its samples.
 
     ``input_shape``: per-sample input shape (a leading batch of 1 is accepted). ``dataset``: ``(x, y)`` numpy
     arrays (float32 inputs with the batch first, int64 labels) or None; the first ``samples`` are used.
-    ``progress(fraction, message)`` is called per layer. Returns a JSON-ready dict: ``layers`` (one row per ONNX
-    node), ``network`` ({product, upper, lower, ratio, method, reason}) and, with data, ``certified``
+    ``progress(fraction, message)`` is called per layer; ``on_layer(row)`` gets each node's own bound as soon as it
+    is computed (before fusion), so a long run shows rows as it goes. Returns a JSON-ready dict: ``layers`` (one row
+    per ONNX node), ``network`` ({product, upper, lower, ratio, method, reason}) and, with data, ``certified``
     ({norm, samples, clean_accuracy, certified_accuracy: {eps: acc}, radius summary, radii}).
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', not {norm!r}")
     report = progress or (lambda fraction, message: None)
     shape = per_sample_shape(module, input_shape)
-    analysis = analyse(module, shape, norm=norm, progress=lambda f, m: report(0.7 * f, m))
+    analysis = analyse(module, shape, norm=norm, progress=lambda f, m: report(0.7 * f, m),
+                       on_record=(lambda record: on_layer(layer_row(record))) if on_layer else None)
     l2_analysis = analyse(module, shape, norm="l2") if norm == "linf" else None
     if dataset is not None:
         x, y = dataset

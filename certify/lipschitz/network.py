@@ -817,11 +817,11 @@ def _min(a: float | None, b: float | None) -> float | None:
 
 
 def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str], None] | None = None,
-            eclipse: bool = True) -> Analysis:
+            eclipse: bool = True, on_record: Callable[[NodeRecord], None] | None = None) -> Analysis:
     """Bound every node of ``graph`` (an ``OnnxGraph``) and compose the bounds from its input to its output.
 
     ``input_shape`` is the per-sample input shape (batch excluded). ``progress(fraction, message)`` is called
-    after every node.
+    after every node, ``on_record(record)`` with every node bounded on its own.
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', not {norm!r}")
@@ -879,6 +879,8 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
                 reasons[n] = record.bound.reason or next((reasons[i] for i in live if i in reasons), None)
             if p_out != 0.0:
                 varying.add(n)
+        if on_record is not None:
+            on_record(record)
         report((index + 1) / max(len(steps), 1), f"{module.onnx_name} ({module.op_type})")
 
     segments = _segments(records, consumers, graph.output_names)

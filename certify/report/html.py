@@ -594,6 +594,10 @@ def _perturbation_section(p: dict) -> str:
         if not isinstance(stats, dict):
             continue
         parts.append(f"<h3>{_e(norm)}, {_e(stats.get('attack') or 'attack')}: {_e(stats.get('count'))} samples</h3>")
+        if not stats.get("count") and _num(stats.get("max")) is None:
+            parts.append('<p class="muted">No sample was broken: the attacks found no adversarial perturbation '
+                         "within the radii tried, so there is no distance to draw.</p>")
+            continue
         markers = {k: v for k in ("median", "mean") if (v := _num(stats.get(k))) is not None}
         hist = _histogram_from(stats)
         if hist:
@@ -677,7 +681,9 @@ def _policy_section(p: dict) -> str:
                 "<code>lipcert gate report.json --key KEY.pub.pem --model MODEL --policy policy.yaml</code>.</p>")
     verdict = str(result.get("verdict", "")).lower()
     css = verdict if verdict in ("pass", "fail") else "none"
-    rows = [[c.get("verdict", "").upper(), c.get("name"), c.get("value"), c.get("threshold"), c.get("detail")]
+    from certify.report.policy import check_cells
+
+    rows = [[c.get("verdict", "").upper(), c.get("name"), *check_cells(c), c.get("detail")]
             for c in result.get("checks") or [] if isinstance(c, dict)]
     table = _table(["verdict", "check", "value", "threshold", "detail"], rows, verdicts=True)
     when = f'<p class="muted">evaluated {_e(result["evaluated_at"])}</p>' if result.get("evaluated_at") else ""
@@ -762,7 +768,10 @@ def render_report_html(envelope_or_statement: dict, *, verified_keyid: str | Non
     name = subject.get("name") or "unnamed model"
     head = (f"<h1>Robustness report: {_e(name)}</h1>{banner}"
             + _kv([("model sha256", (subject.get("digest") or {}).get("sha256")), ("created", p.get("created")),
-                   ("predicate type", statement.get("predicateType"))]))
+                   ("predicate type", statement.get("predicateType"))]
+                  + ([("eps space", p["input"].get("description"))] if isinstance(p.get("input"), dict) else [])))
+    warnings = [w for w in p.get("warnings") or [] if isinstance(w, str)]
+    head += "".join(f'<p class="banner warn">WARNING: {_e(w)}</p>' for w in warnings)
     sections = [
         _section("Model", "model", lambda: _model_section(p)),
         _section("Lipschitz bounds", "bounds", lambda: _bounds_section(p)),

@@ -292,6 +292,18 @@ def conversion_refusal(predicate: dict) -> str | None:
     return f"the conversion check found a mismatch with onnxruntime{where}: the numbers are not about this model"
 
 
+def check_cells(check: dict) -> tuple:
+    """A check's value and threshold as a reader should see them: ages with their unit, sanity checks in words."""
+    value, threshold = check.get("value"), check.get("threshold")
+    if check.get("name") == "max_age" and isinstance(value, (int, float)):
+        value = f"{value:g}s" if value < 60 else f"{value:g}s ({_age_text(value)})"
+    elif check.get("name") == "require_sanity_checks":
+        if isinstance(value, list):
+            value = "all passed" if not value else "failing: " + ", ".join(map(str, value))
+        threshold = "all" if threshold is True else threshold
+    return value, threshold
+
+
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 

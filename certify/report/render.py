@@ -128,8 +128,9 @@ def policy_lines(result: dict | None, title: str = "Policy") -> list[str]:
     """A policy evaluation: one line per check, then the verdict."""
     if not result:
         return [f"{title}: none evaluated"]
-    rows = [[c["verdict"].upper(), c["name"], c.get("value"), c.get("threshold"), c.get("detail")]
-            for c in result.get("checks", [])]
+    from certify.report.policy import check_cells
+
+    rows = [[c["verdict"].upper(), c["name"], *check_cells(c), c.get("detail")] for c in result.get("checks", [])]
     return [f"{title}: {str(result.get('verdict')).upper()}",
             format_table(["verdict", "check", "value", "threshold", "detail"], rows)]
 
@@ -151,7 +152,9 @@ def render_report(statement: dict, verification: str) -> str:
          f"  {verification}",
          f"  model sha256  {(subject.get('digest') or {}).get('sha256')}",
          f"  created       {p.get('created')}",
-         f"  predicate     {statement.get('predicateType')}"],
+         f"  predicate     {statement.get('predicateType')}",
+         *([f"  eps space     {p['input'].get('description')}"] if isinstance(p.get("input"), dict) else []),
+         *(f"  WARNING       {w}" for w in p.get("warnings") or [])],
         _model_lines(p),
         _bounds_lines(p),
         _certified_lines(p),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, request, url_for
 from flask_smorest import Blueprint
 
+from certify.config import job_warnings
 from service.api.common import iso
 from service.context import require_write, services, tenant
 from service.datasets import check_fit
@@ -20,7 +21,7 @@ _TIMES = ("created_at", "started_at", "finished_at", "updated_at")
 
 def render(job: dict) -> dict:
     """The public view of a job record."""
-    out = {k: v for k, v in job.items() if k not in ("tenant", "model_name", "report_keyid")}
+    out = {k: v for k, v in job.items() if k not in ("tenant", "report_keyid")}
     for k in _TIMES:
         out[k] = iso(job.get(k))
     out.setdefault("progress", 0.0)
@@ -63,7 +64,7 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
         if dataset is None:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
-        check_fit(model, dataset)
+        check_fit(model, dataset, body["input_range"])
     return model, dataset
 
 
@@ -125,7 +126,8 @@ def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
     job = {"id": job_id, "tenant": tenant_name, "state": QUEUED, "stage": None, "progress": 0.0, "eta_s": None,
            "message": "queued", "model": body["model"], "model_name": model.get("name"), "dataset": body["dataset"],
            "config": config, "transfer_to": body["transfer_to"], "webhook_url": body["webhook_url"], "attempts": 0,
-           "error": None, "created_at": created, "started_at": None, "finished_at": None, "updated_at": created}
+           "error": None, "warnings": job_warnings(body["dataset"] is not None), "created_at": created,
+           "started_at": None, "finished_at": None, "updated_at": created}
     ctx.records.create_job(job)
     try:
         ctx.queue.submit(job_id, float(config["time_budget_s"]))

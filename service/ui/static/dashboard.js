@@ -70,6 +70,9 @@
     const eta = job.eta_s != null && !TERMINAL.includes(job.state) ? ` (about ${Math.round(job.eta_s)} s left)` : "";
     const error = job.error ? ` ${job.error.code}: ${job.error.message}` : "";
     $("job-message").textContent = (job.message || "") + eta + error;
+    const warnings = job.warnings || [];
+    $("job-warnings").textContent = warnings.map((w) => `Warning: ${w}`).join(" ");
+    $("job-warnings").hidden = !warnings.length;
     const list = $("job-stages");
     list.replaceChildren(...(job.stages || []).map((s) => {
       const li = document.createElement("li");
@@ -175,7 +178,9 @@
       const page = await (await api("GET", "/v1/jobs?limit=10")).json();
       $("jobs").replaceChildren(...page.items.map((job) => {
         const tr = document.createElement("tr");
-        tr.append(cell(job.id), cell(job.state), cell(job.created_at), cell(job.model));
+        const model = cell(job.model_name ? `${job.model_name} (${job.model.slice(7, 19)})` : job.model);
+        model.title = job.model;
+        tr.append(cell(job.id), cell(job.state), cell(job.created_at), model);
         const open = document.createElement("td");
         const button = document.createElement("button");
         button.type = "button";

@@ -1,0 +1,141 @@
+"""Options shared by ``certify``, ``bounds`` and ``submit``, checked while the command line is parsed.
+
+``--eps 0.05,0.1`` and ``--eps 0.05 --eps 0.1`` mean the same everywhere; norms are matched case-insensitively.
+A bad value is refused here, before any command imports torch, with the usual ``error: bad_argument: ...``.
+Defaults are not filled in here: the job configuration (``certify.config``, from ``certify.defaults``) fills them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from certify.defaults import DEFAULTS, NORMS
+
+
+def refuse(message: str) -> None:
+    click.echo(f"error: bad_argument: {message}", err=True)
+    sys.exit(2)
+
+
+def _items(values) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _epsilons(ctx, param, values) -> list[float] | None:
+    try:
+        eps = [float(item) for item in _items(values)]
+    except ValueError:
+        refuse(f"--eps {' '.join(values)!r}: expected numbers, comma-separated or repeated")
+    if any(not 0 < e < float("inf") for e in eps):
+        refuse(f"--eps {' '.join(values)!r}: every radius must be a positive number")
+    return eps or None
+
+
+def _norms(ctx, param, values) -> list[str] | None:
+    norms = [item.lower() for item in _items(values)]
+    unknown = [n for n in norms if n not in NORMS]
+    if unknown:
+        refuse(f"--norm {', '.join(unknown)}: one of {', '.join(NORMS)}")
+    return list(dict.fromkeys(norms)) or None
+
+
+def _defaults(key: str) -> str:
+    return ",".join(str(v) for v in DEFAULTS[key])
+
+
+def eps_option(f):
+    return click.option("--eps", "epsilons", multiple=True, callback=_epsilons, metavar="E[,E...]",
+                        help=f"Radii, comma-separated or repeated [default: {_defaults('epsilons')}].")(f)
+
+
+def norms_option(f):
+    return click.option("--norm", "norms", multiple=True, callback=_norms, metavar="l2|linf[,...]",
+                        help=f"Norms, comma-separated or repeated [default: {_defaults('norms')}].")(f)
+
+
+def _single_norm(ctx, param, value) -> str:
+    norms = _norms(ctx, param, [value]) or [DEFAULTS["norms"][0]]
+    if len(norms) != 1:
+        refuse(f"--norm {value!r}: this command takes one norm")
+    return norms[0]
+
+
+def single_norm_option(f):
+    return click.option("--norm", default=DEFAULTS["norms"][0], callback=_single_norm, metavar="l2|linf",
+                        show_default=True)(f)
+
+
+def _attacks(ctx, param, value) -> str | list[str] | None:
+    if value is None:
+        return None
+    names = _items([value])
+    if not names:
+        refuse("--attacks: a preset (none, quick, standard, thorough) or attack names, comma-separated")
+    return names[0] if len(names) == 1 and "," not in value else names
+
+
+def attacks_option(f):
+    return click.option("--attacks", default=None, callback=_attacks, metavar="PRESET|NAME[,NAME...]",
+                        help="A preset (none, quick, standard, thorough) or attack names, comma-separated "
+                             f"[default: {DEFAULTS['attacks']}].")(f)
+
+
+def _input_range(ctx, param, value) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(p) for p in value.split(","))
+    except ValueError:
+        refuse(f"--input-range {value!r}: expected LO,HI")
+    if not lo < hi:
+        refuse(f"--input-range {value!r}: LO must be below HI")
+    return [lo, hi]
+
+
+def input_range_option(f):
+    return click.option("--input-range", default=None, callback=_input_range, metavar="LO,HI",
+                        help="The valid input range (in raw units when --scale/--mean/--std are given) "
+                             f"[default: {_defaults('input_range')}].")(f)
+
+
+def _number(text: str) -> float:
+    """``0.5`` or a fraction such as ``1/255``."""
+    num, sep, den = text.partition("/")
+    return float(num) / float(den) if sep else float(num)
+
+
+def _numbers(ctx, param, value) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [_number(v) for v in _items([value])]
+    except (ValueError, ZeroDivisionError):
+        refuse(f"--{param.name} {value!r}: expected numbers (or fractions like 1/255), comma-separated")
+    if not numbers:
+        refuse(f"--{param.name} {value!r}: expected at least one number")
+    return numbers
+
+
+def preprocessing_options(f):
+    """``--scale``, ``--mean``, ``--std``: model input = (x * scale - mean) / std, prepended to the graph."""
+    f = click.option("--std", default=None, callback=_numbers, metavar="S[,S...]",
+                     help="Per-channel divisor of the model's normalisation (after --scale and --mean).")(f)
+    f = click.option("--mean", default=None, callback=_numbers, metavar="M[,M...]",
+                     help="Per-channel mean the model subtracts (after --scale).")(f)
+    return click.option("--scale", default=None, callback=_numbers, metavar="S",
+                        help="Multiply raw inputs first, e.g. 1/255 for pixels in 0..255. With any of --scale, "
+                             "--mean, --std, eps and --input-range are in raw units.")(f)
+
+
+def preprocessing(scale, mean, std) -> dict | None:
+    """The job configuration's ``preprocessing`` from the three options (None when none was given)."""
+    if scale is None and mean is None and std is None:
+        return None
+    if scale is not None and len(scale) != 1:
+        refuse("--scale takes one number")
+    spec = {"scale": scale[0] if scale else 1.0, "mean": mean or [0.0], "std": std or [1.0]}
+    if min(spec["std"]) <= 0 or spec["scale"] <= 0:
+        refuse("--scale and --std must be positive")
+    return spec
