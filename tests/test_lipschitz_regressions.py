@@ -4,6 +4,8 @@ Jacobian sampled where it is largest)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -251,3 +253,41 @@ def test_casts_that_keep_every_value_are_isometries():
     analysis = network_bound(graph, (4,))
     assert analysis.records[0].bound.upper == pytest.approx(1.0)
     assert analysis.records[1].bound.upper is None  # float64 -> float32 rounds
+
+
+# ---------------------------------------------------------------------------- crashes become bounds or refusals
+
+CRASHERS = {
+    "resize": build([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear")], (1, 4, 4), (1, 8, 8),
+                    [("sc", np.array([1, 1, 2, 2], np.float32))]),
+    "upsample": build([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="nearest")], (1, 4, 4), (1, 8, 8),
+                      [("sc", np.array([1, 1, 2, 2], np.float32))], opset=9),
+    "sqrt": build([helper.make_node("Sqrt", ["x"], ["y"])], (4,), (4,)),
+    "zero-conv": build([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], (4, 24, 24), (4, 24, 24),
+                       [("w", np.zeros((4, 4, 3, 3), np.float32))]),
+    "nan-batchnorm": _negative_variance_model(),
+}
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("name", sorted(CRASHERS))
+def test_former_crashes_give_a_bound_or_one_error_line(tmp_path, name, norm):
+    from click.testing import CliRunner
+
+    from certify.cli import main
+
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(CRASHERS[name].SerializeToString())
+    result = CliRunner().invoke(main, ["bounds", str(path), "--norm", norm, "--json"])
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert result.output.count("\n") == 1 and '"error"' in result.output
+    else:
+        network_summary = json.loads(result.output)["network"]
+        assert network_summary["upper"] is None or network_summary["upper"] >= (network_summary["lower"] or 0)
+
+
+def test_zero_kernel_on_the_fourier_path_is_the_zero_operator():
+    graph = graph_of(CRASHERS["zero-conv"])
+    assert upper(graph, (4, 24, 24)) == 0.0
