@@ -312,7 +312,7 @@ def run_pipeline(
         certified = {
             "clean_accuracy": first["certified"]["clean_accuracy"],
             "samples": first["certified"]["samples"],
-            "method": "per-pair margin / Lipschitz bound of the logit difference",
+            "method": "per-pair margin, less the float forward error bound, / Lipschitz bound of the logit difference",
             "accuracy": {n: {_eps_key(e): v for e, v in c["certified"]["certified_accuracy"].items()}
                          for n, c in certificates.items()},
             "radius": {n: c["certified"]["radius"] for n, c in certificates.items()},
