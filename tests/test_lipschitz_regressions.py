@@ -62,9 +62,10 @@ def _reduced(op, target, reduce="ReduceMax"):
     _reduced("Max", 1), _reduced("Min", 0, "ReduceMin"), _reduced("Add", 1, "ReduceSum"), _reduced("Sub", 0),
     [helper.make_node("ReduceMax", ["x"], ["r"], keepdims=1), helper.make_node("Where", ["c", "x", "r"], ["y"])],
     [helper.make_node("ReduceMax", ["x"], ["r"], keepdims=1), helper.make_node("Sum", ["r", "x", "r"], ["y"])],
-], ids=["clip-min", "clip-max", "max", "min", "add", "sub", "where", "sum"])
+    [helper.make_node("ReduceMax", ["x"], ["r"], keepdims=0), helper.make_node("Clip", ["k", "r"], ["y"])],
+], ids=["clip-min", "clip-max", "max", "min", "add", "sub", "where", "sum", "clip-constant"])
 def test_a_small_input_broadcast_over_a_big_one_counts_its_copies(nodes, norm):
-    inits = [("c", np.array([True] * 8 + [False] * 8))]
+    inits = [("c", np.array([True] * 8 + [False] * 8)), ("k", np.full((1, 16), -5.0, np.float32))]
     graph = graph_of(build(nodes, (16,), (16,), inits))
     truth = sampled_truth(graph, (16,), norm)
     bound = assert_sound(graph, (16,), norm, truth)

@@ -966,8 +966,10 @@ def _propagate(record: NodeRecord, table: dict) -> float | None:
     values = [table.get(n) for n in record.varying]
     if any(v is None for v in values):
         incoming = None
-    elif len(values) == 1:
-        incoming = values[0]
+    elif len(values) == 1:  # a lone varying input broadcast over a bigger output (Clip's scalar bounds) is copied
+        copies = 1.0 if isinstance(rule, Linear) or len(ctx.varying_inputs) != 1 else \
+            _broadcast_factor(ctx, ctx.varying_inputs[0])
+        incoming = values[0] * max(copies, 1.0)
     else:  # a joint constant w.r.t. the concatenated (broadcast) varying inputs
         incoming = _joint([(table[record.inputs[i]], _broadcast_factor(ctx, i)) for i in ctx.varying_inputs],
                           ctx.norm)
