@@ -292,3 +292,22 @@ def test_former_crashes_give_a_bound_or_one_error_line(tmp_path, name, norm):
 def test_zero_kernel_on_the_fourier_path_is_the_zero_operator():
     graph = graph_of(CRASHERS["zero-conv"])
     assert upper(graph, (4, 24, 24)) == 0.0
+
+
+def test_clip_radius_holds_against_the_worst_shift_in_onnxruntime():
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("ReduceMax", ["x"], ["r"], keepdims=0), helper.make_node("Clip", ["x", "r"], ["c"]),
+             helper.make_node("Gemm", ["c", "w", "b"], ["y"], transB=1)]
+    model = build(nodes, (16,), (2,), [("w", np.stack([np.ones(16), np.zeros(16)]).astype(np.float32)),
+                                       ("b", np.array([0.0, 10.0], np.float32))])
+    graph = graph_of(model)
+    x = np.zeros((1, 16), np.float32)
+    x[0, 0] = 1.0  # every output follows x[0]: f0 = 16 x[0], f1 = 10, flipped once x[0] < 0.625
+    radius = certified_radii(graph, x, np.array([0]), network_bound(graph, (16,)))[0]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shift, label in ((radius * 0.999, 0), (0.3751, 1)):
+        moved = x.copy()
+        moved[0, 0] -= shift
+        assert int(session.run(None, {"x": moved})[0].argmax()) == label
+    assert 0.3 < radius < 0.375  # sound and close (it once claimed 1.06)
