@@ -316,6 +316,8 @@ def run_pipeline(
             "accuracy": {n: {_eps_key(e): v for e, v in c["certified"]["certified_accuracy"].items()}
                          for n, c in certificates.items()},
             "radius": {n: c["certified"]["radius"] for n, c in certificates.items()},
+            "float_error": {n: {k: c["certified"]["float_error"][k] for k in ("max_at_sample", "max_growth")}
+                            for n, c in certificates.items()},
         }
         run.finish("certified")
 

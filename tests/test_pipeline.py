@@ -181,3 +181,10 @@ def test_infinite_radii_reach_the_cross_check_as_infinite():
 
     radii = certified_radii_of({"certified": {"radii": [0.5, None, 0.0]}})
     assert radii[0] == 0.5 and np.isinf(radii[1]) and radii[2] == 0.0
+
+
+def test_report_records_the_float_error_taken_from_the_margins(signed_run):
+    certified = signed_run[0].statement["predicate"]["certified"]
+    assert "float forward error" in certified["method"]
+    error = certified["float_error"]["l2"]
+    assert 0 < error["max_at_sample"] < 0.1 and error["max_growth"] >= 0
