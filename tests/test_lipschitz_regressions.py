@@ -311,3 +311,14 @@ def test_clip_radius_holds_against_the_worst_shift_in_onnxruntime():
         moved[0, 0] -= shift
         assert int(session.run(None, {"x": moved})[0].argmax()) == label
     assert 0.3 < radius < 0.375  # sound and close (it once claimed 1.06)
+
+
+def test_the_reported_conv_and_last_axis_scale_at_full_size():
+    """1x1200x4 is too big to materialise: the fold must see that a (4,) scale multiplies the last axis. Each input
+    entry (h, w) moves the output channel vector s[w] k, so the true norm is max|s| ||k||."""
+    scale = np.array([0.1, 30.0, 0.1, 0.1])
+    graph = _conv_scale(scale, height=1200)
+    w = np.random.default_rng(0).normal(size=4).astype(np.float32).astype(np.float64)
+    truth = 30.0 * np.linalg.norm(w)
+    bound = upper(graph, (1, 1200, 4))
+    assert truth * (1 - 1e-6) <= bound <= truth * 1.01
