@@ -362,7 +362,8 @@ def batchnorm_scale(gamma, var, eps: float) -> np.ndarray:
     """Per-channel slope ``gamma / sqrt(var + eps)`` of inference BatchNorm (float64 from the stored params)."""
     gamma = np.asarray(gamma, dtype=np.float64)
     var = np.asarray(var, dtype=np.float64)
-    return gamma / np.sqrt(var + float(eps))
+    with np.errstate(invalid="ignore", divide="ignore"):  # var + eps <= 0 is reported by the bound, not warned
+        return gamma / np.sqrt(var + float(eps))
 
 
 def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
