@@ -96,6 +96,16 @@ class _Walk:
                 "initializers_too_large",
                 f"constant tensors exceed {self.limits.max_initializer_bytes} bytes",
             )
+        _check_finite(t, where)
+
+    def attribute(self, a: onnx.AttributeProto, node: onnx.NodeProto) -> None:
+        """Float attributes: NaN nowhere; a Constant's value_float(s) finite (they are weights like any other)."""
+        values = [a.f] if a.type == onnx.AttributeProto.FLOAT else list(a.floats)
+        strict = node.op_type == "Constant"
+        bad = [v for v in values if (not np.isfinite(v) if strict else np.isnan(v))]
+        if bad:
+            raise ModelRejected("non_finite_constant", f"attribute {a.name} of node {node.name or node.op_type} "
+                                f"holds {bad[0]}: a non-finite constant makes every bound meaningless")
 
     def sparse(self, s: onnx.SparseTensorProto, where: str) -> None:
         self.tensor(s.values, where)
@@ -118,6 +128,7 @@ class _Walk:
             else:
                 self.foreign[f"{node.domain}.{node.op_type}"] += 1
             for a in node.attribute:
+                self.attribute(a, node)
                 if a.HasField("t"):
                     self.tensor(a.t, f"node {node.name or node.op_type}")
                 for t in a.tensors:
@@ -130,6 +141,26 @@ class _Walk:
                     self.graph(a.g, depth + 1)
                 for sub in a.graphs:
                     self.graph(sub, depth + 1)
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _check_finite(t: onnx.TensorProto, where: str) -> None:
+    """Refuse a float constant holding NaN or an infinity: ``max`` over NaN and ``NaN > 0`` silently turn it into a
+    zero bound, and an infinite weight has no finite Lipschitz constant."""
+    if t.data_type not in _FLOAT_TYPES:
+        return
+    try:
+        values = numpy_helper.to_array(t)
+    except (ValueError, TypeError):  # malformed data is reported by the checker
+        return
+    bad = ~np.isfinite(values.astype(np.float32, copy=False) if values.dtype.kind != "f" else values)
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(bad)), values.shape) if values.ndim else ()
+        raise ModelRejected("non_finite_constant", f"tensor {t.name or '(unnamed)'} in {where} holds "
+                            f"{values[index]} at index {list(map(int, index))}: non-finite weights and constants "
+                            "are refused")
 
 
 def _count_phrase(counter: Counter) -> str:

@@ -174,3 +174,17 @@ def test_cli_bounds_refuses_a_dataset_of_the_wrong_shape_with_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: invalid_dataset: x has per-sample shape [65]")
+
+
+def test_infinite_radii_reach_the_cross_check_as_infinite():
+    from certify.pipeline import certified_radii_of
+
+    radii = certified_radii_of({"certified": {"radii": [0.5, None, 0.0]}})
+    assert radii[0] == 0.5 and np.isinf(radii[1]) and radii[2] == 0.0
+
+
+def test_report_records_the_float_error_taken_from_the_margins(signed_run):
+    certified = signed_run[0].statement["predicate"]["certified"]
+    assert "float forward error" in certified["method"]
+    error = certified["float_error"]["l2"]
+    assert 0 < error["max_at_sample"] < 0.1 and error["max_growth"] >= 0

@@ -208,3 +208,12 @@ def test_an_attack_without_the_norm_is_skipped_and_recorded(model, data):
     assert [(s["attack"], s["norm"]) for s in res["skipped"]] == [("cw", "linf")]
     assert res["results"]["linf"]["per_attack"] == {}
     assert any("no attack supports the linf norm" in w for w in res["warnings"])
+
+
+def test_a_sample_certified_at_any_radius_is_still_attacked(linear_model, data):
+    """An infinite radius is a claim like any other: the attacks at the job's largest eps check it."""
+    _, _, xs, ys = data
+    radii = np.where(exact_min_distance(linear_model, xs, ys, "l2") > 0, np.inf, 0.0)
+    with pytest.raises(SoundnessError, match="radius inf"):
+        evaluate(linear_model, xs, ys, norms=("l2",), epsilons=(0.01, 100.0), attacks=["pgd"],
+                 input_range=(-100.0, 100.0), certified_radii={"l2": radii}, large_eps_check=False)

@@ -56,6 +56,10 @@ def _print_table(result: dict) -> None:
         accs = "   ".join(f"eps {eps}: {acc:.3f}" for eps, acc in cert["certified_accuracy"].items())
         click.echo(f"certified ({cert['norm']}, {cert['samples']} samples)  clean accuracy {cert['clean_accuracy']:.3f}"
                    f"   {accs}   median radius {_fmt(cert['radius']['median'])}")
+        rounding = cert.get("float_error") or {}
+        click.echo(f"float error of the logits (L2, taken from every margin)  at the samples <= "
+                   f"{_fmt(rounding.get('max_at_sample'))}   growth per unit radius <= "
+                   f"{_fmt(rounding.get('max_growth'))}")
 
 
 @main.command()

@@ -3,7 +3,9 @@
 A sample x of class y is certified at radius r when no perturbation of norm <= r changes the predicted class:
 ``f_y(x + d) - f_j(x + d) >= m_yj(x) - L_yj ||d|| > 0`` for every j != y, where ``m_yj`` is the logit margin and
 ``L_yj`` bounds the Lipschitz constant of ``f_y - f_j``. So ``r = min_j m_yj / L_yj`` (Tsuzuku et al. 2018 use
-``sqrt(2) L`` for ``L_yj``; we use that, or the tighter bound of the last layer's row differences).
+``sqrt(2) L`` for ``L_yj``; we use that, or the tighter bound of the last layer's row differences). The network
+runs in float32, so the margin is first reduced by a bound on the float error of the forward pass over the ball
+(:mod:`certify.lipschitz.rounding`): the radius certifies the network as run. See docs/certified.md.
 
 L-inf radii take the larger of two sound values: the L-inf analysis itself (``||d||_inf <= r`` and L-inf
 operator norms) and the L2 radius divided by ``sqrt(d)`` (``||d||_2 <= sqrt(d) ||d||_inf``).
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from certify.lipschitz import empirical
+from certify.lipschitz import empirical, rounding
 from certify.lipschitz.network import Analysis, analyse, numel, pair_bounds
 
 DEFAULT_EPSILONS = (0.1,)
@@ -47,29 +49,54 @@ def network_bound(module, input_shape, norm: str = "l2", progress: Callable[[flo
     return analyse(module, per_sample_shape(module, input_shape), norm=norm, progress=progress, eclipse=eclipse)
 
 
-def _radii_from_pairs(logits: np.ndarray, y: np.ndarray, pairs: np.ndarray | None) -> np.ndarray:
-    """``min_j (f_y - f_j) / L_yj`` per sample; 0 when misclassified or when no bound exists."""
+def _radii_from_pairs(logits: np.ndarray, y: np.ndarray, pairs: np.ndarray | None, errors: np.ndarray,
+                      growth: float = 1.0) -> np.ndarray:
+    """``min_j (m_yj - 2 sqrt(2) a) / (L_yj + sqrt(2) b growth)`` per sample; 0 when misclassified, when no bound
+    exists or when the float error swallows the margin.
+
+    ``m_yj`` is the float logit margin at x and ``a + b ||x' - x||_2`` bounds the L2 norm of the float error of
+    the logits (:mod:`certify.lipschitz.rounding`), so ``|delta_y - delta_j| <= sqrt(2) (a + b r)`` at x' and
+    ``sqrt(2) a`` at x; ``growth`` converts the radius's norm to L2 (sqrt(d) for L-inf radii)."""
     n = logits.shape[0]
     radii = np.zeros(n)
     if pairs is None:
         return radii
     for i in range(n):
+        if not np.isfinite(logits[i]).all():
+            continue
         label = int(y[i])
-        margins = logits[i, label] - logits[i]
+        a, b = (math.inf if math.isnan(v) else float(v) for v in errors[i])
+        margins = logits[i, label] - logits[i] - 2 * math.sqrt(2) * a
+        slopes = pairs[label] + math.sqrt(2) * b * growth
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = np.where(pairs[label] > 0, margins / pairs[label], np.inf)
+            ratios = np.where(slopes > 0, margins / slopes, np.where(margins > 0, np.inf, 0.0))
         ratios[label] = np.inf
         radius = float(np.min(ratios))
-        radii[i] = max(radius, 0.0) if np.isfinite(radius) else math.inf
+        radii[i] = 0.0 if np.isnan(radius) else max(radius, 0.0)
     return radii
 
 
+def _l2_analysis(module, shape, *candidates) -> Analysis:
+    for c in candidates:
+        if isinstance(c, Analysis) and c.norm == "l2":
+            return c
+    return analyse(module, shape, norm="l2")
+
+
+def float_errors(module, x, analysis: Analysis) -> np.ndarray:
+    """``(n, 2)`` per sample: ``a + b r`` bounds the L2 norm of the logits' float error within L2 distance r."""
+    xs = torch.as_tensor(np.asarray(x), dtype=module.input_dtype())
+    return rounding.logit_errors(module, analysis, xs)
+
+
 def certified_radii(module, x: np.ndarray, y: np.ndarray, bounds: Analysis | np.ndarray | None,
-                    l2_bounds: Analysis | np.ndarray | None = None) -> np.ndarray:
-    """Certified radius of every sample (numpy array; 0 for misclassified samples).
+                    l2_bounds: Analysis | np.ndarray | None = None, errors: np.ndarray | None = None) -> np.ndarray:
+    """Certified radius of every sample (numpy array; 0 for misclassified samples) of the network as it runs (in
+    its float type): no x' within the radius makes the float forward pass predict another class.
 
     ``bounds`` is the :class:`Analysis` of :func:`network_bound` (its norm decides the radius norm) or a matrix
-    ``L[y, j]``. For L-inf, ``l2_bounds`` (optional) adds the converted L2 radius ``r_2 / sqrt(d)``.
+    ``L[y, j]``. For L-inf, ``l2_bounds`` (optional) adds the converted L2 radius ``r_2 / sqrt(d)``. ``errors``
+    (:func:`float_errors`) is computed when not given (from the L2 analysis among the bounds, else a new one).
     """
     xs = torch.as_tensor(np.asarray(x), dtype=module.input_dtype())
     y = np.asarray(y).astype(np.int64).reshape(-1)
@@ -78,12 +105,15 @@ def certified_radii(module, x: np.ndarray, y: np.ndarray, bounds: Analysis | np.
     logits = empirical.outputs(module, xs).double().numpy()
     if y.size and (y.min() < 0 or y.max() >= logits.shape[1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
+    if errors is None:
+        errors = float_errors(module, xs, _l2_analysis(module, tuple(xs.shape[1:]), bounds, l2_bounds))
+    dim = numel(xs.shape[1:])
+    linf = isinstance(bounds, Analysis) and bounds.norm == "linf"
     pairs = pair_bounds(bounds) if isinstance(bounds, Analysis) else bounds
-    radii = _radii_from_pairs(logits, y, pairs)
+    radii = _radii_from_pairs(logits, y, pairs, errors, math.sqrt(dim) if linf else 1.0)
     if l2_bounds is not None:
         l2_pairs = pair_bounds(l2_bounds) if isinstance(l2_bounds, Analysis) else l2_bounds
-        dim = numel(xs.shape[1:])
-        radii = np.maximum(radii, _radii_from_pairs(logits, y, l2_pairs) / math.sqrt(dim))
+        radii = np.maximum(radii, _radii_from_pairs(logits, y, l2_pairs, errors) / math.sqrt(dim))
     radii[logits.argmax(axis=1) != y] = 0.0
     return radii
 
@@ -204,7 +234,8 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     result = {"input_shape": list(shape), "layers": layer_rows(analysis), "network": network_summary(analysis, lower)}
     if dataset is not None:
         report(0.9, "certified radii")
-        radii = certified_radii(module, x, y, analysis, l2_bounds=l2_analysis)
+        errors = float_errors(module, x, l2_analysis or analysis)
+        radii = certified_radii(module, x, y, analysis, l2_bounds=l2_analysis, errors=errors)
         logits = empirical.outputs(module, points).numpy()
         correct = logits.argmax(axis=1) == np.asarray(y).reshape(-1)
         finite = radii[correct]
@@ -219,6 +250,12 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
                 "max": _number(finite.max()) if finite.size else None,
             },
             "radii": [_number(r) for r in radii],
+            "float_error": {
+                "method": "forward error analysis of the float forward pass (certify.lipschitz.rounding)",
+                "max_at_sample": _number(errors[:, 0].max()) if len(errors) else None,
+                "max_growth": _number(errors[:, 1].max()) if len(errors) else None,
+                "per_sample": [_number(a) for a in errors[:, 0]],
+            },
         }
     report(1.0, "done")
     return result

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from certify.errors import ModelRejected
 from certify.lipschitz.bound import LayerBound
 
 #: Relative margin put on every float64 evaluation of a closed form (a few operations, errors of a few ulps).
@@ -25,9 +26,24 @@ REL_MARGIN = 1e-12
 SEARCH_MARGIN = 1e-5
 
 
+class NonFiniteBound(ModelRejected):
+    """A bound computation met NaN (a NaN constant, BatchNorm with var + eps < 0...): an error, never a bound."""
+
+    def __init__(self, message: str):
+        super().__init__("non_finite_bound", message)
+
+
+def finite(value: float, what: str = "a bound") -> float:
+    """``value`` itself, or :class:`NonFiniteBound` when it is NaN (``max`` over NaN, ``NaN > 0`` being false,
+    would otherwise turn it into 0)."""
+    if math.isnan(value):
+        raise NonFiniteBound(f"{what} is NaN")
+    return value
+
+
 def round_up(value: float, rel: float = REL_MARGIN) -> float:
     """``value`` pushed up by a relative margin (and one ulp), so a float64 evaluation stays an upper bound."""
-    return float(np.nextafter(value * (1.0 + rel), math.inf))
+    return float(np.nextafter(finite(float(value)) * (1.0 + rel), math.inf))
 
 
 def unbounded(reason: str, norm: str = "l2") -> LayerBound:
@@ -37,6 +53,7 @@ def unbounded(reason: str, norm: str = "l2") -> LayerBound:
 
 def exact_constant(value: float, method: str = "constant", norm: str = "l2", lower: float | None = None) -> LayerBound:
     """A constant known in closed form; ``lower`` defaults to the value itself (attained or approached)."""
+    value = finite(float(value))
     return LayerBound(upper=round_up(value) if value > 0 else 0.0, lower=value if lower is None else lower,
                       method=method, exact=True, norm=norm)
 
@@ -127,13 +144,18 @@ def activation_slope(op_type: str, **attrs) -> Slope | None:
     Derivations (f' on each piece; sup over the pieces):
     - Relu: 0 | 1.  LeakyRelu(a): a | 1 -> max(1, |a|).  PRelu: the same with the largest |slope|.
     - Sigmoid: s(1-s) in (0, 1/4], max at 0.  Tanh: 1 - tanh^2 in (0, 1].  Softplus: s(t) in (0, 1).
-    - Elu(a): 1 | a e^t -> |a| approached as t -> 0-.  Celu(a): 1 | e^(t/a) <= 1.
+    - Elu(a): 1 | a e^t (between 0 and a) -> max(1, |a|) for any sign of a.
+    - Celu(a): 1 | e^(t/a) for t < 0: <= 1 when a > 0; when a < 0, e^(t/a) grows without bound as t -> -inf,
+      and a = 0 divides by zero: not Lipschitz.
     - Selu(a, g): g | g a e^t -> g max(1, a).  HardSigmoid(a, b): clip(a t + b, 0, 1) -> |a| on the ramp.
     - HardSwish: t relu6(t+3)/6 -> (2t+3)/6 on (-3, 3), in [-1/2, 3/2].  Clip / Relu6: 0 | 1.  Softsign:
       1/(1+|t|)^2 <= 1.  Erf: 2/sqrt(pi) e^(-t^2).  Sin, Cos, Atan, Abs, Neg: <= 1.
     - Gelu, Silu (Sigmoid*x), Mish: smooth; see the module constants above.
     ThresholdedRelu (a jump of height ``alpha``) is not Lipschitz unless alpha is 0.
     """
+    for name, value in attrs.items():
+        if isinstance(value, (int, float, np.ndarray)) and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise NonFiniteBound(f"{op_type}: attribute {name} is not finite ({value})")
     if op_type in ("Relu", "Clip", "Relu6"):
         return Slope(0.0, 1.0)
     if op_type == "LeakyRelu":
@@ -150,7 +172,7 @@ def activation_slope(op_type: str, **attrs) -> Slope | None:
         a = float(attrs.get("alpha", 1.0))
         return Slope(min(a, 0.0), max(a, 1.0))
     if op_type == "Celu":
-        return Slope(0.0, 1.0)
+        return Slope(0.0, 1.0) if float(attrs.get("alpha", 1.0)) > 0 else None
     if op_type == "Selu":
         a = float(attrs.get("alpha", 1.67326319217681884765625))
         g = float(attrs.get("gamma", 1.05070102214813232421875))
@@ -185,6 +207,9 @@ def activation_bound(op_type: str, norm: str = "l2", **attrs) -> LayerBound:
     if slope is None:
         if op_type == "ThresholdedRelu":
             return unbounded("ThresholdedRelu jumps by alpha at t = alpha: not Lipschitz", norm)
+        if op_type == "Celu":
+            return unbounded(f"Celu with alpha={attrs.get('alpha')} <= 0: alpha (exp(t / alpha) - 1) grows like "
+                             "exp(|t / alpha|) (or divides by zero): not Lipschitz", norm)
         return unbounded(f"{op_type}: no global Lipschitz constant", norm)
     smooth_search = op_type in ("Silu", "Mish") or (op_type == "Gelu" and attrs.get("approximate") == "tanh")
     value = slope.lipschitz
@@ -326,6 +351,8 @@ def scale_bound(scale, norm: str = "l2") -> LayerBound:
     """A diagonal map ``x -> s * x`` (BatchNorm at inference, Mul/Div by a constant): max |s|, exact, the same in
     both norms (diagonal Jacobian)."""
     values = np.abs(np.asarray(scale, dtype=np.float64))
+    if np.isnan(values).any():
+        raise NonFiniteBound("a scale factor is NaN (a NaN constant, or BatchNorm with var + epsilon < 0)")
     value = float(values.max()) if values.size else 0.0
     return exact_constant(value, method="diagonal", norm=norm)
 
@@ -334,7 +361,8 @@ def batchnorm_scale(gamma, var, eps: float) -> np.ndarray:
     """Per-channel slope ``gamma / sqrt(var + eps)`` of inference BatchNorm (float64 from the stored params)."""
     gamma = np.asarray(gamma, dtype=np.float64)
     var = np.asarray(var, dtype=np.float64)
-    return gamma / np.sqrt(var + float(eps))
+    with np.errstate(invalid="ignore", divide="ignore"):  # var + eps <= 0 is reported by the bound, not warned
+        return gamma / np.sqrt(var + float(eps))
 
 
 def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
@@ -360,6 +388,8 @@ def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2
     The same bound holds for the L-inf row sums (``|w_c| sum_{N(c)} |w_j| <= sqrt(n) t_c``). At x = 0 the Jacobian
     is ``k^-beta I``: that is the lower bound. For AlexNet (n=5, beta=0.75, k=1) the bound is about 2.015.
     """
+    if alpha < 0 and beta != 0:
+        return unbounded(f"LRN with alpha={alpha} < 0: the denominator k + (alpha/n) sum x^2 can vanish", norm)
     if not (bias > 0 and beta > 0 and size >= 1):
         if bias > 0 and beta == 0:
             return exact_constant(1.0, method="lrn (identity)", norm=norm)

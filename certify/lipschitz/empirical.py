@@ -120,6 +120,8 @@ def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
 def _norm_and_direction(f, x: torch.Tensor) -> tuple[float, torch.Tensor]:
     """``||J(x)||`` and its top right singular vector, from the full Jacobian."""
     jac = jacobian(f, x).reshape(-1, x.numel()).detach().double()
+    if not bool(torch.isfinite(jac).all()):  # e.g. Sqrt at 0: no finite value to report from this point
+        return -float("inf"), None
     _, singular, vh = torch.linalg.svd(jac, full_matrices=False)
     return float(singular[0]), vh[0].to(x.dtype).reshape(x.shape)
 

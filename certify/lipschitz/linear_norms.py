@@ -184,6 +184,8 @@ def _materialize(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequen
 def _fourier_upper(geom: ConvGeometry):
     """Max over Fourier blocks of the guaranteed block bounds, plus the best block's (freq, group, right vector)."""
     pp = polyphase(geom)
+    if not bool(pp.used.any()):  # an all-zero kernel: the zero operator (and no block to form)
+        return 0.0, 0.0, None
     errors = dft_error(pp.kernel)
     g, c_out, c_in = pp.kernel.shape[:3]
     max_blocks = max(1, _BLOCK_BYTES // (16 * c_out * c_in))

@@ -88,6 +88,7 @@ class LipschitzContext:
     input_shapes: list
     output_shapes: list
     constants: list
+    input_dtypes: list = field(default_factory=list)  # torch dtype of every input (None when absent)
 
     def varying(self, index: int) -> bool:
         return index < len(self.constants) and self.input_shapes[index] is not None and self.constants[index] is None
@@ -202,10 +203,9 @@ def conv_transpose(ctx: LipschitzContext, strides, dilations, groups: int, full_
     full = (weight.shape[1] * int(groups), *[int(f) for f in full_spatial])
     bound = linear_norms.conv_bound(weight, full, stride=list(strides), padding=[0] * (2 * nd),
                                     dilation=list(dilations), groups=int(groups), norm="l2")
-    if ctx.norm == "linf":  # adjoint: L-inf norm of A^T is the L1 norm of A; fall back to the column sums
-        value = float(weight.abs().sum(dim=tuple(range(1, weight.dim()))).max()) * math.prod(
-            -(-k // s) for k, s in zip(weight.shape[2:], strides))
-        bound = LayerBound(upper=constants.round_up(value), lower=None, method="column sums", norm="linf")
+    if ctx.norm == "linf":  # the max row sum of |A|: per OUTPUT entry, the sum over the inputs it reads
+        bound = linear_norms.conv_bound(weight, ctx.in_shape, stride=list(strides), padding=[0] * (2 * nd),
+                                        dilation=list(dilations), groups=int(groups), transposed=True, norm="linf")
     bound.lower = None
     bound.exact = False
     return Linear("bounded", bound=bound)
@@ -402,9 +402,19 @@ def resampling(ctx: LipschitzContext, resampler):
 
 
 def cast(ctx: LipschitzContext, dtype: torch.dtype):
-    if dtype.is_floating_point:
+    """A cast to a float type at least as precise as its input is exact (an isometry); any other cast rounds, and
+    rounding is not Lipschitz (two inputs closer than a rounding step can land a whole step apart)."""
+    source = ctx.input_dtypes[0] if ctx.input_dtypes else None
+    if dtype.is_floating_point and source is not None and source.is_floating_point and (
+            torch.finfo(dtype).eps <= torch.finfo(source).eps and torch.finfo(dtype).max >= torch.finfo(source).max):
         return Linear("isometry")
-    return unbounded(ctx, f"casting to {dtype} rounds: not continuous")
+    return unbounded(ctx, rounding_reason(f"casting {source} to {dtype}"))
+
+
+def rounding_reason(what: str) -> str:
+    """Why a rounding operator gets no bound (one wording for every such operator)."""
+    return (f"{what} rounds to a coarser grid: not Lipschitz (inputs closer than one rounding step can land a whole "
+            "step apart), so no certificate covers it")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -538,14 +548,23 @@ def _folded_conv(segment: Segment) -> Linear | None:
     for r in members[1:]:
         if r.rule.kind != "scale":
             return None
-        scale = r.rule.scale.detach().double()
-        if scale.numel() == 1:
-            weight = weight * scale.reshape(())
-        elif scale.numel() == weight.shape[0] and scale.reshape(-1).shape[0] == r.ctx.in_shape[0]:
-            weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        else:
+        channels = _channel_scale(r.rule.scale.detach().double(), r.ctx.in_shape)
+        if channels is None or channels.numel() not in (1, weight.shape[0]):
             return None
+        weight = weight * channels.reshape(-1, *([1] * (weight.dim() - 1)))
     return Linear("conv", weight=weight, conv=members[0].rule.conv)
+
+
+def _channel_scale(scale: torch.Tensor, in_shape: tuple) -> torch.Tensor | None:
+    """The per-channel factors of ``x * scale`` on a (C, *spatial) tensor, or None when ``scale`` varies along
+    another axis. Broadcasting aligns trailing axes: a (C,) scale multiplies the LAST axis, only a (C, 1, ..., 1)
+    one (or a scalar) multiplies channels."""
+    if scale.dim() > len(in_shape):
+        return None
+    aligned = (1,) * (len(in_shape) - scale.dim()) + tuple(scale.shape)
+    if any(d != 1 for d in aligned[1:]) or aligned[0] not in (1, in_shape[0]):
+        return None
+    return scale.reshape(-1)
 
 
 def bound_segment(segment: Segment, env: dict, norm: str) -> None:
@@ -784,8 +803,9 @@ def _context(module, inputs, outputs, env, varying: set, norm) -> LipschitzConte
               for n in inputs]
     consts = [None if (n in varying) else (env.get(n) if n else None) for n in inputs]
     out_shapes = [per_sample(env[n].shape) if n in env else None for n in outputs]
+    dtypes = [env[n].dtype if n and isinstance(env.get(n), torch.Tensor) else None for n in inputs]
     return LipschitzContext(norm=norm, node=module.onnx_name, op_type=module.op_type, input_shapes=shapes,
-                            output_shapes=out_shapes, constants=consts)
+                            output_shapes=out_shapes, constants=consts, input_dtypes=dtypes)
 
 
 def _rule(module, ctx: LipschitzContext):
@@ -867,10 +887,12 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
             record.rule, record.varying = gated
         else:
             record.rule = _rule(module, ctx)
-        record.bound = _own_bound(record, norm)
+        record.bound = _finite_bound(_own_bound(record, norm), record.ctx)
         record.bound.ms = record.bound.ms or (time.perf_counter() - started) * 1e3
         p_out = _propagate(record, product)
         c_out = _propagate(record, composed)
+        for value in (p_out, c_out):
+            constants.finite(math.inf if value is None else value, f"the bound at {module.onnx_name}")
         for n in outputs:
             if not n:
                 continue
@@ -913,6 +935,16 @@ def _own_bound(record: NodeRecord, norm: str) -> LayerBound:
     raise TypeError(f"{record.ctx.op_type}.lipschitz returned {type(rule).__name__}")
 
 
+def _finite_bound(bound: LayerBound, ctx: LipschitzContext) -> LayerBound:
+    """NaN is an error (never a bound); an infinite constant is reported unbounded."""
+    if bound.upper is None:
+        return bound
+    constants.finite(bound.upper, f"the bound of {ctx.op_type} {ctx.node}")
+    if math.isinf(bound.upper):
+        return unbounded(ctx, "its constant is infinite (a division by zero in its parameters?)")
+    return bound
+
+
 def _broadcast_factor(ctx: LipschitzContext, index: int) -> float:
     """A term broadcast to the output is copied numel(out)/numel(in) times: its L2 norm grows by the square root."""
     return _copies_factor(numel(ctx.out_shape) / max(numel(ctx.input_shapes[index]), 1), ctx.norm)
@@ -930,19 +962,28 @@ def _propagate(record: NodeRecord, table: dict) -> float | None:
             terms.append((value, _broadcast_factor(ctx, i)))
         if rule.kind == "sum":
             return rule.scale * sum(v * f for v, f in terms)
-        if ctx.norm == "linf":  # copies do not grow the max norm; a concatenation or selection is the max
-            return rule.scale * max(v for v, _ in terms)
-        if rule.kind == "concat":
-            return rule.scale * math.sqrt(sum(v * v for v, _ in terms))
-        return rule.scale * math.sqrt(sum((v * f) ** 2 for v, f in terms))
+        if rule.kind == "concat":  # no broadcasting: every entry appears once
+            terms = [(v, 1.0) for v, _ in terms]
+        return rule.scale * _joint(terms, ctx.norm)
     values = [table.get(n) for n in record.varying]
     if any(v is None for v in values):
         incoming = None
-    elif len(values) == 1:
-        incoming = values[0]
-    else:  # a joint constant w.r.t. the concatenated varying inputs
-        incoming = math.sqrt(sum(v * v for v in values))
+    elif len(values) == 1:  # a lone varying input broadcast over a bigger output (Clip's scalar bounds) is copied
+        copies = 1.0 if isinstance(rule, Linear) or len(ctx.varying_inputs) != 1 else \
+            _broadcast_factor(ctx, ctx.varying_inputs[0])
+        incoming = values[0] * max(copies, 1.0)
+    else:  # a joint constant w.r.t. the concatenated (broadcast) varying inputs
+        incoming = _joint([(table[record.inputs[i]], _broadcast_factor(ctx, i)) for i in ctx.varying_inputs],
+                          ctx.norm)
     return _mul(record.bound.upper, incoming)
+
+
+def _joint(terms, norm: str) -> float:
+    """Norm of the concatenation of terms ``(bound, broadcast factor)``: a term broadcast to the output counts once
+    per copy (the factor) in L2; in L-inf the concatenation's norm is the largest term's."""
+    if norm == "linf":
+        return max(v for v, _ in terms)
+    return math.sqrt(sum((v * f) ** 2 for v, f in terms))
 
 
 def _linear_single(record: NodeRecord, consumers: dict, graph_outputs) -> bool:

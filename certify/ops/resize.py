@@ -232,6 +232,12 @@ def _values(t) -> tuple | None:
     return tuple(arr.reshape(-1).tolist())
 
 
+def _known(t, known: tuple | None) -> tuple | None:
+    """The value known at conversion when there is one: reading a runtime tensor back (``.numpy()``) fails under
+    torch.func transforms (vmap, jacrev), which the bounds and the attacks run the graph through."""
+    return known if known is not None else _values(t)
+
+
 class Resampler(OnnxOp):
     """Shared by Resize and Upsample. Fields: ``settings`` (a ``ResampleSettings``), and ``scales``, ``sizes``,
     ``roi`` when they are constants known at conversion (None otherwise)."""
@@ -314,9 +320,9 @@ class Resize(Resampler):
 
     def forward(self, x, *rest):
         if self.legacy:
-            return self.resample(x, _values(rest[0]), None, None)
+            return self.resample(x, _known(rest[0], self.scales), None, None)
         roi, scales, sizes = (list(rest) + [None] * 3)[:3]
-        return self.resample(x, _values(scales), _values(sizes), _values(roi))
+        return self.resample(x, _known(scales, self.scales), _known(sizes, self.sizes), _known(roi, self.roi))
 
 
 @register("Upsample", versions=(7, 9))
@@ -335,4 +341,4 @@ class Upsample(Resampler):
         self.sizes, self.roi = None, None
 
     def forward(self, x, scales=None):
-        return self.resample(x, _values(scales) if scales is not None else self.scales, None, None)
+        return self.resample(x, _known(scales, self.scales), None, None)
