@@ -7,9 +7,11 @@ test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a 
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -93,6 +95,36 @@ class ServiceHandle:
     def submit(self, model: str, who: str = "alice", **config):
         body = {"model": model, "samples": 4, "attacks": "none", **config}
         return self.session(who).post(self.url("/v1/jobs"), json=body, timeout=30)
+
+
+class RecordingServer(http.server.ThreadingHTTPServer):
+    """A loopback HTTP server that records (method, path, Host) and answers with ``status`` (+ Location)."""
+
+    def __init__(self, status: int = 204, location: str | None = None):
+        self.hits, self.status, self.location = [], status, location
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.hits.append((self.command, self.path, self.headers["Host"]))
+                self.send_response(server.status)
+                if server.location:
+                    self.send_header("Location", server.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 @pytest.fixture(scope="session")

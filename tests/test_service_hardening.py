@@ -1,0 +1,41 @@
+"""Attacks and faults from the hardening review, each reproduced against the real service (gunicorn, Celery,
+Redis on loopback)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from service_fixtures import RecordingServer
+from test_service_errors import problem
+
+
+def _wait_hits(server, n: int = 1, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.hits) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_webhook_redirect_to_loopback_is_not_followed(service, tiny_model):
+    """The allowed receiver answers 302 to another loopback service (a stand-in for cloud metadata)."""
+    secret = RecordingServer()
+    hook = RecordingServer(status=302, location=secret.url + "/latest/meta-data/iam/security-credentials/")
+    try:
+        job_id = service.submit(tiny_model, webhook_url=hook.url + "/hook").json()["id"]
+        assert service.wait_job(job_id)["state"] == "succeeded"
+        _wait_hits(hook)
+        time.sleep(0.5)
+        assert [h[:2] for h in hook.hits] == [("POST", "/hook")]
+        assert secret.hits == []
+    finally:
+        for s in (hook, secret):
+            s.shutdown()
+            s.server_close()
+
+
+@pytest.mark.parametrize("host", ["100.64.0.1", "100.100.100.200", "169.254.169.254", "0.0.0.0"])
+def test_webhook_to_a_non_global_address_is_refused_at_creation(service, tiny_model, host):
+    """The test service allows 127.0.0.0/8 only; carrier-grade NAT, link-local and 0.0.0.0 stay refused (the
+    IPv6-wrapped forms are covered in test_webhooks; the URL field does not take IPv6 literals)."""
+    body = problem(service.submit(tiny_model, webhook_url=f"http://{host}/hook"), 422, "webhook_refused")
+    assert "internal address" in body["detail"]
