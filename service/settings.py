@@ -55,6 +55,7 @@ class Settings:
     hard_limit_grace_s: float = 30.0
     visibility_timeout_s: int = 120  # a message whose worker stopped heart-beating is delivered again after this
     worker_heartbeat_s: float = 2.0
+    max_attempts: int = 3  # runs of a job whose worker died; then it fails with worker_lost
     queue: str = "lipcert"
     webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/webhooks.py)
     progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
@@ -82,6 +83,7 @@ class Settings:
             hard_limit_grace_s=_float(env, "LIPCERT_HARD_LIMIT_GRACE_S", cls.hard_limit_grace_s),
             visibility_timeout_s=_int(env, "LIPCERT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s),
             worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
+            max_attempts=_int(env, "LIPCERT_MAX_ATTEMPTS", cls.max_attempts),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
             progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),

@@ -3,6 +3,8 @@ Redis on loopback)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -39,3 +41,41 @@ def test_webhook_to_a_non_global_address_is_refused_at_creation(service, tiny_mo
     IPv6-wrapped forms are covered in test_webhooks; the URL field does not take IPv6 literals)."""
     body = problem(service.submit(tiny_model, webhook_url=f"http://{host}/hook"), 422, "webhook_refused")
     assert "internal address" in body["detail"]
+
+
+def _pool_children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_with_worker_lost(service, tiny_model):
+    """Each run's pool process is SIGKILLed (what the OOM killer does); after 3 runs the job fails, stays visible,
+    and the queue moves on."""
+    s = service.session("slow")
+    job_id = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"}).json()["id"]
+    main = service.live_worker().proc.pid
+    for attempt in (1, 2, 3):
+        deadline = time.monotonic() + 60
+        while True:
+            job = s.get(service.url(f"/v1/jobs/{job_id}")).json()
+            if job["state"] == "running" and job["attempts"] == attempt:
+                break
+            assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+            time.sleep(0.05)
+        for child in _pool_children(main):
+            os.kill(child, signal.SIGKILL)
+    job = service.wait_job(job_id, who="slow", timeout=60)
+    assert job["state"] == "failed" and job["error"]["code"] == "worker_lost" and job["attempts"] == 3, job
+    assert "died 3 times" in job["error"]["message"]
+    listed = s.get(service.url("/v1/jobs"), params={"state": "failed"}).json()["items"]
+    assert job_id in [j["id"] for j in listed]
+    after = service.submit(tiny_model).json()["id"]
+    assert service.wait_job(after)["state"] == "succeeded"

@@ -142,9 +142,15 @@ class JobRunner:
 
         job_id = job["id"]
         started = job.get("started_at") or now()
-        self.records.transition(job, [QUEUED, RUNNING], RUNNING, started_at=started,
-                                attempts=int(job.get("attempts", 0)) + 1, stage="load", message="started")
         existing = self.store.read("reports", f"{job_id}.json")
+        attempts = int(job.get("attempts", 0))
+        if existing is None and attempts >= self.settings.max_attempts:
+            # every earlier attempt ended with its worker gone (killed, out of memory, crashed): a poison job
+            # must not block the queue by coming back forever
+            return self._fail(job, "worker_lost", f"the job's worker died {attempts} times while running it; "
+                              "it is not tried again (a model too large for the worker's memory, say)")
+        self.records.transition(job, [QUEUED, RUNNING], RUNNING, started_at=started, attempts=attempts + 1,
+                                stage="load", message="started")
         if existing is not None:  # an earlier attempt stored the report, then died before recording success
             return self._succeed(job, json.loads(existing), job.get("stages") or [])
         budget = self.budget(job)
