@@ -79,3 +79,25 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_worker_lost(service, tin
     assert job_id in [j["id"] for j in listed]
     after = service.submit(tiny_model).json()["id"]
     assert service.wait_job(after)["state"] == "succeeded"
+
+
+def test_a_job_whose_message_redis_lost_is_queued_again(service, tiny_model):
+    """Redis loses the queued message (a restart without its last writes); the reaper notices and requeues."""
+    import redis
+
+    from service.records import queue_lists
+
+    s = service.session("slow")
+    blocker = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"}).json()
+    stranded = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"}).json()
+    client = redis.Redis.from_url(service.env["REDIS_URL"], decode_responses=True)
+    removed = 0
+    for name in queue_lists("lipcert"):
+        for raw in client.lrange(name, 0, -1):
+            if stranded["id"] in raw:
+                removed += client.lrem(name, 0, raw)
+    assert removed == 1  # the message is gone; only the job record says 'queued'
+    s.delete(service.url(f"/v1/jobs/{blocker['id']}"))
+    job = service.wait_job(stranded["id"], who="slow", timeout=90)
+    assert job["state"] == "succeeded", job
+    assert client.hget(f"lipcert:job:{stranded['id']}", "requeued") == "1"
