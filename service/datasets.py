@@ -6,6 +6,7 @@ is read, so a small zip cannot expand into a huge allocation.
 
 from __future__ import annotations
 
+import math
 import zipfile
 
 import numpy as np
@@ -13,34 +14,65 @@ import numpy as np
 from certify.errors import ModelRejected
 
 
-def _members(path: str, max_bytes: int) -> dict[str, int]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError):
-        raise ModelRejected("not_npz", "the dataset is not an .npz (zip) archive") from None
+def _member_names(z: zipfile.ZipFile, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """{array name: member}; only ``<name>.npy`` members, each name once, within the uncompressed cap."""
+    infos = z.infolist()
     total = sum(i.file_size for i in infos)
     if total > max_bytes:
         raise ModelRejected("dataset_too_large", f"the arrays would take {total} bytes, over the cap of {max_bytes}")
-    return {i.filename: i.file_size for i in infos}
+    arrays: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        if not info.filename.endswith(".npy") or name in arrays:
+            raise ModelRejected("bad_dataset", f"the .npz member {info.filename!r} is not a single .npy array "
+                                "(every member must be NAME.npy, each name once)")
+        arrays[name] = info
+    return arrays
+
+
+def _read_array(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy member, its header checked before anything is allocated: no pickles, and a shape whose bytes
+    fit in the member (a header may claim any shape; numpy would try to allocate it)."""
+    fmt = np.lib.format
+    with z.open(info) as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except ValueError as e:
+            raise ModelRejected("bad_dataset", f"{info.filename}: not a valid .npy header: {e}") from None
+        data_bytes = info.file_size - f.tell()
+    if dtype.hasobject:
+        raise ModelRejected("dataset_pickled", "the dataset holds pickled objects; they are not accepted")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > data_bytes:
+        raise ModelRejected("bad_dataset", f"{info.filename}: the header claims shape {list(shape)} ({claimed} bytes) "
+                            f"but the member holds {data_bytes} bytes")
+    with z.open(info) as f:
+        return fmt.read_array(f, allow_pickle=False)
+
+
+def read_npz(path: str, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of an .npz, read without unpickling and without trusting its declared sizes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            arrays = _member_names(z, max_bytes)
+            missing = [k for k in ("x", "y") if k not in arrays]
+            if missing:
+                raise ModelRejected("dataset_missing_arrays",
+                                    f"the .npz needs arrays x and y; missing {', '.join(missing)}")
+            return _read_array(z, arrays["x"]), _read_array(z, arrays["y"])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile):
+        raise ModelRejected("not_npz", "the dataset is not an .npz (zip) archive") from None
+    except (OSError, EOFError, ValueError, NotImplementedError) as e:  # corrupt members, unknown compression
+        raise ModelRejected("bad_dataset", f"cannot read the arrays: {e}") from None
 
 
 def inspect_dataset(path: str, max_bytes: int) -> dict:
     """{"samples", "x_shape", "x_dtype", "y_dtype", "classes"}; refusals raise ModelRejected."""
-    members = _members(path, max_bytes)
-    missing = [k for k in ("x", "y") if f"{k}.npy" not in members]
-    if missing:
-        raise ModelRejected("dataset_missing_arrays", f"the .npz needs arrays x and y; missing {', '.join(missing)}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise ModelRejected("dataset_pickled", "the dataset holds pickled objects; they are not accepted") \
-                from None
-        raise ModelRejected("bad_dataset", f"cannot read the arrays: {e}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ModelRejected("bad_dataset", f"cannot read the arrays: {e}") from None
+    x, y = read_npz(path, max_bytes)
     if x.dtype.kind != "f":
         raise ModelRejected("bad_dataset", f"x must hold floats, not {x.dtype}")
     if y.dtype.kind not in "iu":

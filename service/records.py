@@ -155,17 +155,21 @@ class Records:
     def _idem(self, tenant: str, key: str) -> str:
         return self._t(tenant, "idem", hashlib.sha256(key.encode()).hexdigest())
 
-    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, ttl_s: int = 86400) -> str:
-        """The job id stored for this key: ``job_id`` when this call claimed it, else the earlier one."""
+    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, fingerprint: str = "",
+                              ttl_s: int = 86400) -> tuple[str, str]:
+        """(job id, request fingerprint) stored for this key: ``job_id`` when this call claimed it, else the
+        earlier request's (whose fingerprint tells whether it had the same body)."""
         name = self._idem(tenant, key)
-        if self.r.set(name, job_id, nx=True, ex=ttl_s):
-            return job_id
-        return self.r.get(name) or job_id
+        value = f"{job_id} {fingerprint}"
+        if self.r.set(name, value, nx=True, ex=ttl_s):
+            return job_id, fingerprint
+        stored = (self.r.get(name) or value).split(" ", 1)
+        return stored[0], stored[1] if len(stored) > 1 else fingerprint
 
     def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
         """Forget a claim whose job was never created, so a retry can create it."""
         name = self._idem(tenant, key)
-        if self.r.get(name) == job_id:
+        if (self.r.get(name) or "").split(" ", 1)[0] == job_id:
             self.r.delete(name)
 
     def discard_job(self, job: dict) -> None:

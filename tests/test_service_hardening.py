@@ -101,3 +101,97 @@ def test_a_job_whose_message_redis_lost_is_queued_again(service, tiny_model):
     job = service.wait_job(stranded["id"], who="slow", timeout=90)
     assert job["state"] == "succeeded", job
     assert client.hget(f"lipcert:job:{stranded['id']}", "requeued") == "1"
+
+
+def _npz_members(**members: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_npy_header_claiming_a_huge_shape_is_422(service):
+    """A 100-byte member whose header claims 80 TB: refused from the header, nothing allocated (was numpy's
+    MemoryError, a 500)."""
+    import io
+
+    import numpy as np
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (10**9, 10**4)})
+    data = _npz_members(**{"x.npy": header.getvalue() + b"\0" * 100, "y.npy": _npy(np.zeros(4, np.int64))})
+    body = problem(service.upload("datasets", data), 422, "bad_dataset")
+    assert "claims shape [1000000000, 10000]" in body["detail"]
+
+
+def test_npz_with_both_x_and_x_npy_is_422(service):
+    import numpy as np
+
+    x = _npy(np.zeros((4, 4), np.float32))
+    data = _npz_members(**{"x.npy": x, "x": x, "y.npy": _npy(np.zeros(4, np.int64))})
+    body = problem(service.upload("datasets", data), 422, "bad_dataset")
+    assert "'x'" in body["detail"]
+
+
+def test_deeply_nested_json_is_400(service):
+    body = "[" * 100_000 + "]" * 100_000
+    r = service.session().post(service.url("/v1/jobs"), data=body, headers={"Content-Type": "application/json"})
+    problem(r, 400, "malformed_json")
+
+
+def test_an_overlong_request_line_is_a_problem_not_html(service):
+    r = service.session().get(service.url("/v1/jobs?state=" + "a" * 9000))
+    problem(r, 414, "uri_too_long")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs?bogus=1", "/v1/reports?model=sha256:" + "0" * 64 + "&extra=1"])
+def test_unknown_query_parameters_are_refused(service, path):
+    body = problem(service.session().get(service.url(path)), 400, "validation_error")
+    assert "Unknown field." in str(body["errors"])
+
+
+def test_unknown_query_parameter_on_upload_is_refused(service):
+    r = service.session().post(service.url("/v1/models?nmae=typo"), data=b"x",
+                               headers={"Content-Type": "application/octet-stream"})
+    problem(r, 400, "validation_error")
+
+
+def test_reusing_an_idempotency_key_with_another_body_is_422(service, tiny_model):
+    s = service.session()
+    first = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"},
+                   headers={"Idempotency-Key": "hardening-1"})
+    assert first.status_code == 202
+    same = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"},
+                  headers={"Idempotency-Key": "hardening-1"})
+    assert same.status_code == 202 and same.json()["id"] == first.json()["id"]
+    other = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 5, "attacks": "none"},
+                   headers={"Idempotency-Key": "hardening-1"})
+    problem(other, 422, "idempotency_key_reused")
+
+
+def test_a_chunked_job_body_over_the_cap_is_413(service, tiny_model):
+    import json
+
+    payload = json.dumps({"model": tiny_model, "policy": {"note": "x" * 300_000}}).encode()
+
+    def chunks():
+        for i in range(0, len(payload), 16384):
+            yield payload[i:i + 16384]
+
+    r = service.session().post(service.url("/v1/jobs"), data=chunks(), headers={"Content-Type": "application/json"})
+    problem(r, 413, "payload_too_large")

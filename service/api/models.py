@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from service.api.common import store_upload, tenant_artifact
 from service.context import services
@@ -44,7 +45,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, ModelSchema)
 @blp.alt_response(200, schema=ModelSchema, description="the same bytes were uploaded before")
