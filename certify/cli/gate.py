@@ -52,7 +52,7 @@ def gate(report, keys, model, policy_path, as_json):
     except VerificationError as e:
         _emit_denied(as_json, report, e)
         sys.exit(1)
-    result = evaluate_policy(policy, verified.predicate)
+    result = evaluate_policy(policy, verified.predicate, keyid=verified.keyid or "")
     code = 0 if result["verdict"] == "pass" else 1
     if as_json:
         click.echo(json.dumps({"verdict": result["verdict"], "exit_code": code, "report": report,
