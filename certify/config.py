@@ -8,6 +8,8 @@ from certify.errors import ModelRejected
 
 NORMS = ("l2", "linf")
 ATTACK_PRESETS = ("none", "quick", "standard", "thorough")
+# the names certify.attacks registers (kept here so validating a config needs no torch; a test keeps them equal)
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "deepfool", "lbfgs")
 
 
 class JobConfigSchema(Schema):
@@ -46,6 +48,8 @@ class JobConfigSchema(Schema):
                 raise ValidationError(f"unknown preset {attacks!r}; one of {', '.join(ATTACK_PRESETS)}", "attacks")
         elif not (isinstance(attacks, list) and attacks and all(isinstance(a, str) for a in attacks)):
             raise ValidationError("a preset name or a non-empty list of attack names", "attacks")
+        elif unknown := [a for a in attacks if a not in ATTACK_NAMES]:
+            raise ValidationError(f"unknown attack {unknown[0]!r}; one of {', '.join(ATTACK_NAMES)}", "attacks")
 
 
 def load_config(data: dict | None) -> dict:

@@ -245,11 +245,20 @@ class Records:
             "queue_depth": sum(out[n + 3:]),
         }
 
-    def worker_heartbeat(self, name: str) -> None:
-        self.r.zadd(PREFIX + "workers", {name: time.time()})
+    def worker_heartbeat(self, name: str, device: str = "cpu") -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(PREFIX + "workers", {name: time.time()})
+        pipe.hset(PREFIX + "worker_devices", name, device)
+        pipe.execute()
 
     def worker_gone(self, name: str) -> None:
         self.r.zrem(PREFIX + "workers", name)
+        self.r.hdel(PREFIX + "worker_devices", name)
+
+    def live_devices(self, within_s: float) -> set[str]:
+        """The devices (cpu, cuda:N) of the workers that sent a heartbeat in the last ``within_s`` seconds."""
+        names = self.r.zrangebyscore(PREFIX + "workers", time.time() - within_s, "+inf")
+        return set(filter(None, self.r.hmget(PREFIX + "worker_devices", names))) if names else set()
 
     def live_workers(self, within_s: float) -> int:
         return self.r.zcount(PREFIX + "workers", time.time() - within_s, "+inf")

@@ -195,3 +195,28 @@ def test_a_chunked_job_body_over_the_cap_is_413(service, tiny_model):
 
     r = service.session().post(service.url("/v1/jobs"), data=chunks(), headers={"Content-Type": "application/json"})
     problem(r, 413, "payload_too_large")
+
+
+def test_checked_at_creation_not_in_the_worker(service, digits_model, tiny_model):
+    """Each mistake is refused when the job is created (it used to be accepted and fail in the worker)."""
+    import numpy as np
+
+    x = np.zeros((4, 64), np.float32)
+    wide_labels = service.upload("datasets", _npz_members(**{"x.npy": _npy(x), "y.npy": _npy(np.arange(4) * 9)}))
+    assert wide_labels.status_code == 201 and wide_labels.json()["classes"] == 28
+    body = problem(service.submit(digits_model, dataset=wide_labels.json()["id"]), 422, "labels_out_of_range")
+    assert "labels up to 27" in body["detail"] and "10 classes" in body["detail"]
+
+    problem(service.submit(tiny_model, attacks=["pgd", "nonsense"]), 400, "validation_error")
+    body = problem(service.submit(tiny_model, device="cuda:7"), 422, "device_unavailable")
+    assert "cpu" in body["detail"]
+    problem(service.submit(tiny_model, input_shapes={"x": [1, 5]}), 422, "input_shape_mismatch")
+    problem(service.submit(tiny_model, input_shapes={"nope": [1, 4]}), 422, "input_shape_mismatch")
+    assert service.submit(tiny_model, input_shapes={"x": [2, 4]}).status_code == 202
+
+
+def test_attack_names_match_the_registry():
+    from certify.attacks import ATTACKS
+    from certify.config import ATTACK_NAMES
+
+    assert ATTACK_NAMES == tuple(ATTACKS)

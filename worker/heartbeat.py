@@ -10,6 +10,7 @@ loss) become visible again after ``visibility_timeout`` and another worker picks
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -55,7 +56,7 @@ class Heartbeat(threading.Thread):
         return tags
 
     def beat(self) -> None:
-        self.records.worker_heartbeat(self.name_)
+        self.records.worker_heartbeat(self.name_, os.environ.get("LIPCERT_DEVICE", "cpu"))
         tags = self._held_tags()
         if tags:
             self.records.r.zadd(UNACKED_INDEX, {tag: time.time() for tag in tags}, xx=True)

@@ -67,8 +67,25 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
         if dataset is None:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
-        check_fit(model, dataset)
+    check_fit(model, dataset, body)
+    _check_device(body.get("device", "auto"))
     return model, dataset
+
+
+def _cuda_index(device: str) -> str:
+    return "cuda:0" if device == "cuda" else device  # torch's "cuda" is the first GPU
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device must be one that a live worker runs on (workers publish theirs with each heartbeat)."""
+    if not device.startswith("cuda"):
+        return
+    ctx = services()
+    live = ctx.records.live_devices(within_s=max(10.0, 5 * ctx.settings.worker_heartbeat_s))
+    if _cuda_index(device) not in {_cuda_index(d) for d in live}:
+        have = ", ".join(sorted(live)) or "none"
+        raise ApiProblem(422, "device_unavailable", f"no worker runs on {device} (live workers' devices: {have})",
+                         errors={"device": [f"no worker runs on {device}"]})
 
 
 MAX_JOB_BODY = 256 * 1024
