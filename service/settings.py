@@ -59,6 +59,7 @@ class Settings:
     queue: str = "lipcert"
     webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/webhooks.py)
     progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
+    ignore_soft_limit: tuple = ()  # test-only: tenants whose delay sleeps through the soft limit (as native code does)
 
     @property
     def store_dir(self) -> str:
@@ -87,4 +88,5 @@ class Settings:
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
             progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),
+            ignore_soft_limit=tuple(filter(None, env.get("LIPCERT_TEST_IGNORE_SOFT_LIMIT", "").split(","))),
         )

@@ -1,8 +1,9 @@
 """Service fixtures: a real Redis (embedded, or REDIS_URL), the API under gunicorn and a real Celery worker.
 
 Everything listens on loopback and is stopped at the end of the session. Tenants: ``alice`` and ``bob`` (normal),
-``alice`` again with a read-only token, and ``slow`` whose jobs sleep at each progress point (the worker's
-test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a job runs.
+``alice`` again with a read-only token, ``slow`` whose jobs sleep at each progress point (the worker's
+test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a job runs, and ``stuck`` whose sleeps
+also ignore the soft time limit (LIPCERT_TEST_IGNORE_SOFT_LIMIT), so only the hard limit stops its jobs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
-          "alice_ro": "alice-readonly-0123456789abcdef", "slow": "slow-token-0123456789abcdef"}
+          "alice_ro": "alice-readonly-0123456789abcdef", "slow": "slow-token-0123456789abcdef",
+          "stuck": "stuck-token-0123456789abcdef"}
 SLOW_DELAY_S = 0.3
 JOB_QUOTA = 6  # queued + running jobs per tenant
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -143,8 +145,10 @@ def service(tmp_path_factory):
         "REDIS_URL": external or redis_child.url,
         "LIPCERT_DATA_DIR": data_dir,
         "LIPCERT_TOKENS": ",".join([f"alice:{TOKENS['alice']}", f"bob:{TOKENS['bob']}",
-                                    f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}"]),
-        "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S}",
+                                    f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}",
+                                    f"stuck:{TOKENS['stuck']}"]),
+        "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S},stuck={SLOW_DELAY_S}",
+        "LIPCERT_TEST_IGNORE_SOFT_LIMIT": "stuck",
         "LIPCERT_WEBHOOK_ALLOW_NETS": "127.0.0.0/8",
         "LIPCERT_VISIBILITY_TIMEOUT": "3",
         "LIPCERT_WORKER_HEARTBEAT_S": "0.5",
@@ -202,7 +206,7 @@ def tiny_model_bytes() -> bytes:
 def tiny_model(service) -> str:
     """The tiny model, uploaded for tenants alice and slow (same bytes, so the same id)."""
     ids = set()
-    for who in ("alice", "slow"):
+    for who in ("alice", "slow", "stuck"):
         r = service.upload("models", tiny_model_bytes(), who=who, name="tiny.onnx")
         assert r.status_code in (200, 201), r.text
         ids.add(r.json()["id"])

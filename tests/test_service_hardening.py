@@ -220,3 +220,22 @@ def test_attack_names_match_the_registry():
     from certify.config import ATTACK_NAMES
 
     assert ATTACK_NAMES == tuple(ATTACKS)
+
+
+def test_the_hard_time_limit_kills_a_job_that_ignores_the_soft_one(service, tiny_model):
+    """The job sleeps through the soft limit (3 s); the hard limit (soft + 5 s grace) kills the pool process, the
+    parent fails the job with time_budget_exceeded, it is not run again, and the worker takes the next job."""
+    warm = service.submit(tiny_model).json()["id"]  # the pool process has imported the pipeline: the soft limit
+    assert service.wait_job(warm)["state"] == "succeeded"  # then falls inside the job's first progress point
+    s = service.session("stuck")
+    started = time.monotonic()
+    job_id = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none",
+                                                   "time_budget_s": 3}).json()["id"]
+    job = service.wait_job(job_id, who="stuck", timeout=60)
+    assert job["state"] == "failed" and job["error"]["code"] == "time_budget_exceeded", job
+    assert time.monotonic() - started >= 7.5  # not the soft path: that would have ended it after about 3 s
+    assert job["attempts"] == 1
+    after = service.submit(tiny_model).json()["id"]
+    assert service.wait_job(after)["state"] == "succeeded"
+    time.sleep(1)
+    assert s.get(service.url(f"/v1/jobs/{job_id}")).json()["attempts"] == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -58,7 +59,7 @@ class _LeaseKeeper(threading.Thread):
 class _Progress:
     """The pipeline's progress callback: writes stage, overall fraction and ETA; enforces the time budget."""
 
-    def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float):
+    def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float, stuck: bool = False):
         from certify.pipeline import STAGES
 
         self.records, self.job_id = records, job["id"]
@@ -66,13 +67,27 @@ class _Progress:
         self.started = time.monotonic()
         self.deadline = self.started + budget_s
         self.budget_s = budget_s
-        self.delay_s = delay_s
+        self.delay_s, self.stuck = delay_s, stuck
         self.index = 0
         self.overall = 0.0
 
+    def _test_delay(self) -> None:
+        """Test-only (LIPCERT_TEST_PROGRESS_DELAY): make a job long. A ``stuck`` job (LIPCERT_TEST_IGNORE_SOFT_LIMIT)
+        blocks at its first progress point and sleeps through Celery's soft time limit, like native code that never
+        returns to Python, so only the hard limit ends it."""
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        end = math.inf if self.stuck else time.monotonic() + self.delay_s
+        while (left := end - time.monotonic()) > 0:
+            try:
+                time.sleep(min(left, 3600))
+            except SoftTimeLimitExceeded:
+                if not self.stuck:
+                    raise
+
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if self.delay_s:
-            time.sleep(self.delay_s)  # test-only hook (LIPCERT_TEST_PROGRESS_DELAY) to make a job long
+            self._test_delay()
         if time.monotonic() > self.deadline:
             raise JobTimeLimit()
         if stage in self.stages:  # sub-stages the pipeline adds later count within the current stage
@@ -192,7 +207,8 @@ class JobRunner:
         config = dict(job["config"])
         if config.get("device", "auto") == "auto":
             config["device"] = self.device
-        progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0))
+        progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0),
+                             stuck=job["tenant"] in self.settings.ignore_soft_limit)
         transfer_paths = [self.store.local_path("models", other) for other in job.get("transfer_to") or []]
         if any(path is None for path in transfer_paths):
             from certify.errors import ModelRejected
