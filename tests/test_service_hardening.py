@@ -239,3 +239,17 @@ def test_the_hard_time_limit_kills_a_job_that_ignores_the_soft_one(service, tiny
     assert service.wait_job(after)["state"] == "succeeded"
     time.sleep(1)
     assert s.get(service.url(f"/v1/jobs/{job_id}")).json()["attempts"] == 1
+
+
+def test_a_huge_declared_input_is_refused_at_upload(service):
+    """[batch, 64, 50000000] used to pass upload (the batch is symbolic, so no size was checked) and kill the
+    worker later; checked at batch 1 it needs 12.8 GB, over the allocation cap."""
+    from onnx import TensorProto, helper
+
+    shape = ["batch", 64, 50_000_000]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    body = problem(service.upload("models", model), 422, "allocation_too_large")
+    assert "[1, 64, 50000000]" in body["detail"]

@@ -22,7 +22,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
     import onnx
 
     from certify.errors import ModelRejected
-    from certify.load import Limits, load_onnx, opset_of
+    from certify.load import Limits, check_allocations_at_batch, load_onnx, opset_of
     from certify.summary import summarize
 
     limits = Limits(max_file_bytes=max_bytes)
@@ -34,6 +34,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
         with open(path, "rb") as f:  # every structural check passed; only the sizes wait for the job's shapes
             model = onnx.load_from_string(f.read())
     summary = summarize(model)
+    check_allocations_at_batch(model, limits)  # [batch, 64, 50000000] passes while the batch is symbolic
     return {
         "opset": opset_of(model),
         "inputs": summary["inputs"],
