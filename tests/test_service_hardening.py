@@ -253,3 +253,23 @@ def test_a_huge_declared_input_is_refused_at_upload(service):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
     body = problem(service.upload("models", model), 422, "allocation_too_large")
     assert "[1, 64, 50000000]" in body["detail"]
+
+
+def test_a_data_dependent_huge_allocation_fails_the_job_with_a_code(service):
+    """ConstantOfShape(Shape(x) * [100000, 100000]): 160 GB at batch 1, invisible to shape inference so it passes
+    upload; the refused allocation fails the job with a code (not internal_error), and the worker goes on."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = numpy_helper.from_array(np.array([100000, 100000], np.int64), "k")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "k"], ["s2"]),
+             helper.make_node("ConstantOfShape", ["s2"], ["c"]),
+             helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])]
+    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    r = service.upload("models", model)
+    assert r.status_code == 201, r.text
+    job = service.wait_job(service.submit(r.json()["id"]).json()["id"], timeout=120)
+    assert job["state"] == "failed", job
+    assert job["error"]["code"] == "out_of_memory", job["error"]

@@ -26,6 +26,15 @@ log = logging.getLogger("lipcert.worker")
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+_OOM_WORDS = ("can't allocate memory", "cannot allocate memory", "not enough memory", "failed to allocate memory",
+              "out of memory", "bad_alloc")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A refused allocation, as numpy (MemoryError), torch or onnxruntime (an error naming it) report it."""
+    return isinstance(e, MemoryError) or any(w in str(e).lower() for w in _OOM_WORDS)
+
+
 class LeaseHeld(Exception):
     """Another live worker is running this job; try again later."""
 
@@ -185,6 +194,10 @@ class JobRunner:
 
             if isinstance(e, SoftTimeLimitExceeded):
                 return self._fail(job, **time_limit_error(budget))
+            if _out_of_memory(e):
+                log.warning("job %s ran out of memory: %s", job_id, e)
+                return self._fail(job, "out_of_memory", "the job needed more memory than the worker could allocate "
+                                  f"({str(e)[:200]})")
             log.exception("job %s failed unexpectedly", job_id)
             return self._fail(job, "internal_error", f"the pipeline failed ({type(e).__name__})")
         envelope = result.envelope or self._sign(result.statement)
