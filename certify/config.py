@@ -14,6 +14,9 @@ from certify.defaults import (  # noqa: F401  (re-exported: the names of a job c
 )
 from certify.errors import ModelRejected
 
+# the names certify.attacks registers (kept here so validating a config needs no torch; a test keeps them equal)
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "deepfool", "lbfgs")
+
 
 class PreprocessingSchema(Schema):
     """model input = (x * scale - mean) / std; mean and std per channel (or one value), x in input_range."""
@@ -69,6 +72,8 @@ class JobConfigSchema(Schema):
                 raise ValidationError(f"unknown preset {attacks!r}; one of {', '.join(ATTACK_PRESETS)}", "attacks")
         elif not (isinstance(attacks, list) and attacks and all(isinstance(a, str) for a in attacks)):
             raise ValidationError("a preset name or a non-empty list of attack names", "attacks")
+        elif unknown := [a for a in attacks if a not in ATTACK_NAMES]:
+            raise ValidationError(f"unknown attack {unknown[0]!r}; one of {', '.join(ATTACK_NAMES)}", "attacks")
 
 
 def _words(messages) -> str:

@@ -3,7 +3,7 @@
 Two sources: an image folder with one sub-folder per class (labels are the sorted sub-folder names' positions), each
 image resized to the model's input and scaled to [0, 1]; or a pair of ``.npy`` arrays. Every refusal is a
 ``ModelRejected`` with a stable code: ``empty_dataset``, ``unreadable_image``, ``mismatched_counts``,
-``invalid_dataset``, ``bad_argument``.
+``bad_dataset``, ``bad_argument``.
 """
 
 from __future__ import annotations
@@ -79,23 +79,23 @@ def _npy(path: str, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ModelRejected("invalid_dataset", f"cannot read {what} from {path}: {e}") from None
+        raise ModelRejected("bad_dataset", f"cannot read {what} from {path}: {e}") from None
 
 
 def from_arrays(x_path: str, y_path: str, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) from two ``.npy`` files; x may be any real dtype (cast to float32), y integer labels."""
     x, y = _npy(x_path, "x"), _npy(y_path, "y")
     if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
-        raise ModelRejected("invalid_dataset", f"x must be numeric and y integer labels, not {x.dtype} and {y.dtype}")
+        raise ModelRejected("bad_dataset", f"x must be numeric and y integer labels, not {x.dtype} and {y.dtype}")
     if y.ndim != 1 or x.ndim < 1:
-        raise ModelRejected("invalid_dataset", f"y must be 1-D (is {list(y.shape)}) and x batch first")
+        raise ModelRejected("bad_dataset", f"y must be 1-D (is {list(y.shape)}) and x batch first")
     if len(x) != len(y):
         raise ModelRejected("mismatched_counts", f"x has {len(x)} samples, y has {len(y)} labels")
     if len(y) == 0:
         raise ModelRejected("empty_dataset", "x and y are empty")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
-            raise ModelRejected("invalid_dataset", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
+            raise ModelRejected("bad_dataset", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
                                 f"{list(shape)}")
         x = x.reshape(len(x), *shape)
     return x.astype(np.float32), y.astype(np.int64)

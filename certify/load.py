@@ -328,3 +328,19 @@ def load_onnx(
     model = _infer(model)
     _check_allocations(model, limits)
     return model
+
+
+def check_allocations_at_batch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS, batch: int = 1) -> None:
+    """The allocation caps for shapes that depend on a symbolic batch dimension (skipped while it is symbolic):
+    pin each input's batch to ``batch`` (1: the least any run uses) and infer again. Changes ``model``'s inputs;
+    call it on a model whose record is already taken. Inputs with other dynamic dimensions are left as they are."""
+    pinned = False
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value") and all(d.HasField("dim_value") for d in dims[1:]):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+            pinned = True
+    if pinned:
+        del model.graph.value_info[:]
+        _check_allocations(_infer(model), limits)

@@ -8,7 +8,6 @@ recorded as skipped with its reason, never faked.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import time
@@ -90,43 +89,28 @@ def _read_model(source) -> tuple[bytes, str]:
 def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
 
-    Pickled objects are refused (``allow_pickle=False``); with ``input_range`` (lo, hi), so is an ``x`` outside it
-    (raw pixels in [0, 255] against the default [0, 1] would make every eps meaningless). Returns the first
-    ``samples`` rows and the dataset record (sha256 of the exact file bytes, sample count).
+    Read and checked by :mod:`certify.datasets` (the same checks and codes as the service's upload), never
+    unpickled; with ``input_range`` (lo, hi), an ``x`` outside it is refused too (raw pixels in [0, 255] against the
+    default [0, 1] would make every eps meaningless). Returns the first ``samples`` rows and the dataset record
+    (sha256 of the exact file bytes, count).
     """
+    from certify.datasets import check_arrays, read_npz
+
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
         try:
             if os.path.getsize(source) > MAX_DATASET_BYTES:
-                raise ModelRejected("invalid_dataset", f"dataset is over {MAX_DATASET_BYTES} bytes")
+                raise ModelRejected("dataset_too_large", f"dataset is over {MAX_DATASET_BYTES} bytes")
             with open(source, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise ModelRejected("invalid_dataset", f"cannot read dataset {source}: {e.strerror}") from None
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            if "x" not in npz.files or "y" not in npz.files:
-                raise ModelRejected("invalid_dataset", f"dataset needs arrays 'x' and 'y', has {sorted(npz.files)}")
-            x, y = npz["x"], npz["y"]
-    except ModelRejected:
-        raise
-    except ValueError as e:  # pickled object arrays land here with allow_pickle=False
-        raise ModelRejected("invalid_dataset", f"dataset cannot be read without pickle: {e}") from None
-    except Exception as e:  # noqa: BLE001  (zip/npy parsing raises several types on corrupt input)
-        raise ModelRejected("invalid_dataset", f"not a readable .npz: {type(e).__name__}: {e}") from None
-    if x.dtype.kind != "f":
-        raise ModelRejected("invalid_dataset", f"x must be floating point, not {x.dtype}")
-    if y.dtype.kind not in "iu":
-        raise ModelRejected("invalid_dataset", f"y must hold integer labels, not {y.dtype}")
-    if y.ndim != 1 or x.ndim < 1 or len(x) != len(y) or len(y) == 0:
-        raise ModelRejected("invalid_dataset", f"x {list(x.shape)} and y {list(y.shape)} must have the same "
-                            "non-zero length and y must be 1-D")
+            raise ModelRejected("bad_dataset", f"cannot read dataset {source}: {e.strerror}") from None
+    x, y = read_npz(data, MAX_DATASET_BYTES)
+    check_arrays(x, y)
     if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ModelRejected("invalid_dataset", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
+        raise ModelRejected("dataset_model_mismatch", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
                             f"{list(input_shape)}")
-    if not np.isfinite(x).all():
-        raise ModelRejected("invalid_dataset", "x contains NaN or infinite values")
     if input_range is not None:
         check_input_span(float(x.min()), float(x.max()), input_range)
     record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}

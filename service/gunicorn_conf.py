@@ -1,6 +1,27 @@
 """gunicorn hooks for the API processes."""
 
+import json
 import os
+
+from gunicorn import util
+
+_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 431: "request_header_too_large",
+          500: "internal_error"}
+
+
+def _problem_error(sock, status_int, reason, mesg):
+    """gunicorn answers some requests itself, before the app sees them (a request line over
+    ``limit_request_line`` gets 414, malformed HTTP 400); those answers are problem+json like every other error,
+    not gunicorn's HTML page."""
+    code = _CODES.get(status_int, f"http_{status_int}")
+    body = json.dumps({"type": "https://lipcert.dev/problems/" + code, "title": reason, "status": status_int,
+                       "detail": str(mesg) or reason, "code": code})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body.encode())}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin1") + body.encode())
+
+
+util.write_error = _problem_error  # the workers call util.write_error for every error they answer themselves
 
 
 def worker_exit(server, worker):

@@ -96,6 +96,10 @@ def register(app) -> None:
         return problem_response(503, "store_unavailable", "the job store is unavailable; retry shortly",
                                 headers={"Retry-After": "1"})
 
+    @app.errorhandler(RecursionError)
+    def _too_deep(e: RecursionError):  # json.loads on a deeply nested body
+        return problem_response(400, "malformed_json", "the request body is nested too deeply")
+
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
         return from_http_exception(e)

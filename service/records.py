@@ -155,17 +155,21 @@ class Records:
     def _idem(self, tenant: str, key: str) -> str:
         return self._t(tenant, "idem", hashlib.sha256(key.encode()).hexdigest())
 
-    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, ttl_s: int = 86400) -> str:
-        """The job id stored for this key: ``job_id`` when this call claimed it, else the earlier one."""
+    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, fingerprint: str = "",
+                              ttl_s: int = 86400) -> tuple[str, str]:
+        """(job id, request fingerprint) stored for this key: ``job_id`` when this call claimed it, else the
+        earlier request's (whose fingerprint tells whether it had the same body)."""
         name = self._idem(tenant, key)
-        if self.r.set(name, job_id, nx=True, ex=ttl_s):
-            return job_id
-        return self.r.get(name) or job_id
+        value = f"{job_id} {fingerprint}"
+        if self.r.set(name, value, nx=True, ex=ttl_s):
+            return job_id, fingerprint
+        stored = (self.r.get(name) or value).split(" ", 1)
+        return stored[0], stored[1] if len(stored) > 1 else fingerprint
 
     def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
         """Forget a claim whose job was never created, so a retry can create it."""
         name = self._idem(tenant, key)
-        if self.r.get(name) == job_id:
+        if (self.r.get(name) or "").split(" ", 1)[0] == job_id:
             self.r.delete(name)
 
     def discard_job(self, job: dict) -> None:
@@ -241,11 +245,20 @@ class Records:
             "queue_depth": sum(out[n + 3:]),
         }
 
-    def worker_heartbeat(self, name: str) -> None:
-        self.r.zadd(PREFIX + "workers", {name: time.time()})
+    def worker_heartbeat(self, name: str, device: str = "cpu") -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(PREFIX + "workers", {name: time.time()})
+        pipe.hset(PREFIX + "worker_devices", name, device)
+        pipe.execute()
 
     def worker_gone(self, name: str) -> None:
         self.r.zrem(PREFIX + "workers", name)
+        self.r.hdel(PREFIX + "worker_devices", name)
+
+    def live_devices(self, within_s: float) -> set[str]:
+        """The devices (cpu, cuda:N) of the workers that sent a heartbeat in the last ``within_s`` seconds."""
+        names = self.r.zrangebyscore(PREFIX + "workers", time.time() - within_s, "+inf")
+        return set(filter(None, self.r.hmget(PREFIX + "worker_devices", names))) if names else set()
 
     def live_workers(self, within_s: float) -> int:
         return self.r.zcount(PREFIX + "workers", time.time() - within_s, "+inf")

@@ -32,15 +32,15 @@ def redis_server_binary() -> str:
 class Child:
     """One child process group."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, log_path: str | None = None):
-        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: str | None = None, umask: int = -1):
+        self.name, self.argv, self.env, self.log_path, self.umask = name, argv, env, log_path, umask
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Child:
         out = open(self.log_path, "ab") if self.log_path else None
         try:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                         start_new_session=True)
+                                         start_new_session=True, umask=self.umask)
         finally:
             if out:
                 out.close()
@@ -76,20 +76,56 @@ class Child:
             self.proc.wait(10)
 
 
+# Commands nobody but an operator needs; the embedded server disables them (a client that can run CONFIG SET dir
+# can make Redis write files anywhere the service's user may; MODULE LOAD runs code; REPLICAOF replaces the data).
+DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "ACL", "REPLICAOF", "SLAVEOF", "MIGRATE")
+
+
+def _private_file(path: str, text: str | None = None) -> str | None:
+    """Read ``path``, or create it with ``text`` readable by the owner only (mode 0600 from the start)."""
+    if text is not None and not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        return f.read()
+
+
 class EmbeddedRedis(Child):
-    """A Redis server on loopback with its data (AOF + RDB) under ``data_dir``."""
+    """A Redis server on loopback with its data (AOF + RDB) under ``data_dir``, locked down for a shared machine.
+
+    The password is generated once and kept in ``data_dir/password`` (0600); the configuration (password included,
+    so it never shows in ``ps``) is a 0600 file, not the command line; CONFIG, DEBUG, MODULE and the other commands
+    in :data:`DISABLED_COMMANDS` are renamed away; the directory is 0700 and the server runs with umask 077, so the
+    append-only file and snapshots are 0600.
+    """
 
     def __init__(self, data_dir: str, port: int | None = None, host: str = "127.0.0.1"):
-        os.makedirs(data_dir, exist_ok=True)
+        import secrets
+
+        data_dir = os.path.abspath(data_dir)
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        for name in os.listdir(data_dir):  # files written before this version (or by hand) become private too
+            path = os.path.join(data_dir, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.chmod(path, 0o600)
         self.host, self.port = host, port or free_port(host)
-        argv = [redis_server_binary(), "--bind", host, "--port", str(self.port), "--dir", os.path.abspath(data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1", "--daemonize", "no",
-                "--protected-mode", "yes", "--logfile", os.path.join(os.path.abspath(data_dir), "redis.log")]
-        super().__init__("redis", argv, dict(os.environ))
+        self.password = _private_file(os.path.join(data_dir, "password"), secrets.token_urlsafe(32)).strip()
+        lines = [f"bind {host}", f"port {self.port}", f'dir "{data_dir}"', "appendonly yes", "appendfsync everysec",
+                 "save 60 1", "daemonize no", "protected-mode yes", f'logfile "{os.path.join(data_dir, "redis.log")}"',
+                 f'pidfile "{os.path.join(data_dir, "redis.pid")}"', f"requirepass {self.password}"]
+        lines += [f'rename-command {command} ""' for command in DISABLED_COMMANDS]
+        config = os.path.join(data_dir, "redis.conf")
+        if os.path.exists(config):
+            os.unlink(config)  # rewritten each start: the port may change
+        _private_file(config, "\n".join(lines) + "\n")
+        super().__init__("redis", [redis_server_binary(), config], dict(os.environ), umask=0o077)
+        self.data_dir = data_dir
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         super().start()
@@ -102,7 +138,7 @@ class EmbeddedRedis(Child):
             except redis.exceptions.RedisError:
                 pass
             if not self.running or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded Redis did not start (see {self.argv[self.argv.index('--dir') + 1]})")
+                raise RuntimeError(f"the embedded Redis did not start (see {self.data_dir}/redis.log)")
             time.sleep(0.05)
 
 

@@ -49,15 +49,18 @@ class Settings:
     public_keys: tuple[str, ...] = ()  # extra public key PEM paths published at /v1/keys (key rotation)
     max_model_bytes: int = 256 * 1024**2
     max_dataset_bytes: int = 256 * 1024**2
+    upload_checks: int = 1  # concurrent upload checks per API process (each holds a few times the file in memory)
     rate_limit_per_s: int = 200  # requests per tenant per second
     job_quota: int = 50  # queued + running jobs per tenant
     max_job_seconds: float = 3600.0  # cap on a job's time budget (soft limit); the hard limit adds a grace period
     hard_limit_grace_s: float = 30.0
     visibility_timeout_s: int = 120  # a message whose worker stopped heart-beating is delivered again after this
     worker_heartbeat_s: float = 2.0
+    max_attempts: int = 3  # runs of a job whose worker died; then it fails with worker_lost
     queue: str = "lipcert"
     webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/webhooks.py)
     progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
+    ignore_soft_limit: tuple = ()  # test-only: tenants whose delay sleeps through the soft limit (as native code does)
 
     @property
     def store_dir(self) -> str:
@@ -76,13 +79,16 @@ class Settings:
             public_keys=public,
             max_model_bytes=_int(env, "LIPCERT_MAX_MODEL_BYTES", cls.max_model_bytes),
             max_dataset_bytes=_int(env, "LIPCERT_MAX_DATASET_BYTES", cls.max_dataset_bytes),
+            upload_checks=max(1, _int(env, "LIPCERT_UPLOAD_CHECKS", cls.upload_checks)),
             rate_limit_per_s=_int(env, "LIPCERT_RATE_LIMIT", cls.rate_limit_per_s),
             job_quota=_int(env, "LIPCERT_JOB_QUOTA", cls.job_quota),
             max_job_seconds=_float(env, "LIPCERT_MAX_JOB_SECONDS", cls.max_job_seconds),
             hard_limit_grace_s=_float(env, "LIPCERT_HARD_LIMIT_GRACE_S", cls.hard_limit_grace_s),
             visibility_timeout_s=_int(env, "LIPCERT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s),
             worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
+            max_attempts=_int(env, "LIPCERT_MAX_ATTEMPTS", cls.max_attempts),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
             progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),
+            ignore_soft_limit=tuple(filter(None, env.get("LIPCERT_TEST_IGNORE_SOFT_LIMIT", "").split(","))),
         )

@@ -1,15 +1,18 @@
 """Service fixtures: a real Redis (embedded, or REDIS_URL), the API under gunicorn and a real Celery worker.
 
 Everything listens on loopback and is stopped at the end of the session. Tenants: ``alice`` and ``bob`` (normal),
-``alice`` again with a read-only token, and ``slow`` whose jobs sleep at each progress point (the worker's
-test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a job runs.
+``alice`` again with a read-only token, ``slow`` whose jobs sleep at each progress point (the worker's
+test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a job runs, and ``stuck`` whose sleeps
+also ignore the soft time limit (LIPCERT_TEST_IGNORE_SOFT_LIMIT), so only the hard limit stops its jobs.
 """
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +21,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
-          "alice_ro": "alice-readonly-0123456789abcdef", "slow": "slow-token-0123456789abcdef"}
+          "alice_ro": "alice-readonly-0123456789abcdef", "slow": "slow-token-0123456789abcdef",
+          "stuck": "stuck-token-0123456789abcdef"}
 SLOW_DELAY_S = 0.3
 JOB_QUOTA = 6  # queued + running jobs per tenant
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -95,6 +99,36 @@ class ServiceHandle:
         return self.session(who).post(self.url("/v1/jobs"), json=body, timeout=30)
 
 
+class RecordingServer(http.server.ThreadingHTTPServer):
+    """A loopback HTTP server that records (method, path, Host) and answers with ``status`` (+ Location)."""
+
+    def __init__(self, status: int = 204, location: str | None = None):
+        self.hits, self.status, self.location = [], status, location
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.hits.append((self.command, self.path, self.headers["Host"]))
+                self.send_response(server.status)
+                if server.location:
+                    self.send_header("Location", server.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     sys.path.insert(0, ROOT)
@@ -111,8 +145,10 @@ def service(tmp_path_factory):
         "REDIS_URL": external or redis_child.url,
         "LIPCERT_DATA_DIR": data_dir,
         "LIPCERT_TOKENS": ",".join([f"alice:{TOKENS['alice']}", f"bob:{TOKENS['bob']}",
-                                    f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}"]),
-        "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S}",
+                                    f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}",
+                                    f"stuck:{TOKENS['stuck']}"]),
+        "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S},stuck={SLOW_DELAY_S}",
+        "LIPCERT_TEST_IGNORE_SOFT_LIMIT": "stuck",
         "LIPCERT_WEBHOOK_ALLOW_NETS": "127.0.0.0/8",
         "LIPCERT_VISIBILITY_TIMEOUT": "3",
         "LIPCERT_WORKER_HEARTBEAT_S": "0.5",
@@ -170,7 +206,7 @@ def tiny_model_bytes() -> bytes:
 def tiny_model(service) -> str:
     """The tiny model, uploaded for tenants alice and slow (same bytes, so the same id)."""
     ids = set()
-    for who in ("alice", "slow"):
+    for who in ("alice", "slow", "stuck"):
         r = service.upload("models", tiny_model_bytes(), who=who, name="tiny.onnx")
         assert r.status_code in (200, 201), r.text
         ids.add(r.json()["id"])

@@ -65,7 +65,7 @@ def test_npy_pair(tmp_path):
     ("broken_image", "unreadable_image"),
     ("mismatched", "mismatched_counts"),
     ("no_shape", "bad_argument"),
-    ("pickled", "invalid_dataset"),
+    ("pickled", "bad_dataset"),
 ])
 def test_refusals_have_codes(tmp_path, setup, code):
     images = tmp_path / "images"

@@ -387,3 +387,32 @@ def test_policy_init_writes_the_commented_example_that_the_gate_reads(tmp_path, 
     assert again.exit_code == 2 and "error: file_exists: policy.yaml exists" in again.stderr
     assert runner.invoke(main, ["policy", "init", "--force"]).exit_code == 0
     assert runner.invoke(main, ["policy", "init", "-"]).output == text
+
+
+def test_gate_fails_closed_on_a_key_the_policy_does_not_pin(setup, signer):
+    """The report verifies with the --key given (say, fetched from the compromised server itself), but the policy
+    pins another key id: denied. Pinning the right id passes."""
+    (setup / "pinned.yaml").write_text(yaml.safe_dump({**PASSING, "trusted_keys": ["ab" * 32]}))
+    result = _gate(setup, "--json", policy="pinned.yaml")
+    assert result.exit_code == 1, result.output
+    checks = {c["name"]: c for c in json.loads(result.output)["policy"]["checks"]}
+    assert checks["trusted_keys"]["verdict"] == "fail" and checks["trusted_keys"]["value"] == signer.keyid
+    (setup / "pinned.yaml").write_text(yaml.safe_dump({**PASSING, "trusted_keys": [signer.keyid]}))
+    result = _gate(setup, policy="pinned.yaml")
+    assert result.exit_code == 0 and "PASS: all 8 checks passed" in result.output, result.output
+
+
+def test_trusted_keys_must_be_key_ids():
+    with pytest.raises(PolicyError, match="trusted_keys.*64"):
+        load_policy({"trusted_keys": ["not-a-key-id"]})
+    with pytest.raises(PolicyError, match="trusted_keys"):
+        load_policy({"trusted_keys": []})
+
+
+def test_trusted_keys_is_left_to_the_gate_when_no_signature_is_known():
+    """A job evaluates its policy before signing; the key check is the gate's, never a silent pass there."""
+    policy = {**PASSING, "trusted_keys": ["ab" * 32]}
+    names = [c["name"] for c in evaluate_policy(policy, _predicate(), now=NOW)["checks"]]
+    assert "trusted_keys" not in names
+    failed = evaluate_policy(policy, _predicate(), now=NOW, keyid="")
+    assert failed["verdict"] == "fail"

@@ -115,20 +115,36 @@ def _npz(**arrays) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("data, words", [
-    (_npz(x=np.zeros((3, 64), np.float32)), "needs arrays 'x' and 'y'"),
-    (_npz(x=np.zeros((3, 65), np.float32), y=np.zeros(3, np.int64)), "per-sample shape [65]"),
-    (_npz(x=np.zeros((3, 64), np.float32), y=np.zeros(4, np.int64)), "same non-zero length"),
-    (_npz(x=np.zeros((3, 64), np.int32), y=np.zeros(3, np.int64)), "floating point"),
-    (_npz(x=np.full((3, 64), np.nan, np.float32), y=np.zeros(3, np.int64)), "NaN"),
-    (_npz(x=np.zeros((3, 64), np.float32), y=np.array([{"a": 1}] * 3, dtype=object)), "without pickle"),
-    (b"PK\x03\x04 not a zip", "not a readable .npz"),
-])
-def test_bad_dataset_is_refused(data, words):
+BAD_DATASETS = [
+    (_npz(x=np.zeros((3, 64), np.float32)), "dataset_missing_arrays", "needs arrays 'x' and 'y'"),
+    (_npz(x=np.zeros((3, 64), np.float32), y=np.zeros(4, np.int64)), "bad_dataset", "same non-zero length"),
+    (_npz(x=np.zeros((3, 64), np.int32), y=np.zeros(3, np.int64)), "bad_dataset", "floating point"),
+    (_npz(x=np.full((3, 64), np.nan, np.float32), y=np.zeros(3, np.int64)), "bad_dataset", "NaN"),
+    (_npz(x=np.zeros((3, 64), np.float32), y=-np.ones(3, np.int64)), "bad_dataset", "negative labels"),
+    (_npz(x=np.zeros((3, 64), np.float32), y=np.array([{"a": 1}] * 3, dtype=object)), "dataset_pickled",
+     "without pickle"),
+    (b"PK\x03\x04 not a zip", "not_npz", "not a readable .npz"),
+]
+
+
+@pytest.mark.parametrize("data, code, words", BAD_DATASETS + [
+    (_npz(x=np.zeros((3, 65), np.float32), y=np.zeros(3, np.int64)), "dataset_model_mismatch",
+     "per-sample shape [65]")])
+def test_bad_dataset_is_refused(data, code, words):
     with pytest.raises(ModelRejected) as info:
         load_dataset(data, (64,), 10)
-    assert info.value.code == "invalid_dataset"
+    assert info.value.code == code
     assert words in info.value.message
+
+
+@pytest.mark.parametrize("data, code, words", BAD_DATASETS)
+def test_the_service_refuses_the_same_datasets_with_the_same_codes(tmp_path, data, code, words):
+    from service.datasets import inspect_dataset
+
+    (tmp_path / "d.npz").write_bytes(data)
+    with pytest.raises(ModelRejected) as info:
+        inspect_dataset(str(tmp_path / "d.npz"), 1 << 20)
+    assert (info.value.code, words in info.value.message) == (code, True)
 
 
 def test_cli_certify_writes_a_report_that_verifies(tmp_path, keypair):
@@ -173,7 +189,7 @@ def test_cli_bounds_refuses_a_dataset_of_the_wrong_shape_with_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "certify", "bounds", EXAMPLE_MODEL, "--data", str(bad)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: invalid_dataset: x has per-sample shape [65]")
+    assert proc.stderr.startswith("error: dataset_model_mismatch: x has per-sample shape [65]")
 
 
 def test_infinite_radii_reach_the_cross_check_as_infinite():

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
-import urllib.request
 import uuid
 
 import redis
@@ -24,6 +24,15 @@ from service.store import ArtifactStore
 
 log = logging.getLogger("lipcert.worker")
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+_OOM_WORDS = ("can't allocate memory", "cannot allocate memory", "not enough memory", "failed to allocate memory",
+              "out of memory", "bad_alloc")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A refused allocation, as numpy (MemoryError), torch or onnxruntime (an error naming it) report it."""
+    return isinstance(e, MemoryError) or any(w in str(e).lower() for w in _OOM_WORDS)
 
 
 class LeaseHeld(Exception):
@@ -59,7 +68,7 @@ class _LeaseKeeper(threading.Thread):
 class _Progress:
     """The pipeline's progress callback: writes stage, overall fraction and ETA; enforces the time budget."""
 
-    def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float):
+    def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float, stuck: bool = False):
         from certify.pipeline import STAGES
         from certify.progress import Eta, overall_fraction
 
@@ -69,13 +78,27 @@ class _Progress:
         self.started = time.monotonic()
         self.deadline = self.started + budget_s
         self.budget_s = budget_s
-        self.delay_s = delay_s
+        self.delay_s, self.stuck = delay_s, stuck
         self.index = 0
         self.overall = 0.0
 
+    def _test_delay(self) -> None:
+        """Test-only (LIPCERT_TEST_PROGRESS_DELAY): make a job long. A ``stuck`` job (LIPCERT_TEST_IGNORE_SOFT_LIMIT)
+        blocks at its first progress point and sleeps through Celery's soft time limit, like native code that never
+        returns to Python, so only the hard limit ends it."""
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        end = math.inf if self.stuck else time.monotonic() + self.delay_s
+        while (left := end - time.monotonic()) > 0:
+            try:
+                time.sleep(min(left, 3600))
+            except SoftTimeLimitExceeded:
+                if not self.stuck:
+                    raise
+
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if self.delay_s:
-            time.sleep(self.delay_s)  # test-only hook (LIPCERT_TEST_PROGRESS_DELAY) to make a job long
+            self._test_delay()
         if time.monotonic() > self.deadline:
             raise JobTimeLimit()
         if stage in self.stages:  # sub-stages the pipeline adds later count within the current stage
@@ -145,9 +168,15 @@ class JobRunner:
 
         job_id = job["id"]
         started = job.get("started_at") or now()
-        self.records.transition(job, [QUEUED, RUNNING], RUNNING, started_at=started,
-                                attempts=int(job.get("attempts", 0)) + 1, stage="load", message="started")
         existing = self.store.read("reports", f"{job_id}.json")
+        attempts = int(job.get("attempts", 0))
+        if existing is None and attempts >= self.settings.max_attempts:
+            # every earlier attempt ended with its worker gone (killed, out of memory, crashed): a poison job
+            # must not block the queue by coming back forever
+            return self._fail(job, "worker_lost", f"the job's worker died {attempts} times while running it; "
+                              "it is not tried again (a model too large for the worker's memory, say)")
+        self.records.transition(job, [QUEUED, RUNNING], RUNNING, started_at=started, attempts=attempts + 1,
+                                stage="load", message="started")
         if existing is not None:  # an earlier attempt stored the report, then died before recording success
             return self._succeed(job, json.loads(existing), job.get("stages") or [])
         budget = self.budget(job)
@@ -167,6 +196,10 @@ class JobRunner:
 
             if isinstance(e, SoftTimeLimitExceeded):
                 return self._fail(job, **time_limit_error(budget))
+            if _out_of_memory(e):
+                log.warning("job %s ran out of memory: %s", job_id, e)
+                return self._fail(job, "out_of_memory", "the job needed more memory than the worker could allocate "
+                                  f"({str(e)[:200]})")
             log.exception("job %s failed unexpectedly", job_id)
             return self._fail(job, "internal_error", f"the pipeline failed ({type(e).__name__})")
         envelope = result.envelope or self._sign(result.statement)
@@ -189,7 +222,8 @@ class JobRunner:
         config = dict(job["config"])
         if config.get("device", "auto") == "auto":
             config["device"] = self.device
-        progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0))
+        progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0),
+                             stuck=job["tenant"] in self.settings.ignore_soft_limit)
         transfer_paths = [self.store.local_path("models", other) for other in job.get("transfer_to") or []]
         if any(path is None for path in transfer_paths):
             from certify.errors import ModelRejected
@@ -224,23 +258,12 @@ class JobRunner:
             self._notify(job_id)
 
     def _notify(self, job_id: str) -> None:
-        """POST the final job document to its webhook, once, best effort (short timeout, errors logged)."""
+        """POST the final job document to its webhook, best effort (vetted and pinned, no redirects followed)."""
         job = self.records.get_job(job_id)
         url = job and job.get("webhook_url")
         if not url or job["state"] not in TERMINAL:
             return
-        from service.webhooks import WebhookRefused, check_webhook_target
+        from service.webhooks import post_webhook
 
-        try:
-            check_webhook_target(url, self.settings.webhook_allow_nets)
-        except WebhookRefused as e:
-            log.warning("webhook for %s not called: %s", job_id, e)
-            return
         body = json.dumps({"id": job_id, "state": job["state"], "model": job["model"], "error": job.get("error")})
-        request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=5):
-                pass
-        except Exception as e:  # a receiver that is down must not fail the job
-            log.warning("webhook for %s failed: %s", job_id, e)
+        post_webhook(url, body.encode(), self.settings.webhook_allow_nets)  # never raises: a dead receiver is logged

@@ -61,7 +61,7 @@ def gate(report, keys, model, policy_path, as_json):
         _emit_denied(as_json, report, ModelRejected("conversion_mismatch", refused),
                      verification_summary(verified, model))
         sys.exit(1)
-    result = evaluate_policy(policy, verified.predicate)
+    result = evaluate_policy(policy, verified.predicate, keyid=verified.keyid or "")
     code = 0 if result["verdict"] == "pass" else 1
     if as_json:
         click.echo(json.dumps({"verdict": result["verdict"], "exit_code": code, "report": report,

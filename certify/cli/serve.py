@@ -78,6 +78,23 @@ def _check_config(env: dict, signing: bool = False):
     return settings
 
 
+def _redacted(url: str) -> str:
+    """A Redis URL without its password (the URL is printed; the password stays in the data directory)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+
+def _restart(child) -> None:
+    """Start a child again; the embedded Redis comes back from its append-only file on the same port and password,
+    so the API and workers reconnect by themselves."""
+    try:
+        child.start()
+    except RuntimeError as e:  # e.g. the port was taken meanwhile; try again at the next check
+        click.echo(f"{child.name} did not restart: {e}", err=True)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -92,7 +109,7 @@ def serve(host, port, data_dir, workers, device, api_processes):
 
     env = _service_env(data_dir)
     data_dir = env["LIPCERT_DATA_DIR"]
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)  # keys, tokens and the Redis password live here
     token = _tokens(env, data_dir)
     _check_config(env, signing=True)
     children: list[Child] = []
@@ -111,7 +128,7 @@ def serve(host, port, data_dir, workers, device, api_processes):
             children.append(Child(f"worker{i}", worker_argv(f"worker{i}@%h", device=dev), worker_env).start())
         wait_http(f"http://{host}:{port}/healthz", timeout=120, child=api)
         url = f"http://{host}:{port}"
-        click.echo(f"lipcert is serving on {url}  (data in {data_dir}; Redis at {env['REDIS_URL']})")
+        click.echo(f"lipcert is serving on {url}  (data in {data_dir}; Redis at {_redacted(env['REDIS_URL'])})")
         click.echo(f"dashboard: {url}/ui/   API description: {url}/openapi.json")
         if token:
             click.echo(f"API token for tenant 'default' (shown once, stored hashed in {env['LIPCERT_TOKENS_FILE']}):")
@@ -126,9 +143,9 @@ def serve(host, port, data_dir, workers, device, api_processes):
         while not stop.wait(1.0):
             for child in children:
                 if not child.running:
-                    if child.name.startswith("worker"):
+                    if child.name.startswith("worker") or child.name == "redis":
                         click.echo(f"{child.name} exited ({child.proc.returncode}); restarting it", err=True)
-                        child.start()
+                        _restart(child)
                     else:
                         click.echo(f"{child.name} exited ({child.proc.returncode}); stopping", err=True)
                         stop.set()

@@ -720,9 +720,11 @@ def _verify_section(subject: dict, keyids: list[str], verified_keyid: str | None
                        for k in keyids) or "<li>none</li>"
     return (f"<p>Check the signature, the statement and that the report is about your exact model file:</p>"
             f"<pre>{_e(command)}</pre>"
-            "<p><code>lipcert.pub.pem</code> is the public key with this key id (the service lists its keys at "
-            "<code>GET /v1/keys</code>):</p>"
+            "<p><code>lipcert.pub.pem</code> is the public key with this key id:</p>"
             f"<ul>{key_rows}</ul>"
+            "<p>Get the key from its owner out of band (not from the server that produced this report: a compromised "
+            "server would hand out its own key) and pin its id: list it under <code>trusted_keys</code> in the "
+            "deployment policy, and <code>lipcert gate</code> refuses a report signed by any other key.</p>"
             "<p>The key id is the SHA-256 of the public key's DER SubjectPublicKeyInfo; check a key file with:</p>"
             f"<pre>{_e('openssl pkey -pubin -in lipcert.pub.pem -outform DER | sha256sum')}</pre>"
             f'<p class="muted">The model file\'s SHA-256 must be <code>{_e(digest)}</code>.</p>')

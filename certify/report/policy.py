@@ -12,6 +12,10 @@ at least one check required (keys are documented in docs/verify.md):
 - ``max_age``: ``"<number><s|m|h|d|w>"``, the report's ``created`` time must be at most this old
 - ``require_sanity_checks``: ``true`` (every sanity check passed, and there was at least one) or a list of names
   (each named check present and passed)
+- ``trusted_keys``: key ids (sha256 hex of the DER public key); the report must be signed by one of them. Pinning
+  the ids in the policy means a server that hands out another key cannot pass the gate. Evaluated by
+  ``lipcert gate`` against the key that verified the signature; a job's own policy result leaves it out (the report
+  is not signed yet).
 
 Unknown keys and malformed values raise :class:`PolicyError`. A measurement the report lacks (a skipped stage, a
 radius that was not evaluated, a bound that is null) makes its check fail with the reason; it never passes.
@@ -76,6 +80,9 @@ class PolicySchema(Schema):
     required_attack_preset = fields.String(validate=validate.OneOf([p for p in ATTACK_PRESETS if p != "none"]))
     max_age = fields.String()
     require_sanity_checks = fields.Raw()
+    trusted_keys = fields.List(fields.String(validate=validate.Regexp(r"^[0-9a-f]{64}$", error="a key id is 64 "
+                                                                      "lowercase hex digits (sha256 of the key)")),
+                               validate=validate.Length(min=1))
 
     @validates_schema
     def _check(self, data, **_):
@@ -316,11 +323,19 @@ def _check(name: str, threshold, measure, accept) -> dict:
     return {"name": name, "threshold": threshold, "value": value, "verdict": verdict, "detail": detail or None}
 
 
-def evaluate_policy(policy: dict, predicate: dict, now: datetime | None = None) -> dict:
+def _signing_key(keyid: str) -> tuple[str, str]:
+    if not keyid:
+        raise _Missing("no verified signature")
+    return keyid, ""
+
+
+def evaluate_policy(policy: dict, predicate: dict, now: datetime | None = None, keyid: str | None = None) -> dict:
     """Every check of ``policy`` against ``predicate``: ``{"verdict", "evaluated_at", "policy", "checks"}``.
 
     ``verdict`` is "pass" only when every check passes. ``now`` (aware datetime, default: the current time) is what
-    ``max_age`` is measured against. Raises PolicyError if the policy is invalid.
+    ``max_age`` is measured against. ``keyid`` is the key that verified the report's signature (``lipcert gate``);
+    with it, ``trusted_keys`` is checked ("" fails it); without it (None) ``trusted_keys`` is not evaluated.
+    Raises PolicyError if the policy is invalid.
     """
     policy = load_policy(policy)
     now = now or datetime.now(UTC)
@@ -352,6 +367,9 @@ def evaluate_policy(policy: dict, predicate: dict, now: datetime | None = None) 
     if required is not False:
         checks.append(_check("require_sanity_checks", required, lambda: _sanity_failures(p, required),
                              lambda failing: not failing))
+    if "trusted_keys" in policy and keyid is not None:
+        t = policy["trusted_keys"]
+        checks.append(_check("trusted_keys", t, lambda: _signing_key(keyid), lambda v, t=t: v in t))
     verdict = "pass" if checks and all(c["verdict"] == "pass" for c in checks) else "fail"
     return {"verdict": verdict, "evaluated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "policy": policy,
             "checks": checks}

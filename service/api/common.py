@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 
 def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+
+
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+SLOT_WAIT_S = 60.0
+
+
+@contextmanager
+def upload_check_slot(limit: int, wait_s: float = SLOT_WAIT_S):
+    """Hold one of ``limit`` upload-check slots of this API process: a check holds several times the file in
+    memory (parsing, the checker, shape inference), so concurrent checks are bounded, not the uploads themselves.
+    A request that waits ``wait_s`` for a slot gets 503 with Retry-After."""
+    from service.problems import ApiProblem
+
+    global _slots
+    with _slots_lock:
+        if _slots is None:
+            _slots = threading.BoundedSemaphore(limit)
+    if not _slots.acquire(timeout=wait_s):
+        raise ApiProblem(503, "upload_checks_busy", "other uploads are being checked; retry shortly",
+                         headers={"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        _slots.release()
 
 
 def store_upload(kind: str, max_bytes: int, describe, default_name: str, name: str | None):
@@ -27,7 +54,8 @@ def store_upload(kind: str, max_bytes: int, describe, default_name: str, name: s
     if existing:
         return existing, 200
     try:
-        facts = describe(ctx.store.local_path(kind, stored.digest), max_bytes)
+        with upload_check_slot(ctx.settings.upload_checks):
+            facts = describe(ctx.store.local_path(kind, stored.digest), max_bytes)
     except Exception:
         if stored.created:
             ctx.store.discard(kind, stored.digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from service.api.common import store_upload, tenant_artifact
 from service.api.models import _BODY
@@ -14,7 +15,7 @@ blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets", description="Ev
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, DatasetSchema)
 @blp.alt_response(200, schema=DatasetSchema, description="the same bytes were uploaded before")

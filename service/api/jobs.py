@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from flask import Response, request, url_for
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from certify.config import job_warnings
 from service.api.common import iso
@@ -64,11 +68,33 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
         if dataset is None:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
-        check_fit(model, dataset, body["input_range"])
+    check_fit(model, dataset, body)
+    _check_device(body.get("device", "auto"))
     return model, dataset
 
 
+def _cuda_index(device: str) -> str:
+    return "cuda:0" if device == "cuda" else device  # torch's "cuda" is the first GPU
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device must be one that a live worker runs on (workers publish theirs with each heartbeat)."""
+    if not device.startswith("cuda"):
+        return
+    ctx = services()
+    live = ctx.records.live_devices(within_s=max(10.0, 5 * ctx.settings.worker_heartbeat_s))
+    if _cuda_index(device) not in {_cuda_index(d) for d in live}:
+        have = ", ".join(sorted(live)) or "none"
+        raise ApiProblem(422, "device_unavailable", f"no worker runs on {device} (live workers' devices: {have})",
+                         errors={"device": [f"no worker runs on {device}"]})
+
+
 MAX_JOB_BODY = 256 * 1024
+
+
+def _job_too_large() -> ApiProblem:
+    return ApiProblem(413, "payload_too_large", f"a job request is at most {MAX_JOB_BODY} bytes",
+                      headers={"Connection": "close"})
 
 
 @blp.before_request
@@ -78,9 +104,12 @@ def _json_only():
     if request.mimetype != "application/json":
         raise ApiProblem(415, "unsupported_media_type", "send the job as application/json")
     if (request.content_length or 0) > MAX_JOB_BODY:
-        raise ApiProblem(413, "payload_too_large", f"a job request is at most {MAX_JOB_BODY} bytes",
-                         headers={"Connection": "close"})
-    request.max_content_length = MAX_JOB_BODY  # also bounds a chunked body
+        raise _job_too_large()
+    # a chunked body has no length up front; werkzeug silently cuts it at max_content_length, so read one byte
+    # more than the cap (cached for the JSON parser) and answer 413 when it is there
+    request.max_content_length = MAX_JOB_BODY + 1
+    if len(request.get_data(cache=True)) > MAX_JOB_BODY:
+        raise _job_too_large()
 
 
 @blp.route("", methods=["POST"])
@@ -98,8 +127,12 @@ def create_job(body):
         raise ApiProblem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
     job_id = new_job_id()
     if key:
-        claimed = ctx.records.claim_idempotency_key(t.name, key, job_id)
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        claimed, earlier_fingerprint = ctx.records.claim_idempotency_key(t.name, key, job_id, fingerprint)
         if claimed != job_id:
+            if earlier_fingerprint != fingerprint:
+                raise ApiProblem(422, "idempotency_key_reused",
+                                 "this Idempotency-Key was used with a different request body; use a new key")
             earlier = ctx.records.tenant_job(t.name, claimed)
             if earlier is None:
                 raise ApiProblem(409, "idempotency_in_progress", "a request with this key is still being handled")
@@ -138,7 +171,7 @@ def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(JobListQuerySchema, location="query")
+@blp.arguments(JobListQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, JobPageSchema)
 def list_jobs(query):
     """This tenant's jobs, newest first; filter by state and model; page with cursor."""

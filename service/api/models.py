@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from service.api.common import store_upload, tenant_artifact
 from service.context import services
@@ -21,7 +22,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
     import onnx
 
     from certify.errors import ModelRejected
-    from certify.load import Limits, load_onnx, opset_of
+    from certify.load import Limits, check_allocations_at_batch, load_onnx, opset_of
     from certify.summary import summarize
 
     limits = Limits(max_file_bytes=max_bytes)
@@ -33,6 +34,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
         with open(path, "rb") as f:  # every structural check passed; only the sizes wait for the job's shapes
             model = onnx.load_from_string(f.read())
     summary = summarize(model)
+    check_allocations_at_batch(model, limits)  # [batch, 64, 50000000] passes while the batch is symbolic
     return {
         "opset": opset_of(model),
         "inputs": summary["inputs"],
@@ -44,7 +46,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, ModelSchema)
 @blp.alt_response(200, schema=ModelSchema, description="the same bytes were uploaded before")

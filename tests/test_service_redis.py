@@ -1,0 +1,67 @@
+"""The embedded Redis on a shared machine: a password, no CONFIG/DEBUG/MODULE, private files."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import redis
+
+from service.runner import EmbeddedRedis
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    data = tmp_path_factory.mktemp("locked") / "redis"
+    server = EmbeddedRedis(str(data)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_client_without_the_password_is_refused(embedded):
+    anonymous = redis.Redis(host=embedded.host, port=embedded.port, socket_timeout=2)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.set("lipcert:t:alice:models:x", "overwritten")
+    wrong = redis.Redis(host=embedded.host, port=embedded.port, password="guess", socket_timeout=2)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        wrong.ping()
+
+
+@pytest.mark.parametrize("command", [("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "GET", "requirepass"),
+                                     ("DEBUG", "SLEEP", "0"), ("MODULE", "LOAD", "/tmp/x.so"),
+                                     ("REPLICAOF", "127.0.0.1", "9"), ("ACL", "SETUSER", "x", "on")])
+def test_dangerous_commands_are_gone_even_with_the_password(embedded, command):
+    client = redis.Redis.from_url(embedded.url, socket_timeout=2)
+    with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+        client.execute_command(*command)
+    assert client.ping()
+
+
+def test_the_password_is_not_on_the_command_line(embedded):
+    with open(f"/proc/{embedded.proc.pid}/cmdline", "rb") as f:
+        assert embedded.password.encode() not in f.read()
+
+
+def test_data_dir_is_private_and_so_is_every_file(tmp_path):
+    data = tmp_path / "redis"
+    data.mkdir(mode=0o755)
+    (data / "appendonly.aof").write_text("")  # left world-readable by an older version
+    os.chmod(data / "appendonly.aof", 0o644)
+    server = EmbeddedRedis(str(data)).start()
+    try:
+        redis.Redis.from_url(server.url).set("k", "v")
+        password = server.password
+    finally:
+        server.stop()  # SIGTERM: the snapshot and the append-only file are flushed
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    files = sorted(os.listdir(data))
+    assert {"appendonly.aof", "dump.rdb", "password", "redis.conf", "redis.log"} <= set(files)
+    assert {f: oct(stat.S_IMODE(os.stat(data / f).st_mode)) for f in files} == {f: "0o600" for f in files}
+    again = EmbeddedRedis(str(data)).start()  # a restart keeps the password (connected clients go on)
+    try:
+        assert again.password == password and redis.Redis.from_url(again.url).get("k") == b"v"
+    finally:
+        again.stop()
