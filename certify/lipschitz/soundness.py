@@ -89,16 +89,38 @@ def _vector_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     return v.abs().amax(dim=-1) if norm == "linf" else v.norm(dim=-1)
 
 
-def _jacobian(f, x: torch.Tensor) -> torch.Tensor | None:
+def _batched(f):
+    """``f`` over the rows of a matrix: vmapped when the operators allow it, else one row at a time."""
+    vmapped = torch.func.vmap(f)
+
+    def run(xs: torch.Tensor) -> torch.Tensor:
+        try:
+            return vmapped(xs)
+        except (RuntimeError, ValueError, NotImplementedError):
+            return torch.stack([f(x) for x in xs])
+
+    return run
+
+
+def _jacobians(f, points: torch.Tensor) -> list[torch.Tensor]:
+    """The Jacobian at each point (none for an output without gradient: integer or shape outputs)."""
     try:
-        return torch.autograd.functional.jacobian(f, x)
-    except RuntimeError:  # an output without gradient (integer, shape): no local information
-        return None
+        return list(torch.func.vmap(torch.func.jacrev(f))(points))
+    except (RuntimeError, ValueError, NotImplementedError):
+        pass
+    out = []
+    for p in points:
+        try:
+            out.append(torch.autograd.functional.jacobian(f, p))
+        except RuntimeError:
+            return []
+    return out
 
 
 def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> float:
     """Largest ``||f(x + d) - f(x)|| / ||d||`` seen while ascending it from the pairs (rows of x, d)."""
     best = 0.0
+    fb = _batched(f)
     scale_x = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
     scale_d = d.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
     u = (x / scale_x).requires_grad_(True)
@@ -107,11 +129,10 @@ def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> floa
     for step in range(steps + 1):
         xs, ds = u * scale_x, w * scale_d
         try:
-            ratios = torch.stack([_vector_norm(f(a + b) - f(a), norm) for a, b in zip(xs, ds)])
+            ratios = _vector_norm(fb(xs + ds) - fb(xs), norm) / _vector_norm(ds, norm)
         except RuntimeError:
             return best
-        ratios = ratios / _vector_norm(ds, norm)
-        finite = ratios[~torch.isnan(ratios)]
+        finite = ratios.detach()[~torch.isnan(ratios.detach())]
         if finite.numel():
             best = max(best, float(finite.max()))
         if step == steps or not ratios.requires_grad or math.isinf(best):
@@ -127,9 +148,9 @@ def truth(module, per_sample: tuple, norm: str, seed: int = 0, starts: int = 4, 
     f = float64_function(module, per_sample)
     n = math.prod(per_sample)
     gen = torch.Generator().manual_seed(seed)
-    points = [torch.zeros(n, dtype=torch.float64)]
-    points += [torch.randn(n, generator=gen, dtype=torch.float64) * s for s in SCALES for _ in range(starts)]
-    jacobians = [j for j in (_jacobian(f, p) for p in points) if j is not None]
+    sizes = torch.tensor([0.0] + [s for s in SCALES for _ in range(starts)], dtype=torch.float64)[:, None]
+    points = torch.randn((len(sizes), n), generator=gen, dtype=torch.float64) * sizes
+    jacobians = _jacobians(f, points)
     norms = [operator_norm(j, norm) for j in jacobians]
     best = max([v for v in norms if not math.isnan(v)], default=0.0)
     if jacobians and all(torch.isfinite(j).all() for j in jacobians):
@@ -137,12 +158,12 @@ def truth(module, per_sample: tuple, norm: str, seed: int = 0, starts: int = 4, 
         tol = 1e-9 * (1.0 + float(first.abs().max()))
         if all(float((j - first).abs().max()) <= tol for j in jacobians[1:]):
             x = points[-1]
-            if float((f(x) - f(points[0]) - first @ x).abs().max()) <= 1e-9 * (1 + float(x.abs().max())) * (
-                    1 + float(first.abs().sum(dim=1).max())):
+            with torch.no_grad():
+                residual = float((f(x) - f(points[0]) - first @ x).abs().max())
+            if residual <= 1e-9 * (1 + float(x.abs().max())) * (1 + float(first.abs().sum(dim=1).max())):
                 return best, True
-    x = torch.stack(points[1:])
-    sizes = torch.tensor([s for s in SCALES for _ in range(starts)], dtype=torch.float64)[:, None]
-    d = torch.randn(x.shape, generator=gen, dtype=torch.float64) * sizes * torch.tensor(
+    x = points[1:]
+    d = torch.randn(x.shape, generator=gen, dtype=torch.float64) * sizes[1:] * torch.tensor(
         [1e-4, 1e-2, 1.0, 3.0] * (len(x) // 4 + 1), dtype=torch.float64)[:len(x), None]
     return max(best, _secants(f, x, d, norm, steps)), False
 

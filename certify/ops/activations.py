@@ -169,7 +169,7 @@ class Clip(OnnxOp):
     @classmethod
     def example(cls, op_type, rng):
         """Each bound absent, a constant (min > max included) or a scalar function of x (``ReduceMax(x)``)."""
-        g = examples.Graph(rng, examples.shape(rng), opset=examples.pick(rng, [6, examples.OPSET]))
+        g = examples.Graph(rng, examples.shape(rng), opset=examples.pick(rng, [7, examples.OPSET]))
         inputs, kinds, attrs = ["x"], [], {}
         for name in ("min", "max"):
             kind = examples.pick(rng, ["absent", "const", "varying"] if g.opset >= 11 else ["absent", "const"])

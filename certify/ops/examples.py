@@ -120,16 +120,24 @@ class Graph:
             return self.derived(target), "varying"
         return self.const(values(rng, target)), "const"
 
-    def model(self, output: str) -> onnx.ModelProto:
-        """The model; the output's type and shape come from onnx's shape inference."""
+    def model(self, output: str, same_as_x: bool = False) -> onnx.ModelProto:
+        """The model; the output's type and shape are x's (``same_as_x``) or come from onnx's shape inference."""
         graph = helper.make_graph(
             self.nodes, "instance", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.x_shape))],
             [helper.make_tensor_value_info(output, TensorProto.UNDEFINED, None)], initializer=self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = min(model.ir_version, 10)
+        if same_as_x:
+            model.graph.output[0].CopyFrom(helper.make_tensor_value_info(output, TensorProto.FLOAT, self.x_shape))
+            return model
         try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-            model.graph.output[0].CopyFrom(inferred.graph.output[0])
+            inferred = onnx.shape_inference.infer_shapes(model).graph.output[0]
+            if not inferred.type.tensor_type.HasField("shape"):  # a function op onnx does not infer: run it
+                from onnx.reference import ReferenceEvaluator
+
+                (y,) = ReferenceEvaluator(model).run(None, {"x": np.zeros(self.x_shape, np.float32)})
+                inferred = helper.make_tensor_value_info(output, helper.np_dtype_to_tensor_dtype(y.dtype), y.shape)
+            model.graph.output[0].CopyFrom(inferred)
         except Exception:  # noqa: BLE001  (an invalid instance: the loader refuses it with its own code)
             pass
         return model
@@ -200,3 +208,12 @@ def window(rng: np.random.Generator, spatial: tuple, kernel: tuple, pads_below_k
 def spatial_input(rng: np.random.Generator, channels: int) -> tuple:
     """(channels, *spatial) with 1 or 2 spatial axes, 1x1 maps included."""
     return (channels, *(int(d) for d in rng.integers(1, 6, size=int(rng.integers(1, 3)))))
+
+
+def normalization(g: Graph, op_type: str, param_shapes, **attrs) -> Example:  # output shaped as x
+    """A normalisation of x with constant parameters of ``param_shapes`` (scale, bias) and an epsilon anywhere
+    from zero up."""
+    epsilon = float(pick(g.rng, [1e-5, 1e-2, 1.0, 0.0]))
+    params = [g.const(values(g.rng, shape)) for shape in param_shapes]
+    out = g.node(op_type, ["x", *params], epsilon=epsilon, **attrs)
+    return Example(g.model(out, same_as_x=True), f"epsilon {epsilon:g}")
