@@ -291,7 +291,8 @@ def selection(ctx: LipschitzContext, module) -> Linear:
     args = [coded if i == index else _as_double(ctx.const(i)) for i in range(len(ctx.constants))]
     with torch.no_grad():
         out = module(*args)
-    out = (out[0] if isinstance(out, (tuple, list)) else out).reshape(-1)
+    # every output counts (Split): a bound from the first part alone is 0 when that part is empty
+    out = torch.cat([o.reshape(-1) for o in out]) if isinstance(out, (tuple, list)) else out.reshape(-1)
     picked = out[(out == out.floor() + 0.5) & (out >= 1.5) & (out <= n + 0.5)]
     counts = torch.bincount((picked - 1.5).round().long(), minlength=n) if picked.numel() else torch.zeros(1)
     return Linear("bounded", bound=constants.selection_bound(int(counts.max()), ctx.norm))

@@ -91,8 +91,8 @@ class Graph:
         return names[0] if outputs == 1 else names
 
     def derived(self, target: tuple) -> str:
-        """A function of ``x`` with the full shape ``target`` (batch included, broadcastable with x): some
-        elementwise map of x, reduced (max / mean) where ``target`` has 1, expanded where it is larger."""
+        """A function of ``x`` with the full shape ``target`` (batch included): some elementwise map of x,
+        reduced (max / mean / min) on the axes where the sizes differ, then expanded to ``target``."""
         rng = self.rng
         t = pick(rng, ["x", "neg", "relu", "tanh"])
         name = "x" if t == "x" else self.node({"neg": "Neg", "relu": "Relu", "tanh": "Tanh"}[t], ["x"])
@@ -102,7 +102,7 @@ class Graph:
             current = (1,) * (len(target) - len(self.x_shape)) + self.x_shape
         else:
             current = self.x_shape
-        axes = [i for i, (c, t2) in enumerate(zip(current, target)) if t2 == 1 and c != 1]
+        axes = [i for i, (c, t2) in enumerate(zip(current, target)) if t2 != c and c != 1]
         if axes:
             name = self.node(pick(rng, ["ReduceMax", "ReduceMean", "ReduceMin"]), [name, self.ints(axes)], keepdims=1)
             current = tuple(1 if i in axes else c for i, c in enumerate(current))
