@@ -187,6 +187,7 @@ def test_lrn_with_negative_alpha_is_unbounded_and_zero_alpha_is_a_scale():
     (slope,) = torch.autograd.grad(lrn(x, 3, -0.5, 0.75, 1.0)[0], x)
     assert float(slope[0]) > 10
     assert constants.lrn_bound(3, 0.0, 0.5, 4.0).upper == pytest.approx(0.5)
+    assert constants.lrn_bound(3, 1.0, 1000.0, 0.1).upper is None  # 0.1^-1000 overflows: unbounded, no crash
 
 
 def test_layernorm_bound_and_unbounded_tiny_eps():

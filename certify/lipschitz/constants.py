@@ -365,6 +365,8 @@ def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2
         return exact_constant(1.0, method="lrn (identity)", norm=norm)
     if not (bias > 0 and beta > 0 and alpha >= 0 and size >= 1):  # alpha < 0: S_c reaches 0 at finite x
         return unbounded(f"LRN with alpha={alpha}, bias={bias}, beta={beta}: the denominator can vanish", norm)
+    if beta * math.log(1.0 / bias) > 700:  # k^-beta beyond float64
+        return unbounded(f"LRN with bias={bias}, beta={beta}: the slope bias^-beta overflows", norm)
     if alpha == 0:  # y = x / k^beta
         return exact_constant(bias**-beta, method="lrn (scale)", norm=norm)
     base = bias**-beta

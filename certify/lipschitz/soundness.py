@@ -17,6 +17,7 @@ docs/soundness.md`` regenerates the per-operator table (instances, unbounded cla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ def _jacobians(f, points: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> float:
-    """Largest ``||f(x + d) - f(x)|| / ||d||`` seen while ascending it from the pairs (rows of x, d)."""
+    """Largest ``||f(x + d) - f(x)|| / ||d||`` seen while ascending it from the pairs (rows of x, d), less a
+    bound on its float64 rounding."""
     best = 0.0
     fb = _batched(f)
     scale_x = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
@@ -129,9 +131,13 @@ def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> floa
     for step in range(steps + 1):
         xs, ds = u * scale_x, w * scale_d
         try:
-            ratios = _vector_norm(fb(xs + ds) - fb(xs), norm) / _vector_norm(ds, norm)
+            fx, fy = fb(xs), fb(xs + ds)
         except RuntimeError:
             return best
+        # minus the float64 rounding of the difference, so a step shrunk to nothing cannot win on noise
+        step_norm = _vector_norm(ds, norm)
+        noise = 1e-12 * (_vector_norm(fx, norm) + _vector_norm(fy, norm) + _vector_norm(xs, norm)) / step_norm
+        ratios = _vector_norm(fy - fx, norm) / step_norm - noise
         finite = ratios.detach()[~torch.isnan(ratios.detach())]
         if finite.numel():
             best = max(best, float(finite.max()))
@@ -178,29 +184,130 @@ def check(model, norm: str, seed: int = 0) -> Result:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# composed instances: fused linear segments and small DAGs
+
+
+def fused_example(rng):
+    """Conv or Gemm followed by one to three scale-like operators (Mul, Div, BatchNormalization, Add of constants),
+    each broadcast along a random axis, then maybe a reshape and a second Gemm: the segments the fusion code folds.
+    The family notes a per-channel-sized scale on another axis than the channels (what a fold must not mistake)."""
+    from certify.ops import examples
+
+    conv = rng.random() < 0.6
+    if conv:
+        c_in, c_out = int(rng.integers(1, 3)), int(rng.integers(1, 5))
+        per_sample = (c_in, *(int(d) for d in rng.integers(1, 6, size=int(rng.integers(1, 3)))))
+        g = examples.Graph(rng, per_sample)
+        k = [int(rng.integers(1, 4)) for _ in per_sample[1:]]
+        pads = [(kk - 1) // 2 for kk in k] + [kk // 2 for kk in k]  # "same" size
+        y = g.node("Conv", ["x", g.const(examples.values(rng, (c_out, c_in, *k)))], pads=pads)
+        out_shape = (1, c_out, *per_sample[1:])
+    else:
+        n, c_out = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        g = examples.Graph(rng, (n,))
+        y = g.node("Gemm", ["x", g.const(examples.values(rng, (n, c_out)))])
+        out_shape = (1, c_out)
+    families = []
+    for _ in range(int(rng.integers(1, 4))):
+        kind = examples.pick(rng, ["Mul", "Div", "Add", "BatchNormalization"])
+        if kind == "BatchNormalization":
+            params = [examples.values(rng, (c_out,)) for _ in range(3)] + [abs(examples.values(rng, (c_out,))) + 0.1]
+            y = g.node(kind, [y, *map(g.const, params)])
+            families.append("bn")
+            continue
+        shape = examples.broadcastable(rng, out_shape)
+        value = examples.values(rng, shape)
+        if kind == "Div":
+            value = np.where(value == 0, np.float32(1.0), value)
+        y = g.node(kind, [y, g.const(value)])
+        misplaced = conv and math.prod(shape) == c_out > 1 and (len(shape) < len(out_shape) - 1 or shape[
+            len(shape) - len(out_shape) + 1] != c_out)
+        families.append(f"{kind.lower()}{list(shape)}" + (" misplaced per-channel size" if misplaced else ""))
+    if rng.random() < 0.4:
+        y = g.node("Flatten", [y])
+        if rng.random() < 0.5:
+            y = g.node("Gemm", [y, g.const(examples.values(rng, (math.prod(out_shape), int(rng.integers(1, 4)))))])
+    return examples.Example(g.model(y), ("conv" if conv else "gemm") + ", " + ", ".join(families))
+
+
+def dag_example(rng):
+    """Two branches of short chains (dense layers, activations, scales) from the same x, or one branch and x,
+    joined by Add, Sub, Concat, Max or Sum: residual sums, concatenations, shared inputs."""
+    from certify.ops import examples
+
+    n = int(rng.integers(1, 6))
+    g = examples.Graph(rng, (n,))
+
+    def chain(start: str) -> str:
+        y = start
+        for _ in range(int(rng.integers(0, 4))):
+            op = examples.pick(rng, ["Gemm", "Relu", "Tanh", "LeakyRelu", "Mul", "Sigmoid"])
+            if op == "Gemm":
+                y = g.node(op, [y, g.const(examples.values(rng, (n, n)))])
+            elif op == "Mul":
+                y = g.node(op, [y, g.const(examples.values(rng, (n,)))])
+            else:
+                y = g.node(op, [y])
+        return y
+
+    shared = chain("x") if rng.random() < 0.3 else "x"
+    a, b = chain(shared), chain(shared)
+    join = examples.pick(rng, ["Add", "Sub", "Concat", "Max", "Sum"])
+    out = g.node(join, [a, b], **({"axis": -1} if join == "Concat" else {}))
+    return examples.Example(g.model(out), join.lower() + (", shared prefix" if shared != "x" else ""))
+
+
+COMPOSED = {"fused": fused_example, "dag": dag_example}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the generated table
 
 
 def examples(op_type: str, seed: int):
-    """The instance ``seed`` of ``op_type``'s generator (deterministic)."""
+    """The instance ``seed`` of ``op_type``'s generator, or of a composed family (``fused``, ``dag``)."""
     from certify.ops import registry
 
-    cls = registry.classes()[op_type]
-    return cls.example(op_type, np.random.default_rng([seed, sum(map(ord, op_type))]))
+    rng = np.random.default_rng([seed, sum(map(ord, op_type))])
+    if op_type in COMPOSED:
+        return COMPOSED[op_type](rng)
+    return registry.classes()[op_type].example(op_type, rng)
+
+
+@contextlib.contextmanager
+def large_segment_path():
+    """No segment is small enough to materialise: the fusion code without explicit matrices runs."""
+    from certify.lipschitz import network
+
+    saved = network.EXPLICIT_MAX_INPUTS, network.EXPLICIT_MAX_ENTRIES
+    network.EXPLICIT_MAX_INPUTS = network.EXPLICIT_MAX_ENTRIES = 0
+    try:
+        yield
+    finally:
+        network.EXPLICIT_MAX_INPUTS, network.EXPLICIT_MAX_ENTRIES = saved
+
+
+#: Rows of the table beyond the operators: name -> (instance family, context the analysis runs in).
+COMPOSED_ROWS = {"fused (Conv/Gemm + scales)": ("fused", contextlib.nullcontext),
+                 "fused, large-segment path": ("fused", large_segment_path),
+                 "dag (residual, concat, chains)": ("dag", contextlib.nullcontext)}
 
 
 def survey(op_types, count: int) -> dict:
-    """Per operator and norm: checked, unbounded, unsound, refused, and the upper/truth ratios."""
+    """Per operator (and composed row) and norm: checked, unbounded, unsound, refused, the upper/truth ratios."""
     from certify.errors import ModelRejected
 
     table = {}
-    for op_type in op_types:
+    rows = [(op, op, contextlib.nullcontext) for op in op_types] + [(name, *spec) for name, spec in
+                                                                     COMPOSED_ROWS.items()]
+    for label, op_type, context in rows:
         for norm in ("l2", "linf"):
-            row = table.setdefault((op_type, norm), {"checked": 0, "unbounded": 0, "unsound": 0, "refused": 0,
-                                                     "ratios": []})
+            row = table.setdefault((label, norm), {"checked": 0, "unbounded": 0, "unsound": 0, "refused": 0,
+                                                   "ratios": []})
             for seed in range(count):
                 try:
-                    result = check(examples(op_type, seed).model, norm, seed)
+                    with context():
+                        result = check(examples(op_type, seed).model, norm, seed)
                 except (ModelRejected, ValueError):
                     row["refused"] += 1
                     continue
@@ -227,7 +334,7 @@ def markdown(table: dict, count: int) -> str:
              "instances the truth is a lower bound, so the ratio overstates the looseness).", "",
              "| operator | norm | checked | unbounded | refused | unsound | median upper/truth | worst upper/truth |",
              "|---|---|---|---|---|---|---|---|"]
-    for (op_type, norm), row in sorted(table.items()):
+    for (op_type, norm), row in table.items():
         ratios = row["ratios"]
         median = float(np.median(ratios)) if ratios else None
         worst = max(ratios) if ratios else None

@@ -286,7 +286,7 @@ class ConvTranspose(SlidingWindow, OnnxOp):
 
 def _conv_example(op_type: str, rng, transposed: bool):
     groups = int(rng.integers(1, 3))
-    c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+    c_in, c_out = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 3))
     per_sample = examples.spatial_input(rng, c_in)
     spatial = per_sample[1:]
     kernel = tuple(int(rng.integers(1, s + 3)) for s in spatial)
