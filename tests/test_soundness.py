@@ -21,7 +21,7 @@ from certify.ops import registry
 from certify.ops.base import OnnxOp
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
-SETTINGS = settings(max_examples=150 if DEEP else 5, deadline=None, derandomize=not DEEP,
+SETTINGS = settings(max_examples=150 if DEEP else 8, deadline=None, derandomize=not DEEP,
                     suppress_health_check=[HealthCheck.too_slow], database=None)
 SEEDS = st.integers(0, 2**31 - 1)
 

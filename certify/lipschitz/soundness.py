@@ -69,11 +69,16 @@ def float64_function(module, per_sample: tuple):
             op.dtype = torch.float64
 
     def f(v: torch.Tensor) -> torch.Tensor:
-        out = f64(v.reshape(1, *per_sample))
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out.reshape(-1).to(torch.float64)
+        return _first(f64(v.reshape(1, *per_sample))).reshape(-1)
 
-    return f
+    def rows(vs: torch.Tensor) -> torch.Tensor:  # the module on a batch (checked against f before it is used)
+        return _first(f64(vs.reshape(len(vs), *per_sample))).reshape(len(vs), -1)
+
+    return f, rows
+
+
+def _first(out) -> torch.Tensor:
+    return (out[0] if isinstance(out, (tuple, list)) else out).to(torch.float64)
 
 
 def operator_norm(jacobian: torch.Tensor, norm: str) -> float:
@@ -90,39 +95,52 @@ def _vector_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     return v.abs().amax(dim=-1) if norm == "linf" else v.norm(dim=-1)
 
 
-def _batched(f):
-    """``f`` over the rows of a matrix: vmapped when the operators allow it, else one row at a time."""
+def _batched(f, rows):
+    """``f`` over the rows of a matrix: vmapped, else the module run on the batch (where it gives the same rows),
+    else one row at a time."""
     vmapped = torch.func.vmap(f)
+    mode = []
 
     def run(xs: torch.Tensor) -> torch.Tensor:
-        try:
+        if not mode:
+            probe = xs[:2].detach()
+            try:
+                vmapped(probe)
+                mode.append("vmap")
+            except (RuntimeError, ValueError, NotImplementedError):
+                try:
+                    one_by_one = torch.stack([f(x) for x in probe])
+                    together = rows(probe)  # the model may not keep a batch axis: then it differs
+                    same = together.shape == one_by_one.shape and bool(torch.equal(together, one_by_one))
+                except (RuntimeError, ValueError):
+                    same = False
+                mode.append("batch" if same else "loop")
+        if mode[0] == "vmap":
             return vmapped(xs)
-        except (RuntimeError, ValueError, NotImplementedError):
-            return torch.stack([f(x) for x in xs])
+        if mode[0] == "batch":
+            return rows(xs)
+        return torch.stack([f(x) for x in xs])
 
     return run
 
 
-def _jacobians(f, points: torch.Tensor) -> list[torch.Tensor]:
+def _jacobians(f, run, points: torch.Tensor) -> list[torch.Tensor]:
     """The Jacobian at each point (none for an output without gradient: integer or shape outputs)."""
     try:
         return list(torch.func.vmap(torch.func.jacrev(f))(points))
     except (RuntimeError, ValueError, NotImplementedError):
         pass
-    out = []
-    for p in points:
-        try:
-            out.append(torch.autograd.functional.jacobian(f, p))
-        except RuntimeError:
-            return []
-    return out
+    try:  # rows are independent: one backward pass per output entry for all points at once
+        jac = torch.autograd.functional.jacobian(lambda xs: run(xs).sum(dim=0), points)
+    except RuntimeError:
+        return []
+    return list(jac.permute(1, 0, 2))
 
 
-def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> float:
+def _secants(fb, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> float:
     """Largest ``||f(x + d) - f(x)|| / ||d||`` seen while ascending it from the pairs (rows of x, d), less a
     bound on its float64 rounding."""
     best = 0.0
-    fb = _batched(f)
     scale_x = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
     scale_d = d.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
     u = (x / scale_x).requires_grad_(True)
@@ -151,12 +169,13 @@ def _secants(f, x: torch.Tensor, d: torch.Tensor, norm: str, steps: int) -> floa
 
 def truth(module, per_sample: tuple, norm: str, seed: int = 0, starts: int = 4, steps: int = 12) -> tuple[float, bool]:
     """``(value, exact)``: the exact norm of an affine model, else the best lower bound found."""
-    f = float64_function(module, per_sample)
+    f, rows = float64_function(module, per_sample)
+    run = _batched(f, rows)
     n = math.prod(per_sample)
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.tensor([0.0] + [s for s in SCALES for _ in range(starts)], dtype=torch.float64)[:, None]
     points = torch.randn((len(sizes), n), generator=gen, dtype=torch.float64) * sizes
-    jacobians = _jacobians(f, points)
+    jacobians = _jacobians(f, run, points)
     norms = [operator_norm(j, norm) for j in jacobians]
     best = max([v for v in norms if not math.isnan(v)], default=0.0)
     if jacobians and jacobians[0].numel() == 0:  # an empty output
@@ -173,7 +192,7 @@ def truth(module, per_sample: tuple, norm: str, seed: int = 0, starts: int = 4, 
     x = points[1:]
     d = torch.randn(x.shape, generator=gen, dtype=torch.float64) * sizes[1:] * torch.tensor(
         [1e-4, 1e-2, 1.0, 3.0] * (len(x) // 4 + 1), dtype=torch.float64)[:len(x), None]
-    return max(best, _secants(f, x, d, norm, steps)), False
+    return max(best, _secants(run, x, d, norm, steps)), False
 
 
 def check(model, norm: str, seed: int = 0) -> Result:
