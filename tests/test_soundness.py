@@ -128,3 +128,32 @@ def test_the_soundness_table_generator_runs(tmp_path):
     assert soundness.main(["--write", str(path), "--count", "1", "--ops", "Relu", "Gemm"]) == 0
     text = path.read_text()
     assert "| Relu | l2 | 1 |" in text and "| Gemm | linf |" in text
+
+
+def _identity_bound(build, norm: str = "l2") -> float | None:
+    """The claimed bound of a model that is the identity on its input, built by ``build(graph) -> output``."""
+    import numpy as np
+
+    from certify.ops import examples
+
+    g = examples.Graph(np.random.default_rng(0), (4, 1, 2))
+    model = g.model(build(g))
+    upper, _ = soundness.claimed(model, norm)
+    return upper
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_split_with_an_empty_first_part_keeps_its_bound(norm):
+    # the selection rule counted copies in the first output only: an empty first part gave the bound 0
+    def build(g):
+        parts = g.node("Split", ["x", g.ints([0, 1])], outputs=2, axis=0)
+        return g.node("Concat", parts[::-1], axis=0)
+
+    assert _identity_bound(build, norm) >= 1.0
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_reduction_over_the_batch_axis_counts_the_reduced_entries(norm):
+    # ReduceMean over the batch axis of a batch-1 input is the identity; the group size was read from the
+    # output's per-sample shape (batch axis dropped), giving 1/sqrt(4)
+    assert _identity_bound(lambda g: g.node("ReduceMean", ["x", g.ints([0])], keepdims=0), norm) >= 1.0
