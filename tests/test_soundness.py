@@ -127,7 +127,7 @@ def test_the_soundness_table_generator_runs(tmp_path):
     path = tmp_path / "soundness.md"
     assert soundness.main(["--write", str(path), "--count", "1", "--ops", "Relu", "Gemm"]) == 0
     text = path.read_text()
-    assert "| Relu | l2 | 1 |" in text and "| Gemm | linf |" in text
+    assert "| Relu | l2 | 1 | 0 | 0 | 0 | 1 | 1 | 1 |" in text and "| Gemm | linf |" in text
 
 
 def _identity_bound(build, norm: str = "l2") -> float | None:
