@@ -12,6 +12,15 @@ EXAMPLE_MODEL = os.path.join(ROOT, "examples", "digits_mlp.onnx")
 EXAMPLE_DATA = os.path.join(ROOT, "examples", "digits_test.npz")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="deep sweeps (the soundness harness's deep profile)")
+
+
+def pytest_configure(config):
+    if config.getoption("--slow"):
+        os.environ["HYPOTHESIS_PROFILE"] = "deep"
+
+
 @pytest.fixture
 def example_model_path() -> str:
     return EXAMPLE_MODEL

@@ -180,6 +180,16 @@ def test_lrn_bound_is_never_exceeded_by_a_search(size, alpha, beta, bias):
     assert bound.lower <= worst + 1e-12  # k^-beta at x = 0
 
 
+def test_lrn_with_negative_alpha_is_unbounded_and_zero_alpha_is_a_scale():
+    # alpha < 0: S = k + (alpha/n) sum x^2 reaches 0 at |x| = sqrt(n k / -alpha), where y blows up
+    assert constants.lrn_bound(3, -0.5, 0.75, 1.0).upper is None
+    x = torch.tensor([math.sqrt(3 * 1.0 / 0.5) * 0.999, 0.0, 0.0], dtype=D, requires_grad=True)
+    (slope,) = torch.autograd.grad(lrn(x, 3, -0.5, 0.75, 1.0)[0], x)
+    assert float(slope[0]) > 10
+    assert constants.lrn_bound(3, 0.0, 0.5, 4.0).upper == pytest.approx(0.5)
+    assert constants.lrn_bound(3, 1.0, 1000.0, 0.1).upper is None  # 0.1^-1000 overflows: unbounded, no crash
+
+
 def test_layernorm_bound_and_unbounded_tiny_eps():
     bound = constants.layernorm_bound(6, np.ones(6), 1e-2)
     gen = torch.Generator().manual_seed(4)

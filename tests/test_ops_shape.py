@@ -90,6 +90,8 @@ Y = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
             {"s": np.array([-1]), "e": np.array([-100]), "a": np.array([1]), "p": np.array([-2])},
             {},
         ),
+        ("Slice", 13, [Y], 1, {"s": np.array([0]), "e": np.array([3]), "a": np.array([1]), "p": np.array([-1])},
+         {}),  # a negative step from a start below the end: empty
         ("Pad", 9, [Y], 1, None, {"pads": [1, 2, 0, 3], "value": 1.5}),
         ("Pad", 9, [Y], 1, None, {"pads": [2, 3, 2, 3], "mode": "reflect"}),
         ("Pad", 9, [Y], 1, None, {"pads": [0, 4, 1, 0], "mode": "edge"}),

@@ -373,8 +373,8 @@ def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
 def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2") -> LayerBound:
     """Local response normalisation ``y_c = x_c / S_c^beta``, ``S_c = k + (alpha/n) sum_{j in N(c)} x_j^2``.
 
-    Derivation of a guaranteed bound on ``sup ||J||`` (k = bias > 0, beta > 0, n = size, channel windows N(c) of n
-    channels). With ``w = sqrt(alpha/n) x`` and ``t_c = sum_{N(c)} w_j^2 = S_c - k``::
+    Derivation of a guaranteed bound on ``sup ||J||`` (k = bias > 0, beta > 0, alpha > 0, n = size, channel
+    windows N(c) of n channels). With ``w = sqrt(alpha/n) x`` and ``t_c = sum_{N(c)} w_j^2 = S_c - k``::
 
         J = D - 2 beta E,  D = diag(S_c^-beta),  E_cj = S_c^(-beta-1) w_c w_j [j in N(c)].
 
@@ -388,12 +388,14 @@ def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2
     The same bound holds for the L-inf row sums (``|w_c| sum_{N(c)} |w_j| <= sqrt(n) t_c``). At x = 0 the Jacobian
     is ``k^-beta I``: that is the lower bound. For AlexNet (n=5, beta=0.75, k=1) the bound is about 2.015.
     """
-    if alpha < 0 and beta != 0:
-        return unbounded(f"LRN with alpha={alpha} < 0: the denominator k + (alpha/n) sum x^2 can vanish", norm)
-    if not (bias > 0 and beta > 0 and size >= 1):
-        if bias > 0 and beta == 0:
-            return exact_constant(1.0, method="lrn (identity)", norm=norm)
-        return unbounded(f"LRN with bias={bias}, beta={beta}: the denominator can vanish", norm)
+    if bias > 0 and beta == 0:
+        return exact_constant(1.0, method="lrn (identity)", norm=norm)
+    if not (bias > 0 and beta > 0 and alpha >= 0 and size >= 1):  # alpha < 0: S_c reaches 0 at finite x
+        return unbounded(f"LRN with alpha={alpha}, bias={bias}, beta={beta}: the denominator can vanish", norm)
+    if beta * math.log(1.0 / bias) > 700:  # k^-beta beyond float64
+        return unbounded(f"LRN with bias={bias}, beta={beta}: the slope bias^-beta overflows", norm)
+    if alpha == 0:  # y = x / k^beta
+        return exact_constant(bias**-beta, method="lrn (scale)", norm=norm)
     base = bias**-beta
     value = base * (1 + 2 * math.sqrt(size) * (beta / (beta + 1)) ** (beta + 1))
     return LayerBound(upper=round_up(value), lower=base, method="lrn closed form", norm=norm)

@@ -291,7 +291,8 @@ def selection(ctx: LipschitzContext, module) -> Linear:
     args = [coded if i == index else _as_double(ctx.const(i)) for i in range(len(ctx.constants))]
     with torch.no_grad():
         out = module(*args)
-    out = (out[0] if isinstance(out, (tuple, list)) else out).reshape(-1)
+    # every output counts (Split): a bound from the first part alone is 0 when that part is empty
+    out = torch.cat([o.reshape(-1) for o in out]) if isinstance(out, (tuple, list)) else out.reshape(-1)
     picked = out[(out == out.floor() + 0.5) & (out >= 1.5) & (out <= n + 0.5)]
     counts = torch.bincount((picked - 1.5).round().long(), minlength=n) if picked.numel() else torch.zeros(1)
     return Linear("bounded", bound=constants.selection_bound(int(counts.max()), ctx.norm))
@@ -314,11 +315,11 @@ def concat(ctx: LipschitzContext, module):
     return Combine("concat") if len(ctx.varying_inputs) > 1 else selection(ctx, module)
 
 
-def reduction(ctx: LipschitzContext, kind: str) -> LayerBound | Linear:
-    """Reduce* over n = numel(in)/numel(out) entries per output (disjoint groups): sum sqrt(n) (L-inf: n), mean
-    1/sqrt(n) (1), max/min 1, L2 norm 1 (L-inf: sqrt(n)), L1 norm sqrt(n) (n), log-sum-exp 1 (gradient softmax,
-    ||p||_2 <= ||p||_1 = 1); sum of squares and product are not Lipschitz."""
-    n = numel(ctx.in_shape) / max(numel(ctx.out_shape), 1)
+def reduction(ctx: LipschitzContext, kind: str, group: int | None = None) -> LayerBound | Linear:
+    """Reduce* over n entries per output (disjoint groups; ``group``, default numel(in)/numel(out)): sum sqrt(n)
+    (L-inf: n), mean 1/sqrt(n) (1), max/min 1, L2 norm 1 (L-inf: sqrt(n)), L1 norm sqrt(n) (n), log-sum-exp 1
+    (gradient softmax, ||p||_2 <= ||p||_1 = 1); sum of squares and product are not Lipschitz."""
+    n = numel(ctx.in_shape) / max(numel(ctx.out_shape), 1) if group is None else group
     linf = ctx.norm == "linf"
     values = {"sum": n if linf else math.sqrt(n), "mean": 1.0 if linf else 1 / math.sqrt(n), "max": 1.0,
               "l2": math.sqrt(n) if linf else 1.0, "l1": n if linf else math.sqrt(n), "logsumexp": 1.0}

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.elementwise import Pointwise
 from certify.ops.registry import register
@@ -32,6 +33,13 @@ class LeakyRelu(Pointwise):
 @register("PRelu", versions=(7, None))
 class PRelu(OnnxOp):
     """``slope * x`` where ``x < 0``, else ``x``; ``slope`` broadcasts to ``x``."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """A constant or input-dependent slope, broadcast (unidirectionally) to x."""
+        g = examples.Graph(rng, examples.shape(rng))
+        slope, kind = g.operand(examples.broadcastable(rng, g.x_shape))
+        return examples.Example(g.model(g.node("PRelu", ["x", slope])), f"{kind} slope")
 
     def forward(self, x, slope):
         return torch.where(x < 0, x * slope, x)
@@ -119,6 +127,11 @@ class Gelu(Pointwise):
     def fn(self, x):
         return F.gelu(x, approximate=self.approximate)
 
+    @classmethod
+    def example(cls, op_type, rng):
+        approximate = examples.pick(rng, ["none", "tanh"])
+        return examples.unary(op_type, rng, approximate, opset=20, approximate=approximate)
+
     def lipschitz(self, ctx):
         """GELU's slope range (exact or tanh form)."""
         from certify.lipschitz import network
@@ -152,6 +165,25 @@ class Clip(OnnxOp):
         if value is None and node.const(index) is not None:
             value = node.const(index).item()
         return None if value is None or math.isinf(value) else float(value)
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Each bound absent, a constant (min > max included) or a scalar function of x (``ReduceMax(x)``)."""
+        g = examples.Graph(rng, examples.shape(rng), opset=examples.pick(rng, [7, examples.OPSET]))
+        inputs, kinds, attrs = ["x"], [], {}
+        for name in ("min", "max"):
+            kind = examples.pick(rng, ["absent", "const", "varying"] if g.opset >= 11 else ["absent", "const"])
+            kinds.append(f"{name} {kind}")
+            if kind == "const" and g.opset < 11:
+                attrs[name] = examples.real(rng)
+            elif kind == "const":
+                inputs.append(g.const(examples.real(rng)))
+            elif kind == "varying":
+                reduced = g.node(examples.pick(rng, ["ReduceMax", "ReduceMin", "ReduceMean"]), ["x"], keepdims=0)
+                inputs.append(reduced)
+            elif g.opset >= 11:
+                inputs.append("")
+        return examples.Example(g.model(g.node("Clip", inputs, **attrs)), ", ".join(kinds))
 
     def forward(self, x, lower=None, upper=None):
         lo = lower if lower is not None else self.min
@@ -192,6 +224,14 @@ class Normalize(OnnxOp):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", axis={self.axis}, flatten_to_2d={self.flatten_to_2d}"
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Every axis, in both the flattening (opset < 13) and the single-axis semantics."""
+        opset = examples.pick(rng, [11, 13])
+        per_sample = examples.shape(rng)
+        axis = int(rng.integers(-len(per_sample) - 1, len(per_sample) + 1))
+        return examples.unary(op_type, rng, f"opset {opset}", opset=opset, per_sample=per_sample, axis=axis)
 
     def lipschitz(self, ctx):
         """Softmax 1/2, LogSoftmax sqrt(n) (see ``constants.softmax_bound``)."""

@@ -157,6 +157,12 @@ class OnnxOp(nn.Module):
     def from_node(cls, node: NodeView) -> OnnxOp:
         return cls(node)
 
+    @classmethod
+    def example(cls, op_type: str, rng):
+        """A random instance of this operator (``certify.ops.examples.Example``) for the soundness harness; every
+        registered operator declares one."""
+        raise NotImplementedError(f"{op_type} declares no instance generator")
+
     def lipschitz(self, ctx):
         """This operator's Lipschitz bound rule (see ``certify.lipschitz``). Default: none, reported unbounded."""
         return None

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.registry import register
 
@@ -175,6 +176,11 @@ def _spatial_rank(x: torch.Tensor, op) -> int:
 class Conv(SlidingWindow, OnnxOp):
     """N-d (1-3) cross-correlation with strides, dilations, groups and explicit or automatic padding."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """1-D and 2-D, groups, kernels up to larger than the (padded) map, strides, dilations, auto_pad, bias."""
+        return _conv_example(op_type, rng, transposed=False)
+
     def __init__(self, node):
         super().__init__(node)
         self.read_window_attributes(node, node.attr("kernel_shape") or _weight_kernel_shape(node))
@@ -207,6 +213,11 @@ class ConvTranspose(SlidingWindow, OnnxOp):
 
     Extra fields: ``group``, ``output_padding``, ``output_shape`` (empty when not given).
     """
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """As Conv, plus output_padding and output_shape."""
+        return _conv_example(op_type, rng, transposed=True)
 
     def __init__(self, node):
         super().__init__(node)
@@ -271,3 +282,28 @@ class ConvTranspose(SlidingWindow, OnnxOp):
         from certify.lipschitz import network
 
         return network.convolution(ctx, self, self.group, transposed=True)
+
+
+def _conv_example(op_type: str, rng, transposed: bool):
+    groups = int(rng.integers(1, 3))
+    c_in, c_out = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 3))
+    per_sample = examples.spatial_input(rng, c_in)
+    spatial = per_sample[1:]
+    kernel = tuple(int(rng.integers(1, s + 3)) for s in spatial)
+    g = examples.Graph(rng, per_sample)
+    attrs = examples.window(rng, spatial, kernel)
+    family = f"{len(spatial)}-D, group {groups}" + (", kernel > map" if any(k > s for k, s in zip(kernel, spatial))
+                                                    else "")
+    shape = (c_in, c_out // groups, *kernel) if transposed else (c_out, c_in // groups, *kernel)
+    weight = examples.values(rng, shape) * (rng.random() > 0.05)
+    if transposed:
+        stride_or_dilation = [max(s, d) for s, d in zip(attrs["strides"], attrs.get("dilations", [1] * len(spatial)))]
+        if rng.random() < 0.4:
+            attrs["output_padding"] = [int(rng.integers(0, m)) for m in stride_or_dilation]
+        if rng.random() < 0.15 and attrs.get("auto_pad") is None:
+            attrs.pop("pads")
+            attrs["output_shape"] = [int(s) * st for s, st in zip(spatial, attrs["strides"])]
+    inputs = ["x", g.const(weight)]
+    if rng.random() < 0.5:
+        inputs.append(g.const(examples.values(rng, (c_out,))))
+    return examples.Example(g.model(g.node(op_type, inputs, group=groups, **attrs)), family)

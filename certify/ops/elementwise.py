@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 
 import torch
+from onnx import TensorProto
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import TORCH_OF_ONNX, OnnxOp
 from certify.ops.registry import register
 
@@ -31,6 +33,13 @@ class Pointwise(OnnxOp):
 
     def fn(self, x):
         raise NotImplementedError
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Each float attribute anywhere on the real line (negative, zero, large)."""
+        attrs = {k: examples.real(rng) if rng.random() < 0.7 else v for k, v in cls.attributes.items()}
+        opset = max(examples.OPSET, cls.versions[0])
+        return examples.unary(op_type, rng, examples.attribute_family(attrs), opset=opset, **attrs)
 
     def forward(self, x):
         return self.fn(x)
@@ -53,6 +62,11 @@ class Binary(OnnxOp):
     def fn(a, b):
         raise NotImplementedError
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """x and a constant or a function of x, broadcast either way."""
+        return examples.broadcast_operands(rng, 2, op_type)
+
     def forward(self, a, b):
         return self.fn(a, b)
 
@@ -63,6 +77,11 @@ class Variadic(OnnxOp):
     @staticmethod
     def fn(a, b):
         raise NotImplementedError
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """One to four operands, x among them, the others constants or functions of x, broadcast."""
+        return examples.broadcast_operands(rng, int(rng.integers(1, 5)), op_type)
 
     def forward(self, *inputs):
         present = [t for t in inputs if t is not None]
@@ -223,6 +242,20 @@ class Mean(Variadic):
 
 @register("Where", versions=(9, None))
 class Where(OnnxOp):
+    @classmethod
+    def example(cls, op_type, rng):
+        """A constant or input-dependent condition choosing between x and a constant or function of x."""
+        full = (1, *examples.shape(rng))
+        g = examples.Graph(rng, full[1:])
+        if rng.random() < 0.3:
+            condition = g.node("Cast", [g.derived(examples.broadcastable(rng, full))], to=TensorProto.BOOL)
+            family = "varying condition"
+        else:
+            condition, family = g.const(rng.random(examples.broadcastable(rng, full)) < 0.5, bool), "constant condition"
+        other, kind = g.operand(examples.broadcastable(rng, full))
+        pair = ["x", other] if rng.random() < 0.5 else [other, "x"]
+        return examples.Example(g.model(g.node("Where", [condition, *pair])), f"{family}, {kind} operand")
+
     def forward(self, condition, x, y):
         return torch.where(condition.to(torch.bool), x, y)
 
@@ -244,6 +277,14 @@ class Cast(OnnxOp):
         if self.dtype is None:
             raise ModelRejected("unsupported_dtype", f"Cast {node.name}: target type {to!r} is not supported")
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """To every supported type, and back to float."""
+        to = int(examples.pick(rng, sorted(TORCH_OF_ONNX)))
+        g = examples.Graph(rng, examples.shape(rng))
+        back = g.node("Cast", [g.node("Cast", ["x"], to=to)], to=1)
+        return examples.Example(g.model(back), f"to {onnx_type_name(to)}")
+
     def forward(self, x):
         return x.to(self.dtype)
 
@@ -255,3 +296,7 @@ class Cast(OnnxOp):
         from certify.lipschitz import network
 
         return network.cast(ctx, self.dtype)
+
+
+def onnx_type_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type).lower()

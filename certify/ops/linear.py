@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.registry import register
 
@@ -23,6 +24,27 @@ class Gemm(OnnxOp):
         self.beta = float(node.attr("beta", 1.0))
         self.trans_a = bool(node.attr("transA", 0))
         self.trans_b = bool(node.attr("transB", 0))
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """x (1, k) as A or A^T or B or B^T, alpha and beta anywhere, C absent, constant or a function of x."""
+        k, m = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        trans_a, trans_b = int(rng.random() < 0.2), int(rng.random() < 0.5)
+        attrs = {"alpha": examples.real(rng), "beta": examples.real(rng), "transA": trans_a, "transB": trans_b}
+        g = examples.Graph(rng, (k,))
+        if rng.random() < 0.8:  # x as A: the product is (M, N)
+            inner, rows = (1, k) if trans_a else (k, 1)
+            b = examples.values(rng, (m, inner) if trans_b else (inner, m))
+            inputs, out, family = ["x", g.const(b)], (rows, m), "x as A" + (", transA" if trans_a else "")
+        else:
+            inner, cols = (k, 1) if trans_b else (1, k)
+            a = examples.values(rng, (inner, m) if trans_a else (m, inner))
+            inputs, out, family = [g.const(a), "x"], (m, cols), "x as B"
+        if rng.random() < 0.6:
+            c, kind = g.operand(examples.broadcastable(rng, out), allow_varying=out == g.x_shape)
+            inputs.append(c)
+            family += f", {kind} C"
+        return examples.Example(g.model(g.node("Gemm", inputs, **attrs)), family)
 
     def forward(self, a, b, c=None):
         if self.trans_a:
@@ -52,6 +74,24 @@ class Gemm(OnnxOp):
 @register("MatMul", versions=(1, None))
 class MatMul(OnnxOp):
     """numpy.matmul semantics (1-D operands promoted and squeezed, batch dimensions broadcast)."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """x on the left or the right of a constant (2-D or batched), or of a function of x."""
+        per_sample = examples.shape(rng, (1, 3))
+        g = examples.Graph(rng, per_sample)
+        k, m = g.x_shape[-1], int(rng.integers(1, 5))
+        side = examples.pick(rng, ["right", "left", "varying"])
+        if side == "right":
+            batch = examples.broadcastable(rng, g.x_shape[:-2]) if rng.random() < 0.3 else ()
+            inputs, family = ["x", g.const(examples.values(rng, (*batch, k, m)))], f"x @ B{'batched' if batch else ''}"
+        elif side == "left":
+            rows = g.x_shape[-2] if len(g.x_shape) >= 2 else 1
+            inputs, family = [g.const(examples.values(rng, (m, rows))), "x"], "A @ x"
+        else:
+            inputs, family = ["x", g.node("Transpose", ["x"], perm=list(range(len(g.x_shape) - 2))
+                                         + [len(g.x_shape) - 1, len(g.x_shape) - 2])], "x @ x^T"
+        return examples.Example(g.model(g.node("MatMul", inputs)), family)
 
     def forward(self, a, b):
         return torch.matmul(a, b)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.registry import register, schema_version
 
@@ -48,6 +49,17 @@ class BatchNormalization(OnnxOp):
     statistics and running-statistics outputs) is refused: a certificate needs a fixed function of one input.
     """
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Per-channel statistics of any scale (zero variance with a positive epsilon), any epsilon."""
+        g = examples.Graph(rng, examples.spatial_input(rng, int(rng.integers(1, 4))))
+        c = g.x_shape[1]
+        epsilon = float(examples.pick(rng, [1e-5, 1e-2, 1.0, 0.0]))
+        var = abs(examples.values(rng, (c,))) + (0.1 if epsilon == 0 else 0.0)
+        params = [examples.values(rng, (c,)), examples.values(rng, (c,)), examples.values(rng, (c,)), var]
+        out = g.node(op_type, ["x", *map(g.const, params)], epsilon=epsilon)
+        return examples.Example(g.model(out), f"epsilon {epsilon:g}")
+
     def __init__(self, node):
         super().__init__(node)
         self.epsilon = float(node.attr("epsilon", 1e-5))
@@ -81,6 +93,11 @@ class BatchNormalization(OnnxOp):
 class InstanceNormalization(OnnxOp):
     """y = scale * (x - mean) / sqrt(var + epsilon) + B, statistics per (sample, channel) over the spatial axes."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        g = examples.Graph(rng, examples.spatial_input(rng, int(rng.integers(1, 4))))
+        return examples.normalization(g, op_type, [(g.x_shape[1],)] * 2)
+
     def __init__(self, node):
         super().__init__(node)
         self.epsilon = float(node.attr("epsilon", 1e-5))
@@ -104,6 +121,14 @@ class LayerNormalization(OnnxOp):
 
     Fields: ``axis``, ``epsilon``, ``stash_type`` (1: statistics in float32).
     """
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Every axis (negative included), with and without a bias."""
+        g = examples.Graph(rng, examples.shape(rng))
+        axis = int(rng.integers(-len(g.x_shape), len(g.x_shape)))
+        params = [g.x_shape[axis:]] * int(rng.integers(1, 3))
+        return examples.normalization(g, op_type, params, axis=axis)
 
     def __init__(self, node):
         super().__init__(node)
@@ -136,6 +161,16 @@ class GroupNormalization(OnnxOp):
     Fields: ``num_groups``, ``epsilon``, ``stash_type``, ``per_group_affine`` (opset 18: scale and bias hold one
     value per group; from opset 21 one per channel).
     """
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Per-channel affine parameters (opset 21; the per-group form of opset 18 is deprecated), any divisor of
+        the channels."""
+        groups = int(rng.integers(1, 3))
+        opset = 21
+        g = examples.Graph(rng, examples.spatial_input(rng, groups * int(rng.integers(1, 3))), opset)
+        params = [(groups,) if opset < 21 else (g.x_shape[1],)] * 2
+        return examples.normalization(g, op_type, params, num_groups=groups)
 
     def __init__(self, node):
         super().__init__(node)
@@ -176,6 +211,13 @@ class LRN(OnnxOp):
     Fields: ``size``, ``alpha``, ``beta``, ``bias``.
     """
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Odd and even window sizes, alpha, beta and bias anywhere (bias > 0 keeps the base positive)."""
+        attrs = {"alpha": examples.real(rng), "beta": examples.real(rng), "bias": abs(examples.real(rng)) + 0.1}
+        return examples.unary(op_type, rng, examples.attribute_family(attrs), size=int(rng.integers(1, 5)),
+                              per_sample=examples.spatial_input(rng, int(rng.integers(1, 5))), **attrs)
+
     def __init__(self, node):
         super().__init__(node)
         self.size = int(node.attr("size", 0))
@@ -206,6 +248,12 @@ class LRN(OnnxOp):
 @register("LpNormalization", versions=(1, None))
 class LpNormalization(OnnxOp):
     """y = x / ||x||_p along ``axis`` (p is 1 or 2), 0 where the norm is 0. Fields: ``axis``, ``p``."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        per_sample = examples.shape(rng)
+        return examples.unary(op_type, rng, per_sample=per_sample, p=int(rng.integers(1, 3)),
+                              axis=int(rng.integers(-len(per_sample) - 1, len(per_sample) + 1)))
 
     def __init__(self, node):
         super().__init__(node)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.conv import SlidingWindow, crop_to
 from certify.ops.registry import register
@@ -28,6 +29,21 @@ def _spatial_rank(x: torch.Tensor, op) -> int:
 
 
 class _Pool(SlidingWindow, OnnxOp):
+    @classmethod
+    def example(cls, op_type, rng):
+        """Kernels up to the padded map, strides, pads below the kernel, dilations (MaxPool), ceil_mode,
+        count_include_pad (AveragePool)."""
+        per_sample = examples.spatial_input(rng, int(rng.integers(1, 3)))
+        spatial = per_sample[1:]
+        kernel = tuple(int(rng.integers(1, s + 2)) for s in spatial)
+        attrs = examples.window(rng, spatial, kernel, pads_below_kernel=True, dilations=op_type == "MaxPool")
+        attrs["ceil_mode"] = int(rng.random() < 0.3)
+        if op_type == "AveragePool":
+            attrs["count_include_pad"] = int(rng.random() < 0.5)
+        family = f"{len(spatial)}-D" + (", ceil" if attrs["ceil_mode"] else "") + (
+            f", {attrs['auto_pad']}" if "auto_pad" in attrs else "")
+        return examples.unary(op_type, rng, family, per_sample=per_sample, kernel_shape=list(kernel), **attrs)
+
     def __init__(self, node):
         super().__init__(node)
         kernel_shape = node.attr("kernel_shape")
@@ -157,6 +173,10 @@ class AveragePool(_Pool):
 class GlobalAveragePool(OnnxOp):
     """Mean over all spatial axes, keeping them as size 1."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        return examples.unary(op_type, rng, per_sample=examples.spatial_input(rng, int(rng.integers(1, 4))))
+
     def forward(self, x):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
 
@@ -170,6 +190,10 @@ class GlobalAveragePool(OnnxOp):
 @register("GlobalMaxPool", versions=(1, None))
 class GlobalMaxPool(OnnxOp):
     """Max over all spatial axes, keeping them as size 1."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        return examples.unary(op_type, rng, per_sample=examples.spatial_input(rng, int(rng.integers(1, 4))))
 
     def forward(self, x):
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x

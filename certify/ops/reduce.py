@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from certify.ops import examples
 from certify.ops.base import OnnxOp, ints
 from certify.ops.registry import register
 
@@ -56,6 +57,18 @@ class Reduce(OnnxOp):
             axes = ints(torch.as_tensor(node.const(1)))
         self.axes = None if axes is None else [int(a) for a in axes]
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Any subset of axes (none, with or without ``noop_with_empty_axes``; negative indices), keepdims."""
+        per_sample = examples.shape(rng)
+        rank = len(per_sample) + 1
+        axes = [int(a) - (rank if rng.random() < 0.3 else 0) for a in range(rank) if rng.random() < 0.5]
+        g = examples.Graph(rng, per_sample)
+        attrs = {"keepdims": int(rng.random() < 0.5), "noop_with_empty_axes": int(rng.random() < 0.3)}
+        inputs = ["x", g.ints(axes)] if axes or rng.random() < 0.5 else ["x"]
+        family = f"{len(axes)} axes" + (", noop" if attrs["noop_with_empty_axes"] else "")
+        return examples.Example(g.model(g.node(op_type, inputs, **attrs)), family)
+
     def reduce(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """Reduce over the non-empty, sorted ``dims``, keeping them as size-1 dimensions."""
         raise NotImplementedError
@@ -92,7 +105,16 @@ class Reduce(OnnxOp):
         """The bound of this reduction kind (see ``certify.lipschitz.network.reduction``); none without a kind."""
         from certify.lipschitz import network
 
-        return network.reduction(ctx, self.bound_kind) if self.bound_kind else None
+        return network.reduction(ctx, self.bound_kind, self.group_size(ctx)) if self.bound_kind else None
+
+    def group_size(self, ctx) -> int:
+        """Entries per output, from the reduced axes of the batch-1 input (not from the output's per-sample
+        shape: a reduction over the batch axis drops the batch dimension and shifts every axis after it)."""
+        axes = self.axes if ctx.const(1) is None else ints(ctx.const(1))
+        full = (1, *ctx.in_shape)
+        if not axes:
+            return 1 if self.noop_with_empty_axes else math.prod(full)
+        return math.prod(full[d] for d in _normalized_axes(axes, len(full)))
 
 
 @register("ReduceSum", versions=(1, None))
@@ -196,6 +218,13 @@ class ArgExtreme(OnnxOp):
     @staticmethod
     def fn(x, dim, keepdim):
         raise NotImplementedError
+
+    @classmethod
+    def example(cls, op_type, rng):
+        per_sample = examples.shape(rng)
+        axis = int(rng.integers(-len(per_sample) - 1, len(per_sample) + 1))
+        return examples.unary(op_type, rng, per_sample=per_sample, axis=axis, keepdims=int(rng.random() < 0.5),
+                              select_last_index=int(rng.random() < 0.5))
 
     def __init__(self, node):
         super().__init__(node)

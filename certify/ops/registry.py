@@ -56,5 +56,10 @@ def lookup(op_type: str, opset: int):
     return cls
 
 
+def classes() -> dict[str, type]:
+    """Every registered operator type and its class."""
+    return dict(_REGISTRY)
+
+
 def supported() -> list[Support]:
     return [Support(t, c.versions[0], c.versions[1]) for t, c in sorted(_REGISTRY.items())]

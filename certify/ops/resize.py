@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import OnnxOp, check_allocation
 from certify.ops.registry import register, schema_version
 
@@ -288,6 +289,27 @@ def _check_choice(node, value, choices, what):
 class Resize(Resampler):
     """ONNX Resize (opset 10: inputs X, scales; from 11: X, roi, scales, sizes). Modes nearest, linear, cubic."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Every mode and coordinate mode, scales (enlarging, shrinking, 1) or sizes, antialias, exclude_outside,
+        any cubic coefficient, extrapolation values; the batch and channel axes kept."""
+        per_sample = examples.spatial_input(rng, int(rng.integers(1, 3)))
+        g = examples.Graph(rng, per_sample, opset=19)
+        mode = examples.pick(rng, MODES)
+        attrs = {"mode": mode, "coordinate_transformation_mode": examples.pick(rng, COORDINATE_MODES),
+                 "nearest_mode": examples.pick(rng, NEAREST_MODES[:-1]), "antialias": int(rng.random() < 0.3),
+                 "exclude_outside": int(rng.random() < 0.3), "cubic_coeff_a": examples.real(rng),
+                 "extrapolation_value": examples.real(rng)}
+        spatial = [float(examples.pick(rng, [0.5, 1.0, 1.5, 2.0, 3.0])) for _ in per_sample[1:]]
+        roi = g.const([0.0] * len(g.x_shape) + [1.0] * len(g.x_shape)) if rng.random() < 0.5 else ""
+        if rng.random() < 0.5:
+            inputs = ["x", roi, g.const([1.0, 1.0, *spatial])]
+        else:
+            sizes = [max(1, int(d * f)) for d, f in zip(per_sample[1:], spatial)]
+            inputs = ["x", roi, "", g.ints([1, per_sample[0], *sizes])]
+        return examples.Example(g.model(g.node(op_type, inputs, **attrs)),
+                                f"{mode}, {attrs['coordinate_transformation_mode']}")
+
     def __init__(self, node):
         super().__init__(node)
         self.legacy = (schema_version("Resize", node.opset) or 11) < 11
@@ -329,6 +351,15 @@ class Resize(Resampler):
 class Upsample(Resampler):
     """Deprecated Upsample: scales per axis (attribute in opset 7, input from 9), nearest or linear, asymmetric
     coordinates."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Nearest or linear, scales (input, opset 9) enlarging the spatial axes."""
+        per_sample = examples.spatial_input(rng, int(rng.integers(1, 3)))
+        g = examples.Graph(rng, per_sample, opset=9)
+        mode = examples.pick(rng, ["nearest", "linear"])
+        scales = g.const([1.0, 1.0, *(float(examples.pick(rng, [1.0, 2.0, 3.0])) for _ in per_sample[1:])])
+        return examples.Example(g.model(g.node(op_type, ["x", scales], mode=mode)), mode)
 
     def __init__(self, node):
         super().__init__(node)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.ops import examples
 from certify.ops.base import OnnxOp, check_allocation, dense_of_sparse, ints, tensor_of_array
 from certify.ops.registry import register
 
@@ -55,6 +57,13 @@ class Indexing(OnnxOp):
 class Flatten(Reshaping):
     """To 2-D: dimensions before ``axis`` become the rows, the rest the columns."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Every axis, negative included."""
+        per_sample = examples.shape(rng)
+        axis = int(rng.integers(-len(per_sample) - 1, len(per_sample) + 2))
+        return examples.unary(op_type, rng, per_sample=per_sample, axis=axis)
+
     def __init__(self, node):
         super().__init__(node)
         self.axis = int(node.attr("axis", 1))
@@ -67,6 +76,14 @@ class Flatten(Reshaping):
 @register("Reshape", versions=(5, None))
 class Reshape(Reshaping):
     """A target shape with -1 (inferred) and 0 (copy the input's dimension, unless ``allowzero``)."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Targets with -1, 0 (copy) and the batch axis merged in."""
+        g = examples.Graph(rng, examples.shape(rng))
+        size = math.prod(g.x_shape)
+        target = examples.pick(rng, [[-1], [0, -1], [1, size], [size, 1], [*g.x_shape[:-1], 0]])
+        return examples.Example(g.model(g.node(op_type, ["x", g.ints(target)])), f"target {target}")
 
     def __init__(self, node):
         super().__init__(node)
@@ -83,6 +100,13 @@ class Reshape(Reshaping):
 class Transpose(Indexing):
     """Permute dimensions; without ``perm`` reverse them."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Any permutation (the batch axis included), or the default reversal."""
+        g = examples.Graph(rng, examples.shape(rng))
+        attrs = {"perm": [int(a) for a in rng.permutation(len(g.x_shape))]} if rng.random() < 0.8 else {}
+        return examples.Example(g.model(g.node(op_type, ["x"], **attrs)), "perm" if attrs else "reverse")
+
     def __init__(self, node):
         super().__init__(node)
         perm = node.attr("perm")
@@ -96,6 +120,15 @@ class Transpose(Indexing):
 @register("Squeeze", versions=(1, None))
 class Squeeze(Reshaping):
     """Drop size-1 dimensions: the listed ``axes`` (attribute before opset 13, input after), or all of them."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Some or all size-1 axes (negative indices), or none given."""
+        g = examples.Graph(rng, examples.shape(rng, size=2))
+        ones = [i - len(g.x_shape) * int(rng.integers(0, 2)) for i, d in enumerate(g.x_shape) if d == 1]
+        axes = [a for a in ones if rng.random() < 0.6]
+        inputs = ["x", g.ints(axes)] if axes else ["x"]
+        return examples.Example(g.model(g.node(op_type, inputs)), f"{len(axes)} axes")
 
     def __init__(self, node):
         super().__init__(node)
@@ -116,6 +149,17 @@ class Squeeze(Reshaping):
 class Unsqueeze(Reshaping):
     """Insert size-1 dimensions at ``axes`` of the output (attribute before opset 13, input after)."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """New axes anywhere, negative included."""
+        g = examples.Graph(rng, examples.shape(rng))
+        count = int(rng.integers(1, 3))
+        rank = len(g.x_shape) + count
+        axes = [int(a) for a in rng.choice(np.arange(-rank, rank), size=count, replace=False)]
+        if len({a % rank for a in axes}) < count:
+            axes = [0]
+        return examples.Example(g.model(g.node(op_type, ["x", g.ints(axes)])), f"{len(axes)} axes")
+
     def __init__(self, node):
         super().__init__(node)
         self.axes = node.attr("axes")
@@ -135,6 +179,19 @@ class Unsqueeze(Reshaping):
 
 @register("Concat", versions=(4, None))
 class Concat(OnnxOp):
+    @classmethod
+    def example(cls, op_type, rng):
+        """One to three parts along any axis, each x, a constant or a function of x."""
+        g = examples.Graph(rng, examples.shape(rng))
+        axis = int(rng.integers(-len(g.x_shape), len(g.x_shape)))
+        parts = ["x"]
+        for _ in range(int(rng.integers(0, 3))):
+            target = list(g.x_shape)
+            target[axis] = int(rng.integers(1, 4))
+            parts.append(g.operand(tuple(target))[0])
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+        return examples.Example(g.model(g.node(op_type, parts, axis=axis)), f"{len(parts)} parts")
+
     def __init__(self, node):
         super().__init__(node)
         self.axis = int(node.attr("axis"))
@@ -154,6 +211,19 @@ class Concat(OnnxOp):
 class Split(Indexing):
     """Split along ``axis`` by the ``split`` sizes (attribute before opset 13, input after), else into as many
     parts as the node has outputs (``num_outputs`` from opset 18), the last part smaller when uneven."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Any axis, explicit sizes or equal parts; one part (or all parts concatenated in reverse) returned."""
+        g = examples.Graph(rng, examples.shape(rng))
+        axis = int(rng.integers(-len(g.x_shape), len(g.x_shape)))
+        size = g.x_shape[axis]
+        cuts = sorted(int(c) for c in rng.integers(0, size + 1, size=int(rng.integers(0, 3))))
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, size])]
+        parts = g.node(op_type, ["x", g.ints(sizes)], outputs=len(sizes), axis=axis)
+        parts = parts if isinstance(parts, list) else [parts]
+        out = parts[int(rng.integers(len(parts)))] if rng.random() < 0.5 else g.node("Concat", parts[::-1], axis=axis)
+        return examples.Example(g.model(out), f"{len(sizes)} parts")
 
     def __init__(self, node):
         super().__init__(node)
@@ -191,6 +261,19 @@ class Slice(Indexing):
     Negative steps select in reverse (``index_select``, since torch views only take positive steps).
     """
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """Starts and ends anywhere (negative, beyond the ends), steps of either sign, some axes."""
+        g = examples.Graph(rng, examples.shape(rng))
+        rank = len(g.x_shape)
+        axes = [int(a) for a in rng.permutation(rank)[:int(rng.integers(1, rank + 1))]]
+        big = 2**62
+        starts = [int(examples.pick(rng, [0, 1, -1, -big, big, 2])) for _ in axes]
+        ends = [int(examples.pick(rng, [0, 1, -1, -big, big, 3])) for _ in axes]
+        steps = [int(examples.pick(rng, [1, 1, 2, -1, -2])) for _ in axes]
+        inputs = ["x", g.ints(starts), g.ints(ends), g.ints(axes), g.ints(steps)]
+        return examples.Example(g.model(g.node(op_type, inputs)), "negative steps" if min(steps) < 0 else "steps")
+
     def __init__(self, node):
         super().__init__(node)
         self.starts = node.attr("starts")
@@ -215,7 +298,8 @@ class Slice(Indexing):
                 reverse.append((axis, start, end, step))
         x = x[tuple(index)]
         for axis, start, end, step in reverse:
-            positions = torch.arange(start, end, step, device=x.device)
+            empty = (end - start) * step <= 0  # torch.arange refuses a step pointing away from the end
+            positions = torch.arange(0 if empty else start, 0 if empty else end, step, device=x.device)
             x = x.index_select(axis, positions)
         return x
 
@@ -223,6 +307,16 @@ class Slice(Indexing):
 @register("Gather", versions=(1, None))
 class Gather(Indexing):
     """Take entries of ``axis`` at ``indices`` (negative counts from the end); the axis becomes indices' shape."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Any axis; indices negative, repeated, scalar or 2-D."""
+        g = examples.Graph(rng, examples.shape(rng))
+        axis = int(rng.integers(-len(g.x_shape), len(g.x_shape)))
+        size = g.x_shape[axis]
+        shape = examples.pick(rng, [(), (3,), (2, 2)])
+        indices = rng.integers(-size, size, size=shape)
+        return examples.Example(g.model(g.node(op_type, ["x", g.ints(indices)], axis=axis)), f"indices {shape}")
 
     def __init__(self, node):
         super().__init__(node)
@@ -258,6 +352,18 @@ class Pad(Indexing):
     """
 
     MODES = ("constant", "reflect", "edge", "wrap")
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Every mode; pads negative (crops), zero and larger than the axis; a constant value; some axes."""
+        g = examples.Graph(rng, examples.shape(rng))
+        mode = examples.pick(rng, ["constant", "reflect", "edge", "wrap"])
+        rank = len(g.x_shape)
+        pads = [int(p) for p in rng.integers(-1 if mode == "constant" else 0, 4, size=2 * rank)]
+        if mode == "reflect":
+            pads = [min(p, g.x_shape[i % rank] - 1) for i, p in enumerate(pads)]
+        inputs = ["x", g.ints(pads)] + ([g.const(examples.real(rng))] if mode == "constant" else [])
+        return examples.Example(g.model(g.node(op_type, inputs, mode=mode)), mode)
 
     def __init__(self, node):
         super().__init__(node)
@@ -298,6 +404,13 @@ class Pad(Indexing):
 
 @register("Tile", versions=(6, None))
 class Tile(Indexing):
+    @classmethod
+    def example(cls, op_type, rng):
+        """Repeats of 1 to 3 on every axis."""
+        g = examples.Graph(rng, examples.shape(rng))
+        repeats = [int(r) for r in rng.integers(1, 4, size=len(g.x_shape))]
+        return examples.Example(g.model(g.node(op_type, ["x", g.ints(repeats)])), "tile")
+
     def forward(self, x, repeats):
         counts = ints(repeats)
         if len(counts) != x.dim():
@@ -309,6 +422,16 @@ class Tile(Indexing):
 @register("Expand", versions=(8, None))
 class Expand(Indexing):
     """Broadcast ``x`` with ``shape`` in both directions (numpy rules)."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Size-1 axes expanded and leading axes added."""
+        per_sample = examples.shape(rng, size=2)
+        g = examples.Graph(rng, per_sample)
+        target = [d if d > 1 or rng.random() < 0.5 else int(rng.integers(2, 4)) for d in g.x_shape]
+        target = [int(rng.integers(1, 3)) for _ in range(int(rng.integers(0, 2)))] + target
+        out = g.node(op_type, ["x", g.ints(target)])
+        return examples.Example(g.model(out), f"rank +{len(target) - len(g.x_shape)}")
 
     def forward(self, x, shape):
         try:
@@ -322,6 +445,14 @@ class Expand(Indexing):
 @register("Shape", versions=(1, None))
 class Shape(OnnxOp):
     """The input's shape as int64, optionally the slice ``[start:end]`` (opset 15)."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Start and end anywhere (negative, out of range clamp)."""
+        per_sample = examples.shape(rng)
+        bounds = {k: int(rng.integers(-len(per_sample) - 2, len(per_sample) + 3)) for k in ("start", "end")
+                  if rng.random() < 0.5}
+        return examples.unary(op_type, rng, per_sample=per_sample, **bounds)
 
     def __init__(self, node):
         super().__init__(node)
@@ -341,6 +472,10 @@ class Shape(OnnxOp):
 
 @register("Size", versions=(1, None))
 class Size(OnnxOp):
+    @classmethod
+    def example(cls, op_type, rng):
+        return examples.unary(op_type, rng)
+
     def forward(self, x):
         return torch.tensor(x.numel(), dtype=torch.int64)
 
@@ -354,6 +489,18 @@ class Size(OnnxOp):
 @register("Constant", versions=(1, None))
 class Constant(OnnxOp):
     """A tensor from whichever ``value*`` attribute the node carries."""
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """x plus a constant node (float tensor, scalar or list), broadcast."""
+        g = examples.Graph(rng, examples.shape(rng))
+        value = examples.values(rng, examples.broadcastable(rng, g.x_shape))
+        from onnx import numpy_helper
+
+        attr = examples.pick(rng, [{"value": numpy_helper.from_array(value)}, {"value_float": examples.real(rng)},
+                                   {"value_floats": [examples.real(rng)]}])
+        c = g.node(op_type, [], **attr)
+        return examples.Example(g.model(g.node("Add", ["x", c])), next(iter(attr)))
 
     def __init__(self, node):
         super().__init__(node)
@@ -379,6 +526,16 @@ class Constant(OnnxOp):
 class ConstantOfShape(OnnxOp):
     """A tensor of the given shape filled with ``value`` (a one-element tensor; default float32 zero)."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """x times a tensor of x's shape filled with any value."""
+        g = examples.Graph(rng, examples.shape(rng))
+        from onnx import numpy_helper
+
+        value = numpy_helper.from_array(np.array([examples.real(rng)], dtype=np.float32))
+        filled = g.node(op_type, [g.node("Shape", ["x"])], value=value)
+        return examples.Example(g.model(g.node("Mul", ["x", filled])), "scale")
+
     def __init__(self, node):
         super().__init__(node)
         value = node.attr("value")
@@ -403,6 +560,16 @@ class ConstantOfShape(OnnxOp):
 class Range(OnnxOp):
     """``start + i * delta`` for ``i < max(ceil((limit - start) / delta), 0)``, in the inputs' dtype."""
 
+    @classmethod
+    def example(cls, op_type, rng):
+        """x flattened plus a range whose length is x's size (its bounds depend on x's shape only)."""
+        g = examples.Graph(rng, examples.shape(rng))
+        size = g.node("Cast", [g.node("Size", ["x"])], to=1)
+        delta = float(examples.pick(rng, [1.0, 0.5, -1.0]))
+        limit = size if delta == 1.0 else g.node("Mul", [size, g.const(delta)])
+        ramp = g.node(op_type, [g.const(0.0), limit, g.const(delta)])
+        return examples.Example(g.model(g.node("Add", [g.node("Reshape", ["x", g.ints([-1])]), ramp])), "ramp")
+
     def forward(self, start, limit, delta):
         first, stop, step = start.item(), limit.item(), delta.item()
         if step == 0:
@@ -425,6 +592,16 @@ class Dropout(OnnxOp):
 
     The optional mask output is all-true (bool; the input's dtype before opset 10).
     """
+
+    @classmethod
+    def example(cls, op_type, rng):
+        """Any ratio, training_mode absent or false (inference), the mask output unused."""
+        g = examples.Graph(rng, examples.shape(rng))
+        inputs = ["x", g.const(float(rng.uniform(0, 0.9)))]
+        if rng.random() < 0.5:
+            inputs.append(g.const(False, bool))
+        out = g.node(op_type, inputs, outputs=2)
+        return examples.Example(g.model(out[0]), "inference")
 
     def __init__(self, node):
         super().__init__(node)
@@ -453,5 +630,9 @@ class Dropout(OnnxOp):
 
 @register("Identity", versions=(1, None))
 class Identity(Reshaping):
+    @classmethod
+    def example(cls, op_type, rng):
+        return examples.unary(op_type, rng)
+
     def forward(self, x):
         return x
