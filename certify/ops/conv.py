@@ -271,3 +271,14 @@ class ConvTranspose(SlidingWindow, OnnxOp):
         from certify.lipschitz import network
 
         return network.convolution(ctx, self, self.group, transposed=True)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): affine in the input (weights constant)."""
+    from certify.local.rules import Linear
+
+    Conv.relaxation = Linear(products=(0, 1))
+    ConvTranspose.relaxation = Linear(products=(0, 1))
+
+
+_relaxations()
