@@ -104,6 +104,18 @@ class Propagation:
             self.bounds: dict[str, Interval] = {}
             self._sweep()
 
+    def subset(self, index) -> Propagation:
+        """The same bounds restricted to some samples (``index`` selects along the batch dimension)."""
+        part = object.__new__(Propagation)
+        part.__dict__.update(self.__dict__)
+        part.region = self.region.subset(index)
+        with torch.no_grad():
+            _, part.env = self.graph.run(part.region.midpoint, keep=True)
+        part.magnitude = {n: m[index] for n, m in self.magnitude.items()}
+        part.bounds = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.bounds.items()}
+        part._affine_cache = {}
+        return part
+
     # --- forward sweep -------------------------------------------------------------------------------------
     def _args(self, inputs, boxes: dict) -> list:
         return [boxes[n] if n in boxes else (self.env.get(n) if n else None) for n in inputs]
