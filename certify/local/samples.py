@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from certify.local.bounds import DEFAULT_MEMORY, Propagation, float64_graph
+from certify.local.bounds import DEFAULT_MEMORY, Propagation, check_supported, float64_graph
 from certify.local.lipschitz import LayerBound, local_lipschitz
 from certify.local.region import NORMS, Region
 from certify.local.rules import UnsupportedOperator
@@ -108,6 +108,7 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
         raise ValueError(f"unknown local methods {unknown}; choose from {METHODS}")
     order = tuple(m for m in METHODS if m in methods)
     graph = float64_graph(module, device)
+    check_supported(graph)
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=device)
     y = torch.as_tensor(np.asarray(y), dtype=torch.int64, device=device).reshape(-1)
     n = x.shape[0]
