@@ -117,8 +117,12 @@ def _chain(prop: Propagation):
     return chain
 
 
-def local_lipschitz(prop: Propagation, labels: torch.Tensor) -> LocalLipschitz:
-    """Local layerwise bounds over ``prop``'s region (its intermediate bounds give the activation pattern)."""
+def local_lipschitz(prop: Propagation, labels: torch.Tensor, global_pairs=None) -> LocalLipschitz:
+    """Local layerwise bounds over ``prop``'s region (its intermediate bounds give the activation pattern).
+
+    ``global_pairs`` (optional, (K, K)): global bounds ``L[y, j]`` of ``f_y - f_j`` in the same norm (from
+    ``certify.lipschitz.network.pair_bounds``); valid everywhere, so the smaller of the two is kept per pair.
+    """
     norm = prop.region.norm
     chain = _chain(prop)
     n = prop.region.lower.shape[0]
@@ -151,5 +155,8 @@ def local_lipschitz(prop: Propagation, labels: torch.Tensor) -> LocalLipschitz:
     else:
         k = prop.bounds[prop.output_name].lo.shape[1]
         pair = (2.0 if norm == "linf" else 2.0**0.5) * WIDEN * product.unsqueeze(1).expand(n, k).clone()
+    if global_pairs is not None:
+        known = torch.as_tensor(global_pairs, dtype=torch.float64, device=device)[labels]
+        pair = torch.minimum(pair, torch.nan_to_num(known, nan=torch.inf))
     pair[torch.arange(n, device=device), labels] = 0.0
     return LocalLipschitz(norm, layers, pair)

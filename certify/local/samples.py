@@ -92,13 +92,15 @@ def _smallest_margin(low: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0.0, 1.0), methods=METHODS, *,
                     time_budget: float | None = None, device="cpu", margin: float = 0.0, skip_certified: bool = True,
-                    alpha_steps: int = 20, batch_size: int = 256, memory: int = DEFAULT_MEMORY) -> SampleVerdicts:
+                    alpha_steps: int = 20, batch_size: int = 256, memory: int = DEFAULT_MEMORY,
+                    global_pairs=None) -> SampleVerdicts:
     """Certify each sample of ``x`` (labels ``y``) against every perturbation in its ``norm`` ball of radius
     ``eps`` intersected with ``input_range`` (None: unbounded), with each of ``methods``.
 
     ``module``: a converted graph (:class:`certify.convert.OnnxGraph`) with one input and logits as its first
     output. ``margin``: subtracted from every certified lower bound (the deployed float32 network's forward
-    error). ``time_budget`` (seconds): methods that would start after it are skipped. Raises
+    error). ``global_pairs``: the global certificate's ``L[y, j]`` (same norm), which the local Lipschitz bound
+    never exceeds. ``time_budget`` (seconds): methods that would start after it are skipped. Raises
     :class:`~certify.local.rules.UnsupportedOperator` naming the node when the graph cannot be bounded at all.
     """
     if norm not in NORMS:
@@ -122,7 +124,7 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     for first in range(0, n, batch_size):
         batch = slice(first, min(n, first + batch_size))
         rows = _certify_batch(graph, x[batch], y[batch], eps, norm, input_range, order, result, batch, start,
-                              time_budget, margin, skip_certified, alpha_steps, memory)
+                              time_budget, margin, skip_certified, alpha_steps, memory, global_pairs)
         if rows:
             layer_rows.append(rows)
     result.layers = _merged_layers(layer_rows)
@@ -140,7 +142,7 @@ def _merged_layers(batches: list[list[LayerBound]]) -> list[LayerBound]:
 
 
 def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleVerdicts, batch: slice, start,
-                   time_budget, margin, skip_certified, alpha_steps, memory) -> list[LayerBound]:
+                   time_budget, margin, skip_certified, alpha_steps, memory, global_pairs) -> list[LayerBound]:
     with torch.no_grad():
         logits = graph(xb).reshape(xb.shape[0], -1)
     correct = logits.argmax(1) == yb
@@ -173,7 +175,7 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
                     low = prop.lower(spec[:, index], alpha_steps=alpha_steps)
                 else:
                     low, layers = _lipschitz_lower(prop, logits[index], yb[index], spec[:, index], eps, result, batch,
-                                                   index)
+                                                   index, global_pairs)
         except UnsupportedOperator as e:
             result.skipped.setdefault(method, e.message)
             continue
@@ -188,9 +190,10 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
     return layers
 
 
-def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, index):
+def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, index,
+                     global_pairs):
     """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii."""
-    bounds = local_lipschitz(prop, labels)
+    bounds = local_lipschitz(prop, labels, global_pairs)
     margins = torch.einsum("snk,nk->sn", spec, logits) - prop._spec_rounding(spec)  # (S, N)
     low = margins - bounds.pair.T * eps
     masked = margins.T.clone()
