@@ -20,7 +20,7 @@ from certify.convert import to_torch
 from certify.local.bounds import Propagation, float64_graph
 from certify.local.region import Region
 from certify.local.rules import UnsupportedOperator
-from certify.local.samples import certify_samples, margin_spec
+from certify.local.samples import certified_radii, certify_samples, margin_spec
 from tests.onnx_builders import const_tensor
 
 DIGITS = "examples/digits_mlp.onnx"
@@ -266,8 +266,15 @@ def test_local_lipschitz_is_skipped_on_graphs_that_are_not_dense_chains():
     net = Net((1, 1, 4, 4))
     h = net.add("Relu", [net.add("Conv", ["x", net.weight(2, 1, 3, 3)])])
     out = net.add("Gemm", [net.add("Flatten", [h]), net.weight(3, 8), net.weight(3)], transB=1)
-    v = certify_samples(net.graph(out), np.full((1, 1, 4, 4), 0.5, np.float32), [0], 0.01)
-    assert "Conv" in v.skipped.get("local-lipschitz", "") or not v.ran["local-lipschitz"].any()
+    module = net.graph(out)
+    x = np.full((1, 1, 4, 4), 0.5, np.float32)
+    label = int(module(torch.tensor(x)).argmax())
+    v = certify_samples(module, x, [label], 0.01, skip_certified=False)
+    assert "Conv" in v.skipped["local-lipschitz"] and not v.ran["local-lipschitz"].any()
+    assert v.ran["crown"].all() and v.ran["alpha-crown"].all()
+    summary = v.summary()
+    assert summary["skipped"]["local-lipschitz"] and set(summary["methods"]) == set(v.methods)
+    assert certified_radii([v])[0] in (0.0, 0.01)
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
