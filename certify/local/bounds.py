@@ -73,11 +73,13 @@ class Propagation:
     """Bounds of every varying tensor of ``graph`` (a :func:`float64_graph`) over ``region``.
 
     ``method``: ``"ibp"`` (interval only) or ``"crown"`` (intermediate bounds tightened by backward
-    substitution to the input). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over
+    substitution to the input); ``alpha_steps`` > 0 optimises each intermediate bound's slopes too (alpha-CROWN,
+    separate slopes per bounded neuron). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over
     the region's samples). ``lower(C)`` bounds a specification on the graph's first output.
     """
 
-    def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY):
+    def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY,
+                 alpha_steps: int = 0, lr: float = 0.25):
         if method not in ("ibp", "crown"):
             raise ValueError(f"method must be 'ibp' or 'crown', not {method!r}")
         check_supported(graph)
@@ -87,6 +89,7 @@ class Propagation:
         self.region = region.to(device, torch.float64)
         self.method = method
         self.memory = memory
+        self.alpha_steps, self.lr = alpha_steps, lr
         self.steps = list(graph.steps())
         self.varying = varying_names(graph)
         self.input_name = graph.input_names[0]
@@ -168,8 +171,11 @@ class Propagation:
             a = torch.zeros((2 * r, n, shape.numel()), dtype=torch.float64, device=lo.device)
             a[torch.arange(r), :, chunk] = 1.0
             a[torch.arange(r, 2 * r), :, chunk] = -1.0
-            low = self.linear_lower(name, a.reshape(2 * r, n, *shape))
-            low = low - self.rounding * self.magnitude[name].flatten(1)[:, chunk].T.repeat(2, 1)
+            a = a.reshape(2 * r, n, *shape)
+            low = self.linear_lower(name, a) - self._rounding_of(name, a)
+            if self.alpha_steps > 0:
+                with torch.enable_grad():
+                    low = torch.maximum(low, self._optimised(name, a, self.alpha_steps, self.lr))
             lo[:, chunk] = torch.maximum(lo[:, chunk], low[:r].T)
             hi[:, chunk] = torch.minimum(hi[:, chunk], -low[r:].T)
         return Interval(lo.reshape(box.lo.shape), hi.reshape(box.hi.shape))
@@ -242,21 +248,27 @@ class Propagation:
         return self.region.minimum(coef_in) + bias
 
     # --- specifications on the output ----------------------------------------------------------------------
+    def _rounding_of(self, target: str, c: torch.Tensor) -> torch.Tensor:
+        """The outward rounding margin of a bound on ``c . target`` (see the module docstring)."""
+        return self.rounding * _dot(c.abs(), self.magnitude[target])
+
     def _spec_rounding(self, c: torch.Tensor) -> torch.Tensor:
-        return self.rounding * _dot(c.abs(), self.magnitude[self.output_name])
+        return self._rounding_of(self.output_name, c)
 
     def interval_lower(self, c: torch.Tensor) -> torch.Tensor:
         """IBP lower bound of ``c . y`` (c: (S, N, *output)) from the output's box, widened: (S, N)."""
         box = self.bounds[self.output_name]
         return _dot(c.clamp(min=0), box.lo) + _dot(c.clamp(max=0), box.hi) - self._spec_rounding(c)
 
-    def lower(self, c: torch.Tensor, alpha_steps: int = 0, lr: float = 0.25) -> torch.Tensor:
+    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None) -> torch.Tensor:
         """Sound lower bound of ``c . y`` for every spec row and sample: (S, N).
 
         IBP for an ``"ibp"`` propagation; CROWN otherwise, intersected with IBP; with ``alpha_steps`` > 0 the
         best bound over that many alpha-CROWN iterations (each iterate sound).
         """
         c = c.to(self.region.lower.device, torch.float64)
+        alpha_steps = self.alpha_steps if alpha_steps is None else alpha_steps
+        lr = self.lr if lr is None else lr
         best = self.interval_lower(c)
         if self.method == "ibp":
             return best
@@ -264,12 +276,13 @@ class Propagation:
             crown = torch.cat([self.linear_lower(self.output_name, part) for part in c.split(self._chunk_rows(1))])
         best = torch.maximum(best, crown - self._spec_rounding(c))
         if alpha_steps > 0:
-            best = torch.maximum(best, self._optimised(c, alpha_steps, lr))
+            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr))
         return best
 
-    def _optimised(self, c: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
-        """alpha-CROWN: Adam on the lower-line slopes of unstable Relu-like neurons, best iterate per row."""
-        ancestors = self._ancestors(self.output_name)
+    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+        """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on,
+        the best (widened) iterate per row."""
+        ancestors = self._ancestors(target)
         thetas = {}
         for index in sorted(ancestors):
             op, inputs, _ = self.steps[index]
@@ -282,7 +295,7 @@ class Propagation:
             return best
         optimiser = torch.optim.Adam(thetas.values(), lr=lr)
         for _ in range(steps):
-            low = self.linear_lower(self.output_name, c, thetas) - self._spec_rounding(c)
+            low = self.linear_lower(target, c, thetas) - self._rounding_of(target, c)
             best = torch.maximum(best, low.detach())
             optimiser.zero_grad()
             (-low.sum()).backward()
@@ -291,7 +304,7 @@ class Propagation:
                 for t in thetas.values():
                     t.clamp_(0.0, 1.0)
         with torch.no_grad():
-            low = self.linear_lower(self.output_name, c, thetas) - self._spec_rounding(c)
+            low = self.linear_lower(target, c, thetas) - self._rounding_of(target, c)
         return torch.maximum(best, low)
 
     def _ancestors(self, name: str) -> set[int]:
