@@ -169,8 +169,8 @@ class Propagation:
         for chunk in rows.split(self._chunk_rows(2)):
             r = chunk.numel()
             a = torch.zeros((2 * r, n, shape.numel()), dtype=torch.float64, device=lo.device)
-            a[torch.arange(r), :, chunk] = 1.0
-            a[torch.arange(r, 2 * r), :, chunk] = -1.0
+            a[torch.arange(r, device=lo.device), :, chunk] = 1.0
+            a[torch.arange(r, 2 * r, device=lo.device), :, chunk] = -1.0
             a = a.reshape(2 * r, n, *shape)
             low = self.linear_lower(name, a) - self._rounding_of(name, a)
             if self.alpha_steps > 0:

@@ -210,7 +210,7 @@ def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: Sampl
     margins = torch.einsum("snk,nk->sn", spec, logits) - prop._spec_rounding(spec)  # (S, N)
     low = margins - bounds.pair.T * eps
     masked = margins.T.clone()
-    masked[torch.arange(labels.shape[0]), labels] = torch.inf
+    masked[torch.arange(labels.shape[0], device=labels.device), labels] = torch.inf
     rows = np.arange(batch.start, batch.stop)[index.cpu().numpy()]
     result.radius[rows] = bounds.radii(masked, eps).cpu().numpy()
     return low, bounds.layers
