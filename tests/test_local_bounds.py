@@ -308,3 +308,12 @@ def test_bad_arguments_are_refused():
         certify_samples(module, np.zeros((2, 64), np.float32), [0], 0.1)
     with pytest.raises(ValueError, match="eps"):
         Region.ball(torch.zeros(1, 2), -0.1)
+    with pytest.raises(ValueError, match="input range"):
+        Region.ball(torch.full((1, 2), 2.0), 0.1)
+
+
+def test_cast_to_an_integer_type_is_refused():
+    net = Net((1, 3))
+    h = net.add("Cast", [net.add("Gemm", ["x", net.weight(3, 3)])], to=TensorProto.INT64)
+    with pytest.raises(UnsupportedOperator, match="integer"):
+        Propagation(float64_graph(net.graph(h)), Region.ball(torch.zeros(1, 3), 0.1))

@@ -41,6 +41,8 @@ class Region:
         x = torch.as_tensor(x)
         lo, hi = (-float("inf"), float("inf")) if input_range is None else input_range
         lower, upper = torch.clamp(x - eps, min=lo), torch.clamp(x + eps, max=hi)
+        if bool((lower > upper).any()):
+            raise ValueError(f"a sample lies more than eps outside the input range {input_range}")
         if norm == "linf":
             return cls(lower, upper)
         return cls(lower, upper, center=x, eps=float(eps), norm="l2")

@@ -132,6 +132,10 @@ class Linear(Relaxation):
 class Passthrough(Linear):
     """An exact-arithmetic identity on values (a float-to-float Cast): bounds pass unchanged."""
 
+    def check(self, op, args) -> None:
+        if not getattr(op, "dtype", torch.float32).is_floating_point:
+            raise UnsupportedOperator(op.onnx_name, op.op_type, "a cast to an integer type rounds")
+
     def interval(self, op, args) -> Interval:
         return args[0]
 
