@@ -117,11 +117,11 @@ def box_pgd(module, lo, hi, spec, steps=60, restarts=3, seed=0) -> bool:
     return False
 
 
-def vnncomp(alpha_steps: int, device: str) -> None:
+def vnncomp(alpha_steps: int, device: str, nets: str = "") -> None:
     verdicts = list(csv.DictReader(open(VNNCOMP / "verdicts.csv")))
     groups: dict[tuple, list] = {}
     for row in verdicts:
-        if row["benchmark"] == "acasxu":
+        if row["benchmark"] == "acasxu" or nets not in row["onnx"]:
             continue
         eps = re.search(r"_(0\.0\d+)\.vnnlib$", row["vnnlib"])
         key = (row["onnx"], eps.group(1) if eps else "all")
@@ -172,12 +172,13 @@ def main() -> None:
     parser.add_argument("--alpha-steps", type=int, default=40)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("digits", "vnncomp"), help="run one of the two tables")
+    parser.add_argument("--nets", default="", help="VNN-COMP networks whose path contains this text")
     args = parser.parse_args()
     steps = 10 if args.quick else args.alpha_steps
     if args.only != "vnncomp":
         digits(steps, args.device)
     if not args.quick and args.only != "digits" and VNNCOMP.exists():
-        vnncomp(steps, args.device)
+        vnncomp(steps, args.device, args.nets)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from certify.local.rules import Interval, Linear, UnsupportedOperator
 SHAPE_ONLY = ("Shape", "Size")
 UNIT_ROUNDOFF = 2.0**-53
 DEFAULT_MEMORY = 2**28  # bytes of backward coefficients per chunk
+#: Largest (rows x samples x widest tensor) for which intermediate bounds get optimised slopes; beyond it they
+#: keep their CROWN bounds (optimising thousands of convolutional neurons costs more than it brings).
+ALPHA_INTERMEDIATE_LIMIT = 2**22
 
 
 def float64_graph(module, device="cpu"):
@@ -173,17 +176,19 @@ class Propagation:
             a[torch.arange(r, 2 * r, device=lo.device), :, chunk] = -1.0
             a = a.reshape(2 * r, n, *shape)
             low = self.linear_lower(name, a) - self._rounding_of(name, a)
-            if self.alpha_steps > 0:
+            if self.alpha_steps > 0 and 2 * r * n * self._widest() <= ALPHA_INTERMEDIATE_LIMIT:
                 with torch.enable_grad():
                     low = torch.maximum(low, self._optimised(name, a, self.alpha_steps, self.lr))
             lo[:, chunk] = torch.maximum(lo[:, chunk], low[:r].T)
             hi[:, chunk] = torch.minimum(hi[:, chunk], -low[r:].T)
         return Interval(lo.reshape(box.lo.shape), hi.reshape(box.hi.shape))
 
+    def _widest(self) -> int:
+        return max(b.shape[1:].numel() for b in self.magnitude.values())
+
     def _chunk_rows(self, copies: int) -> int:
         n = self.region.lower.shape[0]
-        widest = max(b.shape[1:].numel() for b in self.magnitude.values())
-        return max(1, int(self.memory // (8 * copies * n * widest)))
+        return max(1, int(self.memory // (8 * copies * n * self._widest())))
 
     # --- backward pass -------------------------------------------------------------------------------------
     def _affine(self, index: int):
