@@ -248,3 +248,17 @@ class Softmax(Normalize):
 @register("LogSoftmax", versions=(1, None))
 class LogSoftmax(Normalize):
     fn = staticmethod(torch.log_softmax)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): linear bounds of each activation over a box."""
+    from certify.local.rules import ReluLike, SShaped, sigmoid_derivative, tanh_derivative
+
+    Relu.relaxation = ReluLike()
+    LeakyRelu.relaxation = ReluLike(slope_attribute="alpha")
+    PRelu.relaxation = ReluLike(slope_input=1)
+    Sigmoid.relaxation = SShaped(torch.sigmoid, sigmoid_derivative)
+    Tanh.relaxation = SShaped(torch.tanh, tanh_derivative)
+
+
+_relaxations()

@@ -307,3 +307,14 @@ def _conv_example(op_type: str, rng, transposed: bool):
     if rng.random() < 0.5:
         inputs.append(g.const(examples.values(rng, (c_out,))))
     return examples.Example(g.model(g.node(op_type, inputs, group=groups, **attrs)), family)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): affine in the input (weights constant)."""
+    from certify.local.rules import Linear
+
+    Conv.relaxation = Linear(products=(0, 1))
+    ConvTranspose.relaxation = Linear(products=(0, 1))
+
+
+_relaxations()

@@ -300,3 +300,21 @@ class Cast(OnnxOp):
 
 def onnx_type_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type).lower()
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): sums and differences are affine, products and quotients only
+    with a constant factor or divisor; a float-to-float Cast passes values unchanged in exact arithmetic."""
+    from certify.local.rules import Linear, Passthrough
+
+    Add.relaxation = Linear()
+    Sub.relaxation = Linear(negate=(1,))
+    Mul.relaxation = Linear(products=(0, 1))
+    Div.relaxation = Linear(fixed=(1,), absolute=(1,))
+    Neg.relaxation = Linear(negate=(0,))
+    Sum.relaxation = Linear()
+    Mean.relaxation = Linear()
+    Cast.relaxation = Passthrough()
+
+
+_relaxations()

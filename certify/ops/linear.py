@@ -101,3 +101,14 @@ class MatMul(OnnxOp):
         from certify.lipschitz import network
 
         return network.matmul(ctx)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): both are affine when one product operand is constant."""
+    from certify.local.rules import Linear
+
+    Gemm.relaxation = Linear(products=(0, 1))
+    MatMul.relaxation = Linear(products=(0, 1))
+
+
+_relaxations()

@@ -272,3 +272,13 @@ class LpNormalization(OnnxOp):
         from certify.lipschitz import network
 
         return network.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): inference batch normalisation is a per-channel affine map."""
+    from certify.local.rules import Linear
+
+    BatchNormalization.relaxation = Linear(fixed=(1, 2, 3, 4), absolute=(1,))
+
+
+_relaxations()

@@ -203,3 +203,16 @@ class GlobalMaxPool(OnnxOp):
         from certify.lipschitz import constants
 
         return constants.selection_bound(1, ctx.norm)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): averages are linear, a window max is bounded by one of its
+    entries below and by the largest upper bound above."""
+    from certify.local.rules import Linear, WindowMax
+
+    AveragePool.relaxation = Linear()
+    GlobalAveragePool.relaxation = Linear()
+    MaxPool.relaxation = WindowMax()
+
+
+_relaxations()

@@ -255,3 +255,14 @@ class ArgMax(ArgExtreme):
 @register("ArgMin", versions=(1, None))
 class ArgMin(ArgExtreme):
     fn = staticmethod(torch.argmin)
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): sums and means over constant axes are linear."""
+    from certify.local.rules import Linear
+
+    ReduceSum.relaxation = Linear(fixed=(1,))
+    ReduceMean.relaxation = Linear(fixed=(1,))
+
+
+_relaxations()

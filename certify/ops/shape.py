@@ -636,3 +636,15 @@ class Identity(Reshaping):
 
     def forward(self, x):
         return x
+
+
+def _relaxations() -> None:
+    """Local bound propagation (``certify.local``): moving, copying and padding entries is affine."""
+    from certify.local.rules import Linear
+
+    for op in (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Slice, Gather, Pad, Tile, Expand, Dropout,
+               Identity):
+        op.relaxation = Linear(fixed=tuple(range(1, 8)) if op is not Concat else ())
+
+
+_relaxations()
