@@ -37,10 +37,16 @@ def sample_inputs(model: onnx.ModelProto, batch: int = 2, input_range=(0.0, 1.0)
     return arrays
 
 
-def onnxruntime_outputs(model: onnx.ModelProto, arrays) -> list[np.ndarray]:
+def onnxruntime_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session on the original model (the reference every converted result is checked against)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_outputs(model: onnx.ModelProto, arrays) -> list[np.ndarray]:
+    session = onnxruntime_session(model)
     feeds = {spec[0]: a for spec, a in zip(input_specs(model), arrays)}
     return session.run(None, feeds)
 
