@@ -3,7 +3,7 @@
 
 Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
 (a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
-low-dimensional inputs, input splitting (bisect the widest side, relative to the original box) with bounds on every
+low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
 sub-box and the sub-box centres checked as candidates; for high-dimensional inputs the attack continues.
 
 The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
@@ -134,6 +134,7 @@ class Decider:
             if found is not None:
                 return Verdict("violated", "attack", elapsed(), found)
         open_cases = list(range(len(prop.cases)))
+        stats = {"boxes": 0, "proved": 0}
         if self.bounds is not None:
             open_cases = [i for i in open_cases if not self._bounded(prop.cases[i], deadline)]
             if not open_cases:
@@ -141,7 +142,7 @@ class Decider:
         for i in open_cases:
             case = prop.cases[i]
             if self.bounds is not None and case.lower.size <= SPLIT_MAX_INPUTS:
-                outcome, stats = self._split(case, i, deadline)
+                outcome = self._split(case, i, deadline, stats)
                 if isinstance(outcome, Counterexample):
                     return Verdict("violated", "input-split", elapsed(), outcome, stats=stats)
                 if outcome:
@@ -153,38 +154,54 @@ class Decider:
                 return Verdict("violated", "attack", elapsed(), found)
             reason = "no bound engine available" if self.bounds is None else "not proved by bounds; no counterexample"
             return Verdict("unknown", "attack", elapsed(), reason=reason)
-        return Verdict("holds", "input-split" if open_cases else "bounds", elapsed())
+        return Verdict("holds", "input-split" if open_cases else "bounds", elapsed(), stats=stats)
 
     def _bounded(self, case: Case, deadline: float) -> bool:
         if time.monotonic() > deadline:
             return False
         return bool(proved(self.bounds, case, case.lower[None], case.upper[None], self.margin)[0])
 
-    def _split(self, case: Case, index: int, deadline: float):
-        """Bisect sub-boxes until all are proved (True), a centre is a counterexample, or time runs out (False)."""
+    def _split(self, case: Case, index: int, deadline: float, stats: dict):
+        """Bisect sub-boxes until all are proved (True), a centre is a counterexample, or time runs out (False);
+        ``stats`` counts the boxes bounded and proved."""
         lower, upper = case.lower[None].copy(), case.upper[None].copy()
         width0 = np.where(case.upper > case.lower, case.upper - case.lower, 1.0)
-        stats = {"boxes": 0, "proved": 0}
         while lower.shape[0]:
             if time.monotonic() > deadline:
-                return False, stats
+                return False
             lo, hi = lower[:SPLIT_BATCH], upper[:SPLIT_BATCH]
             lower, upper = lower[SPLIT_BATCH:], upper[SPLIT_BATCH:]
             stats["boxes"] += lo.shape[0]
             found = self._check_centres(case, index, lo, hi)
             if found is not None:
-                return found, stats
+                return found
             done = proved(self.bounds, case, lo, hi, self.margin)
             stats["proved"] += int(done.sum())
             lo, hi = lo[~done], hi[~done]
-            dim = np.argmax((hi - lo) / width0, axis=1)
+            dim = self._split_dims(case, lo, hi, width0)
             mid = (lo[np.arange(len(dim)), dim] + hi[np.arange(len(dim)), dim]) / 2
             left_hi, right_lo = hi.copy(), lo.copy()
             left_hi[np.arange(len(dim)), dim] = mid
             right_lo[np.arange(len(dim)), dim] = mid
             lower = np.concatenate([lo, right_lo, lower])
             upper = np.concatenate([left_hi, hi, upper])
-        return True, stats
+        return True
+
+    def _split_dims(self, case: Case, lo: np.ndarray, hi: np.ndarray, width0: np.ndarray) -> np.ndarray:
+        """Per box, the side to bisect: the largest gradient times width of the rows at the centre ("smear",
+        Kearfott 1996), ties and flat regions broken by the widest side relative to the original box."""
+        if lo.shape[0] == 0:
+            return np.zeros(0, dtype=int)
+        C = torch.as_tensor(_rows(case)[0], dtype=torch.float32)
+        x = torch.as_tensor((lo + hi) / 2, dtype=torch.float32).requires_grad_(True)
+        with torch.enable_grad():
+            y = self.graph(x.reshape(len(x), *self.shape)).flatten(1) @ C.T
+            score = torch.zeros_like(x)
+            for r in range(y.shape[1]):
+                (g,) = torch.autograd.grad(y[:, r].sum(), x, retain_graph=r + 1 < y.shape[1])
+                score += g.abs()
+        rel = (hi - lo) / width0
+        return np.argmax(score.numpy() * (hi - lo) + 1e-9 * rel, axis=1)
 
     def _check_centres(self, case: Case, index: int, lo: np.ndarray, hi: np.ndarray) -> Counterexample | None:
         """The sub-box centres that torch puts in the unsafe set, confirmed in onnxruntime."""
