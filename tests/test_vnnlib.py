@@ -3,6 +3,8 @@ onnxruntime, proofs, and the ``lipcert vnnlib`` command."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 
 import numpy as np
@@ -103,3 +105,140 @@ def test_unreadable_and_non_utf8_files(tmp_path):
     bad.write_bytes(b"; ok\n\xff\xfe")
     with pytest.raises(ModelRejected, match="line 2: not UTF-8"):
         read_vnnlib(bad)
+
+
+# --- deciding properties on a tiny network -------------------------------------------------------------------------
+W1 = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)  # h = relu(x0), twice
+W2 = np.array([[1.0, -1.0], [1.0, 0.0]], dtype=np.float32)  # y0 = h0 - h1 = 0, y1 = h0 = max(x0, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> str:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Gemm", ["x", "W1"], ["a"], transB=1), helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Gemm", ["h", "W2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def tiny_ibp(lower: np.ndarray, upper: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Interval bounds of the tiny network (sound, and loose: y0 = h0 - h1 is 0 but gets [-width, width])."""
+    def affine(W, lo, hi):
+        pos, neg = np.clip(W, 0, None), np.clip(W, None, 0)
+        return lo @ pos.T + hi @ neg.T, hi @ pos.T + lo @ neg.T
+    lo, hi = affine(W1, lower, upper)
+    lo, hi = affine(W2, np.maximum(lo, 0), np.maximum(hi, 0))
+    return affine(C, lo, hi)[0]
+
+
+def prop_text(unsafe: str, box: str = "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 -1))(assert (<= X_1 1))"):
+    return HEADER + box + unsafe
+
+
+def decider_for(path, prop, bounds):
+    from certify.decide import load_decider
+
+    decider = load_decider(path, prop, use_bounds=False)
+    decider.bounds = bounds
+    return decider
+
+
+def test_counterexample_found_and_confirmed_in_onnxruntime(tiny_onnx):
+    from certify.decide import vnncomp_result
+
+    prop = parse_vnnlib(prop_text("(assert (>= Y_1 0.75))"))
+    verdict = decider_for(tiny_onnx, prop, None).decide(prop, timeout=20)
+    assert (verdict.result, verdict.method) == ("violated", "attack")
+    ce = verdict.counterexample
+    assert ce.x.dtype == np.float32 and 0.75 <= ce.x[0] <= 1 and -1 <= ce.x[1] <= 1
+    assert ce.y[1] == pytest.approx(ce.x[0]) and ce.y[1] >= 0.75
+    text = vnncomp_result(verdict)
+    assert text.startswith("sat\n((X_0 ") and text.rstrip().endswith(")") and f"(Y_1 {float(ce.y[1])!r})" in text
+
+
+def test_unconfirmed_candidates_are_never_reported(tiny_onnx):
+    from certify.falsify import Checker
+
+    prop = parse_vnnlib(prop_text("(assert (>= Y_1 0.75))"))
+    decider = decider_for(tiny_onnx, prop, None)
+
+    class Disagrees(Checker):  # onnxruntime stand-in that never sees the unsafe output
+        def outputs(self, x32):
+            return np.zeros(2, dtype=np.float32)
+
+    decider.checker = Disagrees(decider.checker.session, "x", (1, 2))
+    verdict = decider.decide(prop, timeout=2)
+    assert verdict.result == "unknown" and verdict.counterexample is None
+
+
+def test_holds_by_bounds_and_by_input_splitting(tiny_onnx):
+    prop = parse_vnnlib(prop_text("(assert (<= Y_1 -0.5))"))  # y1 = relu(x0) >= 0
+    verdict = decider_for(tiny_onnx, prop, tiny_ibp).decide(prop, timeout=20)
+    assert (verdict.result, verdict.method) == ("holds", "bounds")
+    prop = parse_vnnlib(prop_text("(assert (<= Y_0 -0.3))"))  # y0 = 0, but interval bounds need boxes < 0.3 wide
+    verdict = decider_for(tiny_onnx, prop, tiny_ibp).decide(prop, timeout=20)
+    assert (verdict.result, verdict.method) == ("holds", "input-split")
+    assert verdict.stats["proved"] >= 4
+
+
+def test_without_bounds_a_holding_property_stays_unknown(tiny_onnx):
+    prop = parse_vnnlib(prop_text("(assert (<= Y_1 -0.5))"))
+    verdict = decider_for(tiny_onnx, prop, None).decide(prop, timeout=1)
+    assert verdict.result == "unknown" and "no bound engine" in verdict.reason
+
+
+def test_vacuous_property_holds(tiny_onnx):
+    prop = parse_vnnlib(prop_text("(assert (<= Y_1 -0.5))", "(assert (>= X_0 1))(assert (<= X_0 0))(assert (= X_1 0))"))
+    assert decider_for(tiny_onnx, prop, None).decide(prop, timeout=1).result == "holds"
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from certify.cli import main
+
+    return CliRunner().invoke(main, ["vnnlib", *map(str, args)])
+
+
+def test_cli_violated_writes_the_competition_result(tiny_onnx, tmp_path):
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(prop_text("(assert (>= Y_1 0.75))"))
+    out = tmp_path / "result.txt"
+    result = run_cli(tiny_onnx, prop, "--timeout", "20", "--counterexample", out)
+    assert result.exit_code == 1 and result.output.startswith("violated  method attack")
+    assert out.read_text().startswith("sat\n((X_0 ")
+    result = run_cli(tiny_onnx, prop, "--timeout", "20", "--json")
+    doc = json.loads(result.output)
+    assert (result.exit_code, doc["result"], doc["exit_code"], len(doc["counterexample"]["x"])) == (1, "violated", 1, 2)
+
+
+def test_cli_holding_property_exit_code(tiny_onnx, tmp_path):
+    from certify.decide import engine_bounds  # noqa: F401  (the default bound step, when installed)
+
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(prop_text("(assert (<= Y_1 -0.5))"))
+    out = tmp_path / "result.txt"
+    result = run_cli(tiny_onnx, prop, "--timeout", "2", "--counterexample", out)
+    engine = importlib.util.find_spec("certify.local") is not None
+    assert result.exit_code == (0 if engine else 3)
+    assert out.read_text() == ("unsat\n" if engine else "unknown\n")
+    assert result.output.startswith("holds" if engine else "unknown")
+
+
+@pytest.mark.parametrize("unsafe, code", [("(assert (<= Y_1 -0.5)", "invalid_vnnlib"),
+                                          ("(declare-const Y_2 Real)(assert (<= Y_2 0))", "property_mismatch")])
+def test_cli_bad_input_exits_2_with_one_error_line(tiny_onnx, tmp_path, unsafe, code):
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(prop_text(unsafe))
+    result = run_cli(tiny_onnx, prop)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {code}: ") and result.output.count("\n") == 1
+    assert run_cli(tiny_onnx, tmp_path / "missing.vnnlib").exit_code == 2
