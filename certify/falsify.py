@@ -5,6 +5,13 @@ disjunct ``k`` (``C_k y <= d_k``) the loss is ``-max_i (C_k y - d_k)_i``, so it 
 holds. APGD runs on the unit cube mapped affinely onto the input box, which gives every input dimension the same
 relative step however unequal the box's sides (ACAS Xu). Many seeded random starts per disjunct run as one batch.
 
+Gradients vanish through ReLUs that are off, and on some networks (mnistfc) the outputs are flat over most of the
+box, so random starts all sit on one plateau. Every round therefore also starts PGD from vertices that steer the
+first hidden layer: a random weighting of its neurons (each scaled by its observed range) is linear in the input
+before the first activation, and its maximising vertex is the sign of its gradient; neurons that are off at the
+centre get switched on this way, which gradient steps from the centre never do (in the spirit of output-diversified
+starts, Tashiro et al. 2020, moved to the first hidden layer).
+
 A candidate is reported only after onnxruntime, running the original ONNX model in float32 on the float32 input,
 puts it inside the box and in the unsafe set: the converted torch module is never trusted for a verdict.
 """
@@ -23,8 +30,11 @@ from certify.attacks.apgd import APGD
 from certify.attacks.base import AttackContext
 from certify.attacks.batching import batch_seed
 from certify.attacks.box import Feasible
+from certify.attacks.pgd import PGD
 from certify.vnnlib import Case, Conjunction
 
+ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh", "Softplus",
+               "Softsign", "Clip", "Gelu", "HardSwish", "Mish"}
 UNUSED_ROW = 1e30  # the bound of padding rows: 0 <= 1e30 never decides the maximum (and alone is always met)
 
 
@@ -124,25 +134,59 @@ def attack_case(model: nn.Module, checker: Checker, case: Case, index: int, *, i
     n, k = case.lower.size, len(case.unsafe)
     labels = torch.arange(k).repeat(restarts)
     centre = torch.full((k * restarts, n), 0.5)
-    attack = APGD(steps=steps, loss=objective)
+    uniform = APGD(steps=steps, loss=objective)
+    steered = PGD(steps=2 * steps, rel_step=0.1, random_start=False, schedule="cosine", loss=objective)
+
+    def tick():
+        if time.monotonic() > deadline:
+            raise OutOfTime
+
     r = 0
     while (rounds is None or r < rounds) and time.monotonic() < deadline:
-        feasible = Feasible(centre, Box(0.0, 1.0), "linf", 0.5)
         generator = torch.Generator().manual_seed(batch_seed(seed, "vnnlib", index, r))
-
-        def tick():
-            if time.monotonic() > deadline:
-                raise OutOfTime
-
         try:
-            z = feasible.enforce(attack.perturb(wrapped, centre, labels, AttackContext(feasible, generator, tick)))
+            starts = steering_vertices(wrapped, len(labels), generator)
+            for attack, x0, eps in ((steered, starts, 1.0), (uniform, centre, 0.5)):
+                if x0 is None:
+                    continue
+                feasible = Feasible(x0, Box(0.0, 1.0), "linf", eps)
+                z = feasible.enforce(attack.perturb(wrapped, x0, labels, AttackContext(feasible, generator, tick)))
+                found = check_points(wrapped, checker, case, index, z, labels, objective, check_limit)
+                if found is not None:
+                    return found
         except OutOfTime:
             return None
-        found = check_points(wrapped, checker, case, index, z, labels, objective, check_limit)
-        if found is not None:
-            return found
         r += 1
     return None
+
+
+def first_hidden(graph) -> str | None:
+    """The tensor entering the graph's first activation (affine in the input for the usual networks)."""
+    steps = graph.steps() if hasattr(graph, "steps") else ()
+    return next((inputs[0] for op, inputs, _ in steps if op.op_type in ACTIVATIONS), None)
+
+
+def steering_vertices(wrapped: OnBox, count: int, generator: torch.Generator, samples: int = 64):
+    """``count`` cube vertices, each maximising a random weighting of the first hidden layer (None when the model
+    has no recognisable first activation). Weights favour neurons seen on both sides of zero over ``samples``."""
+    name = first_hidden(wrapped.model)
+    if name is None:
+        return None
+    n = wrapped.lower.numel()
+
+    def hidden(z):
+        _, env = wrapped.model.run((wrapped.lower + wrapped.width * z).reshape(len(z), *wrapped.shape), keep=True)
+        return env[name].flatten(1)
+
+    with torch.no_grad():
+        seen = hidden(torch.rand((samples, n), generator=generator))
+    low, high = seen.amin(0), seen.amax(0)
+    weight = (((low < 0) & (high > 0)).float() + 0.05) / (high - low + 1e-6)
+    signs = torch.rand((count, weight.numel()), generator=generator) * 2 - 1
+    z = torch.full((count, n), 0.5, requires_grad=True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad((hidden(z) * signs * weight).sum(), z)
+    return (grad > 0).float()
 
 
 def check_points(wrapped: OnBox, checker: Checker, case: Case, index: int, z: torch.Tensor, labels: torch.Tensor,
