@@ -166,16 +166,21 @@ class Decider:
         ``stats`` counts the boxes bounded and proved."""
         lower, upper = case.lower[None].copy(), case.upper[None].copy()
         width0 = np.where(case.upper > case.lower, case.upper - case.lower, 1.0)
+        batch = 16
         while lower.shape[0]:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return False
-            lo, hi = lower[:SPLIT_BATCH], upper[:SPLIT_BATCH]
-            lower, upper = lower[SPLIT_BATCH:], upper[SPLIT_BATCH:]
+            lo, hi = lower[:batch], upper[:batch]
+            lower, upper = lower[batch:], upper[batch:]
             stats["boxes"] += lo.shape[0]
             found = self._check_centres(case, index, lo, hi)
             if found is not None:
                 return found
             done = proved(self.bounds, case, lo, hi, self.margin)
+            # grow the batch while one takes under a quarter of the time left (a batch cannot be interrupted)
+            spent, left = time.monotonic() - now, deadline - time.monotonic()
+            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, SPLIT_BATCH))
             stats["proved"] += int(done.sum())
             lo, hi = lo[~done], hi[~done]
             dim = self._split_dims(case, lo, hi, width0)

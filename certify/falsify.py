@@ -6,11 +6,11 @@ holds. APGD runs on the unit cube mapped affinely onto the input box, which give
 relative step however unequal the box's sides (ACAS Xu). Many seeded random starts per disjunct run as one batch.
 
 Gradients vanish through ReLUs that are off, and on some networks (mnistfc) the outputs are flat over most of the
-box, so random starts all sit on one plateau. Every round therefore also starts PGD from vertices that steer the
-first hidden layer: a random weighting of its neurons (each scaled by its observed range) is linear in the input
-before the first activation, and its maximising vertex is the sign of its gradient; neurons that are off at the
+box, so random starts all sit on one plateau. Every round therefore also starts PGD from vertices that steer a
+hidden layer: a random weighting of its neurons (each scaled by its observed range) and the vertex given by the sign
+of its gradient (the exact maximiser for the first layer, which is affine in the input); neurons that are off at the
 centre get switched on this way, which gradient steps from the centre never do (in the spirit of output-diversified
-starts, Tashiro et al. 2020, moved to the first hidden layer).
+starts, Tashiro et al. 2020, moved to the hidden layers).
 
 A candidate is reported only after onnxruntime, running the original ONNX model in float32 on the float32 input,
 puts it inside the box and in the unsafe set: the converted torch module is never trusted for a verdict.
@@ -160,32 +160,37 @@ def attack_case(model: nn.Module, checker: Checker, case: Case, index: int, *, i
     return None
 
 
-def first_hidden(graph) -> str | None:
-    """The tensor entering the graph's first activation (affine in the input for the usual networks)."""
+def hidden_layers(graph) -> list[str]:
+    """The tensors entering the graph's activations, in order."""
     steps = graph.steps() if hasattr(graph, "steps") else ()
-    return next((inputs[0] for op, inputs, _ in steps if op.op_type in ACTIVATIONS), None)
+    return [inputs[0] for op, inputs, _ in steps if op.op_type in ACTIVATIONS]
 
 
 def steering_vertices(wrapped: OnBox, count: int, generator: torch.Generator, samples: int = 64):
-    """``count`` cube vertices, each maximising a random weighting of the first hidden layer (None when the model
-    has no recognisable first activation). Weights favour neurons seen on both sides of zero over ``samples``."""
-    name = first_hidden(wrapped.model)
-    if name is None:
+    """``count`` cube vertices, each the sign of the gradient at the centre of a random weighting of one hidden
+    layer's neurons, the layer drawn per start (None when the model has no recognisable activation). Weights
+    favour neurons seen on both sides of zero over ``samples`` random points and are scaled by their range."""
+    names = hidden_layers(wrapped.model)
+    if not names:
         return None
     n = wrapped.lower.numel()
 
     def hidden(z):
         _, env = wrapped.model.run((wrapped.lower + wrapped.width * z).reshape(len(z), *wrapped.shape), keep=True)
-        return env[name].flatten(1)
+        return [env[name].flatten(1) for name in names]
 
     with torch.no_grad():
         seen = hidden(torch.rand((samples, n), generator=generator))
-    low, high = seen.amin(0), seen.amax(0)
-    weight = (((low < 0) & (high > 0)).float() + 0.05) / (high - low + 1e-6)
-    signs = torch.rand((count, weight.numel()), generator=generator) * 2 - 1
+    layer = torch.randint(len(names), (count,), generator=generator)
     z = torch.full((count, n), 0.5, requires_grad=True)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad((hidden(z) * signs * weight).sum(), z)
+        total = 0.0
+        for i, h in enumerate(hidden(z)):
+            low, high = seen[i].amin(0), seen[i].amax(0)
+            weight = (((low < 0) & (high > 0)).float() + 0.05) / (high - low + 1e-6)
+            signs = torch.rand(h.shape, generator=generator) * 2 - 1
+            total = total + ((h * signs * weight).sum(1) * (layer == i)).sum()
+        (grad,) = torch.autograd.grad(total, z)
     return (grad > 0).float()
 
 
