@@ -342,13 +342,17 @@ def parse_vnnlib(text: str) -> Property:
     return Property(n_in, n_out, list(cases.values()))
 
 
-def read_vnnlib(path) -> Property:
-    """Parse a VNN-LIB file (UTF-8 or ASCII), refusing one over the size cap before reading it whole."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise ModelRejected("unreadable_file", f"{path}: {e.strerror or e}") from None
+def read_vnnlib(source) -> Property:
+    """Parse a VNN-LIB file (a path, or its bytes as uploaded; UTF-8 or ASCII), refusing one over the size cap
+    before reading it whole."""
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source[:MAX_BYTES + 1])
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise ModelRejected("file_not_found", f"cannot read {source}: {e.strerror or e}") from None
     if len(data) > MAX_BYTES:
         raise invalid(None, f"file larger than {MAX_BYTES} bytes")
     try:

@@ -100,11 +100,12 @@ def test_malformed_or_unsupported_files_are_refused_with_a_code(text, needle):
 def test_unreadable_and_non_utf8_files(tmp_path):
     with pytest.raises(ModelRejected) as info:
         read_vnnlib(tmp_path / "missing.vnnlib")
-    assert info.value.code == "unreadable_file"
+    assert info.value.code == "file_not_found"
     bad = tmp_path / "bad.vnnlib"
     bad.write_bytes(b"; ok\n\xff\xfe")
     with pytest.raises(ModelRejected, match="line 2: not UTF-8"):
         read_vnnlib(bad)
+    assert read_vnnlib((HEADER + BOX + "(assert (<= Y_0 Y_1))").encode()).n_inputs == 2  # an upload's bytes
 
 
 # --- deciding properties on a tiny network -------------------------------------------------------------------------
