@@ -146,7 +146,7 @@ def attack_case(model: nn.Module, checker: Checker, case: Case, index: int, *, i
         generator = torch.Generator().manual_seed(batch_seed(seed, "vnnlib", index, r))
         try:
             starts = steering_vertices(wrapped, len(labels), generator)
-            for attack, x0, eps in ((steered, starts, 1.0), (uniform, centre, 0.5)):
+            for attack, x0, eps in ((uniform, centre, 0.5), (steered, starts, 1.0)):
                 if x0 is None:
                     continue
                 feasible = Feasible(x0, Box(0.0, 1.0), "linf", eps)
