@@ -29,12 +29,9 @@ EXIT_CODES = {"holds": 0, "violated": 1, "unknown": 3}
 @refusals_exit_2
 def vnnlib(model, prop, timeout, result_path, seed, as_json):
     """Decide PROPERTY (a .vnnlib file) on MODEL. Exit 0 holds, 1 violated, 3 unknown, 2 bad input."""
-    import torch
-
     from certify.decide import load_decider, vnncomp_result
     from certify.vnnlib import read_vnnlib
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     parsed = read_vnnlib(prop)
     decider = load_decider(model, parsed, seed=seed)
     verdict = decider.decide(parsed, timeout)
