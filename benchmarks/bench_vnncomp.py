@@ -5,7 +5,7 @@ verdict opposite to the majority's: must be 0) and the median time per instance 
 time limit applies to the decision itself; each model is loaded once. Goals (issue 13): 0 wrong, every violation
 found, at least 80% of the ``holds`` instances proved within 60 s on CPU.
 
-    python benchmarks/bench_vnncomp.py [--timeout 60] [--benchmark mnistfc,acasxu,oval21] [--dev DIR]
+    python benchmarks/bench_vnncomp.py [--timeout 60] [--benchmark mnistfc,acasxu,oval21] [--dev DIR] [--only S]
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ DEFAULT_DEV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..
 COLUMNS = ("holds proved", "violations found", "unknown", "wrong", "median s")
 
 
-def run(dev: str, benchmarks: set[str], timeout: float, verbose: bool) -> dict[str, list[tuple]]:
+def run(dev: str, benchmarks: set[str], timeout: float, verbose: bool, only: list[str] | None = None
+        ) -> dict[str, list[tuple]]:
     rows: dict[str, list[tuple]] = {}
     deciders = {}
     with open(os.path.join(dev, "verdicts.csv")) as f:
-        instances = [r for r in csv.DictReader(f) if r["benchmark"] in benchmarks]
+        instances = [r for r in csv.DictReader(f) if r["benchmark"] in benchmarks
+                     and (not only or any(o in f"{r['onnx']}:{r['vnnlib']}" for o in only))]
     for r in instances:
         prop = read_vnnlib(os.path.join(dev, r["vnnlib"]))
         if r["onnx"] not in deciders:
@@ -62,9 +64,10 @@ def main() -> None:
     parser.add_argument("--dev", default=os.path.normpath(DEFAULT_DEV))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="only the table")
+    parser.add_argument("--only", action="append", help="instances whose 'onnx:vnnlib' contains this (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = run(args.dev, set(args.benchmark.split(",")), args.timeout, not args.quiet)
+    results = run(args.dev, set(args.benchmark.split(",")), args.timeout, not args.quiet, args.only)
     print(f"\nVNN-COMP 2021 dev set, {args.timeout:g} s per instance, {args.threads} thread(s)")
     header = f"{'benchmark':<10} " + " ".join(f"{c:>16}" for c in COLUMNS)
     print(header)
