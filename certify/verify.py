@@ -64,15 +64,17 @@ def sample_inputs(model: onnx.ModelProto, batch: int = 2, input_range=(0.0, 1.0)
     return arrays
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+def onnxruntime_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session on the original model (the reference every converted result is checked against)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def onnxruntime_outputs(model: onnx.ModelProto, arrays) -> list[np.ndarray]:
     feeds = {spec[0]: a for spec, a in zip(input_specs(model), arrays)}
-    return _session(model).run(None, feeds)
+    return onnxruntime_session(model).run(None, feeds)
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -320,9 +322,9 @@ def verify_conversion(
     read = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
     exposed = {n: types[n] for n in _producers(model) if n in types and n in read}
     try:
-        session = _session(_exposing(model, list(exposed), types))
+        session = onnxruntime_session(_exposing(model, list(exposed), types))
     except Exception:  # noqa: BLE001  (onnxruntime refuses some exposed intermediates: compare the outputs only)
-        session, exposed = _session(model), {}
+        session, exposed = onnxruntime_session(model), {}
     device = next((b.device for b in module.buffers()), torch.device("cpu"))
     tensors = [torch.from_numpy(a).to(device, TORCH_OF_ONNX.get(s[2], torch.float32)) for a, s in zip(arrays, specs)]
     output_names = list(module.output_names)

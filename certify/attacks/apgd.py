@@ -13,7 +13,7 @@ import torch
 
 from certify.attacks.base import Attack, AttackContext
 from certify.attacks.box import expand_as_batch
-from certify.attacks.losses import get_loss, misclassified
+from certify.attacks.losses import get_loss, success_test
 from certify.attacks.restarts import ActiveSet, with_restarts
 from certify.attacks.steps import ascent_direction, input_gradient, random_in_ball
 
@@ -41,11 +41,12 @@ class APGD(Attack):
         p = self.params
         norm, eps, steps = ctx.norm, ctx.eps, p["steps"]
         loss_fn = get_loss(p["loss"])
+        success = success_test(loss_fn)
         active = ActiveSet(x, y, ctx)
         n = x.shape[0]
         x_adv = ctx.feasible.project(random_in_ball(x, eps, norm, ctx.generator))
         loss, logits, grad = input_gradient(model, x_adv, y, loss_fn)
-        active.record(x_adv, misclassified(logits, y))
+        active.record(x_adv, success(logits, y))
         state = {
             "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad,
             "loss_best": loss, "loss_prev": loss,
@@ -63,7 +64,7 @@ class APGD(Attack):
             z = active.feasible.project(s["x_adv"] + step * ascent_direction(s["grad"], norm))
             x_new = active.feasible.project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]))
             loss, logits, grad = input_gradient(model, x_new, active.y, loss_fn)
-            active.record(x_new, misclassified(logits, active.y))
+            active.record(x_new, success(logits, active.y))
             better = loss > s["loss_best"]
             rows = expand_as_batch(better, x_new)
             s.update(x_old=s["x_adv"], x_adv=x_new, grad=grad,

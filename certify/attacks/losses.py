@@ -34,7 +34,10 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 LOSSES = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
-def get_loss(name: str):
+def get_loss(name):
+    """A loss by name, or a callable loss as is (one that has its own success test: see :func:`success_test`)."""
+    if callable(name):
+        return name
     try:
         return LOSSES[name]
     except KeyError:
@@ -43,3 +46,9 @@ def get_loss(name: str):
 
 def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1) != y
+
+
+def success_test(loss_fn):
+    """What an attack with this loss is after: the loss's own ``success(logits, y)`` if it has one (an objective
+    other than misclassification, such as a property's unsafe set), else misclassification."""
+    return getattr(loss_fn, "success", misclassified)

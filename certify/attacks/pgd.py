@@ -6,7 +6,7 @@ import torch
 
 from certify.attacks.base import Attack, AttackContext
 from certify.attacks.box import expand_as_batch
-from certify.attacks.losses import get_loss, misclassified
+from certify.attacks.losses import get_loss, success_test
 from certify.attacks.restarts import ActiveSet, with_restarts
 from certify.attacks.steps import SCHEDULES, ascent_direction, input_gradient, random_in_ball, step_size
 
@@ -38,6 +38,7 @@ class PGD(Attack):
         steps, norm, eps = p["steps"], ctx.norm, ctx.eps
         base = (p["rel_step"] if p["rel_step"] is not None else 2.5 / steps) * eps
         loss_fn = get_loss(p["loss"])
+        success = success_test(loss_fn)
         x_adv = ctx.feasible.project(random_in_ball(x, eps, norm, ctx.generator)) if p["random_start"] else x
         active = ActiveSet(x, y, ctx)
         for i in range(steps):
@@ -45,7 +46,7 @@ class PGD(Attack):
             _, logits, grad = input_gradient(model, x_adv, active.y, loss_fn)
             # A misclassified sample gets a zero step: it stays at its first misclassified point, which costs
             # nothing extra (the per-sample step size replaces the scalar one).
-            moving = ~misclassified(logits, active.y)
+            moving = ~success(logits, active.y)
             size = step_size(p["schedule"], base, i, steps) * moving.to(x_adv.dtype)
             x_adv = active.feasible.project(x_adv + expand_as_batch(size, x_adv) * ascent_direction(grad, norm))
             if p["early_stop"] and (i + 1) % p["check_every"] == 0:
@@ -55,5 +56,5 @@ class PGD(Attack):
                     return active.finish()
                 (x_adv,) = kept
         with torch.no_grad():
-            active.record(x_adv, misclassified(model(x_adv), active.y))
+            active.record(x_adv, success(model(x_adv), active.y))
         return active.finish(x_adv)

@@ -1,0 +1,249 @@
+"""Deciding a VNN-LIB property on an ONNX model: ``holds``, ``violated`` (with a confirmed counterexample) or
+``unknown`` within a time budget.
+
+Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
+(a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
+low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
+sub-box and the sub-box centres checked as candidates; for high-dimensional inputs the attack continues.
+
+The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
+boxes. By default it is the project's bound propagation (``certify.local``: CROWN, alpha-CROWN on single boxes)
+when that package is present; without it no property can be proved and the answer is ``violated`` or ``unknown``.
+Bounds hold for the exact function the weights define; ``margin`` covers float32 evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from certify.errors import ModelRejected
+from certify.falsify import Checker, Counterexample, attack_case
+from certify.vnnlib import Case, Property
+
+BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
+SPLIT_BATCH = 512
+DEFAULT_MARGIN = 1e-5
+
+
+@dataclass
+class Verdict:
+    result: str  # "holds", "violated" or "unknown"
+    method: str
+    seconds: float
+    counterexample: Counterexample | None = None
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"result": self.result, "method": self.method, "seconds": round(self.seconds, 3),
+               "reason": self.reason, "stats": self.stats}
+        if self.counterexample is not None:
+            ce = self.counterexample
+            out["counterexample"] = {"case": ce.case, "disjunct": ce.disjunct, "x": [float(v) for v in ce.x],
+                                     "y": [float(v) for v in ce.y]}
+        return out
+
+
+def vnncomp_result(verdict: Verdict) -> str:
+    """The competition's result file: ``sat`` with the assignment, ``unsat``, or ``unknown``."""
+    if verdict.result == "holds":
+        return "unsat\n"
+    if verdict.result != "violated":
+        return "unknown\n"
+    ce = verdict.counterexample
+    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(ce.x)] + [f"(Y_{j} {float(v)!r})" for j, v in
+                                                                      enumerate(ce.y)]
+    return "sat\n(" + "\n ".join(pairs) + ")\n"
+
+
+def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) -> BoundFn | None:
+    """The project's bound propagation as a :data:`BoundFn` (CROWN; alpha-CROWN for a single box), or None
+    when it is not installed."""
+    try:
+        from certify.local.bounds import Propagation, check_supported, float64_graph
+        from certify.local.region import Region
+        from certify.local.rules import UnsupportedOperator
+    except ImportError:
+        return None
+    try:
+        check_supported(graph)
+    except UnsupportedOperator:
+        return None
+    g64 = float64_graph(graph)
+
+    def bounds(lower: np.ndarray, upper: np.ndarray, C: np.ndarray) -> np.ndarray:
+        n = lower.shape[0]
+        region = Region.box(torch.as_tensor(lower).reshape(n, *input_shape),
+                            torch.as_tensor(upper).reshape(n, *input_shape))
+        prop = Propagation(g64, region, "crown")
+        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
+        c = torch.as_tensor(C, dtype=torch.float64).reshape(C.shape[0], 1, *out_shape).expand(-1, n, *out_shape)
+        steps = alpha_steps if n == 1 else 0
+        return prop.lower(c, alpha_steps=steps).T.numpy()
+
+    return bounds
+
+
+def _rows(case: Case) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """All rows of all disjuncts stacked (C, d), and each disjunct's row indices."""
+    C = np.concatenate([c.C for c in case.unsafe])
+    d = np.concatenate([c.d for c in case.unsafe])
+    starts = np.cumsum([0] + [len(c.d) for c in case.unsafe])
+    return C, d, [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def proved(bounds: BoundFn, case: Case, lower: np.ndarray, upper: np.ndarray, margin: float) -> np.ndarray:
+    """Per box (N), whether every disjunct is infeasible: some row's lower bound of ``C y - d`` > ``margin``.
+
+    A disjunct without rows (every output unsafe) is never infeasible.
+    """
+    C, d, groups = _rows(case)
+    if C.shape[0] == 0:
+        return np.zeros(lower.shape[0], dtype=bool)
+    gap = bounds(lower, upper, C) - d  # (N, S)
+    done = np.ones(lower.shape[0], dtype=bool)
+    for rows in groups:
+        done &= (gap[:, rows] > margin).any(axis=1) if rows.size else False
+    return done
+
+
+class Decider:
+    """One model (converted torch module, onnxruntime checker, bound function) deciding properties."""
+
+    def __init__(self, graph, checker: Checker, input_shape: tuple[int, ...], bounds: BoundFn | None,
+                 margin: float = DEFAULT_MARGIN, seed: int = 0):
+        self.graph, self.checker, self.shape = graph, checker, tuple(input_shape)
+        self.bounds, self.margin, self.seed = bounds, margin, seed
+
+    def decide(self, prop: Property, timeout: float) -> Verdict:
+        start = time.monotonic()
+        deadline = start + timeout
+        elapsed = lambda: time.monotonic() - start  # noqa: E731
+        if not prop.cases:
+            return Verdict("holds", "vacuous", elapsed(), reason="no input satisfies the input constraints")
+        quick = start + 0.2 * timeout
+        for i, case in enumerate(prop.cases):
+            found = attack_case(self.graph, self.checker, case, i, input_shape=self.shape, rounds=1,
+                                deadline=quick, seed=self.seed)
+            if found is not None:
+                return Verdict("violated", "attack", elapsed(), found)
+        open_cases = list(range(len(prop.cases)))
+        stats = {"boxes": 0, "proved": 0}
+        if self.bounds is not None:
+            open_cases = [i for i in open_cases if not self._bounded(prop.cases[i], deadline)]
+            if not open_cases:
+                return Verdict("holds", "bounds", elapsed())
+        for i in open_cases:
+            case = prop.cases[i]
+            if self.bounds is not None and case.lower.size <= SPLIT_MAX_INPUTS:
+                outcome = self._split(case, i, deadline, stats)
+                if isinstance(outcome, Counterexample):
+                    return Verdict("violated", "input-split", elapsed(), outcome, stats=stats)
+                if outcome:
+                    continue
+                return Verdict("unknown", "input-split", elapsed(), reason="time budget spent", stats=stats)
+            found = attack_case(self.graph, self.checker, case, i, input_shape=self.shape, deadline=deadline,
+                                seed=self.seed + 1)
+            if found is not None:
+                return Verdict("violated", "attack", elapsed(), found)
+            reason = "no bound engine available" if self.bounds is None else "not proved by bounds; no counterexample"
+            return Verdict("unknown", "attack", elapsed(), reason=reason)
+        return Verdict("holds", "input-split" if open_cases else "bounds", elapsed(), stats=stats)
+
+    def _bounded(self, case: Case, deadline: float) -> bool:
+        if time.monotonic() > deadline:
+            return False
+        return bool(proved(self.bounds, case, case.lower[None], case.upper[None], self.margin)[0])
+
+    def _split(self, case: Case, index: int, deadline: float, stats: dict):
+        """Bisect sub-boxes until all are proved (True), a centre is a counterexample, or time runs out (False);
+        ``stats`` counts the boxes bounded and proved."""
+        lower, upper = case.lower[None].copy(), case.upper[None].copy()
+        width0 = np.where(case.upper > case.lower, case.upper - case.lower, 1.0)
+        batch = 16
+        while lower.shape[0]:
+            now = time.monotonic()
+            if now > deadline:
+                return False
+            lo, hi = lower[:batch], upper[:batch]
+            lower, upper = lower[batch:], upper[batch:]
+            stats["boxes"] += lo.shape[0]
+            found = self._check_centres(case, index, lo, hi)
+            if found is not None:
+                return found
+            done = proved(self.bounds, case, lo, hi, self.margin)
+            # grow the batch while one takes under a quarter of the time left (a batch cannot be interrupted)
+            spent, left = time.monotonic() - now, deadline - time.monotonic()
+            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, SPLIT_BATCH))
+            stats["proved"] += int(done.sum())
+            lo, hi = lo[~done], hi[~done]
+            dim = self._split_dims(case, lo, hi, width0)
+            mid = (lo[np.arange(len(dim)), dim] + hi[np.arange(len(dim)), dim]) / 2
+            left_hi, right_lo = hi.copy(), lo.copy()
+            left_hi[np.arange(len(dim)), dim] = mid
+            right_lo[np.arange(len(dim)), dim] = mid
+            lower = np.concatenate([lo, right_lo, lower])
+            upper = np.concatenate([left_hi, hi, upper])
+        return True
+
+    def _split_dims(self, case: Case, lo: np.ndarray, hi: np.ndarray, width0: np.ndarray) -> np.ndarray:
+        """Per box, the side to bisect: the largest gradient times width of the rows at the centre ("smear",
+        Kearfott 1996), ties and flat regions broken by the widest side relative to the original box."""
+        if lo.shape[0] == 0:
+            return np.zeros(0, dtype=int)
+        C = torch.as_tensor(_rows(case)[0], dtype=torch.float32)
+        x = torch.as_tensor((lo + hi) / 2, dtype=torch.float32).requires_grad_(True)
+        with torch.enable_grad():
+            y = self.graph(x.reshape(len(x), *self.shape)).flatten(1) @ C.T
+            score = torch.zeros_like(x)
+            for r in range(y.shape[1]):
+                (g,) = torch.autograd.grad(y[:, r].sum(), x, retain_graph=r + 1 < y.shape[1])
+                score += g.abs()
+        rel = (hi - lo) / width0
+        return np.argmax(score.numpy() * (hi - lo) + 1e-9 * rel, axis=1)
+
+    def _check_centres(self, case: Case, index: int, lo: np.ndarray, hi: np.ndarray) -> Counterexample | None:
+        """The sub-box centres that torch puts in the unsafe set, confirmed in onnxruntime."""
+        centres = (lo + hi) / 2
+        with torch.no_grad():
+            y = self.graph(torch.as_tensor(centres, dtype=torch.float32).reshape(len(centres), *self.shape))
+        y = y.flatten(1).double().numpy()
+        C, d, groups = _rows(case)
+        gap = y @ C.T - d
+        for i in np.flatnonzero([any((gap[j, rows] <= 1e-6).all() for rows in groups) for j in range(len(y))])[:8]:
+            found = self.checker.confirm(case, index, centres[i])
+            if found is not None:
+                return found
+        return None
+
+
+def load_decider(model_path, prop: Property, *, use_bounds: bool = True, seed: int = 0) -> Decider:
+    """Load and convert the model, check it matches the property's sizes, and build its :class:`Decider`."""
+    from certify.convert import to_torch
+    from certify.load import load_onnx
+    from certify.verify import input_specs, onnxruntime_session
+
+    model = load_onnx(model_path)
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise ModelRejected("property_mismatch", f"the model has {len(specs)} inputs; VNN-LIB properties need one")
+    name, shape, elem = specs[0]
+    if elem not in (1, 11):  # float, double
+        raise ModelRejected("property_mismatch", "the model's input is not a floating-point tensor")
+    size = int(np.prod(shape[1:]))
+    if size != prop.n_inputs:
+        raise ModelRejected("property_mismatch", f"the property has {prop.n_inputs} inputs, the model {size}")
+    graph = to_torch(model)
+    checker = Checker(onnxruntime_session(model, threads=1), name, (1, *shape[1:]))
+    with torch.no_grad():
+        out = graph(torch.zeros((1, *shape[1:]), dtype=torch.float32))
+    if out.numel() != prop.n_outputs:
+        raise ModelRejected("property_mismatch", f"the property has {prop.n_outputs} outputs, the model {out.numel()}")
+    bounds = engine_bounds(graph, tuple(shape[1:])) if use_bounds else None
+    return Decider(graph, checker, tuple(shape[1:]), bounds, seed=seed)
