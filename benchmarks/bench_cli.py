@@ -5,6 +5,7 @@ Columns: ``spinning`` runs with ``OMP_WAIT_POLICY=`` (an empty value: libgomp ke
 a warning, i.e. torch as lipcert ran it before it set anything); ``passive`` with the variable unset, so lipcert
 sets ``PASSIVE`` itself (for the bare ``import torch`` it is set explicitly); ``passive - torch`` is the command's
 cost beyond a bare ``python -c "import torch"``. Goal: inspect and bounds on the digits model within 1 s of it.
+CPU seconds are given beside wall seconds: on a machine shared with other work they vary far less.
 
 ``--load N`` runs N CPU-burning processes during the measurements (killed at the end) to see a loaded machine;
 ``--root DIR`` times another checkout of lipcert (e.g. the previous release) with this script.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,15 +45,19 @@ def commands(root: str, with_certify: bool) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def timed(argv: list[str], env: dict, runs: int, root: str) -> float:
-    times = []
+def timed(argv: list[str], env: dict, runs: int, root: str) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (user + system) of the process."""
+    walls, cpus = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(argv, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return statistics.median(times)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def environments(root: str, bare_torch: bool) -> dict[str, dict]:
@@ -87,15 +93,17 @@ def main() -> None:
         for b in burners:
             b.terminate()
             b.join()
-    torch_s = rows[0][1]["passive"]
+    torch_wall, torch_cpu = rows[0][1]["passive"]
     print(f"lipcert at {root}; cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, background burners "
-          f"{args.load}, median of {args.runs} runs, wall seconds")
-    print(f"{'command':<40} {'spinning':>9} {'passive':>9} {'passive - torch':>16}  goal")
+          f"{args.load}, median of {args.runs} runs; seconds, wall and CPU (user + system)")
+    print(f"{'command':<40} {'spinning':>17} {'passive':>17} {'passive - torch':>17}  goal (wall)")
+    print(f"{'':<40} {'wall':>8} {'cpu':>8} {'wall':>8} {'cpu':>8} {'wall':>8} {'cpu':>8}")
     for name, t in rows:
-        extra = t["passive"] - torch_s
+        (sw, sc), (pw, pc) = t["spinning"], t["passive"]
+        extra = pw - torch_wall
         goal = "" if name in ("import torch", "lipcert --help") or "certify" in name else (
             "ok" if extra <= GOAL_S else f"over {GOAL_S:g} s")
-        print(f"{name:<40} {t['spinning']:>9.2f} {t['passive']:>9.2f} {extra:>16.2f}  {goal}")
+        print(f"{name:<40} {sw:>8.2f} {sc:>8.2f} {pw:>8.2f} {pc:>8.2f} {extra:>8.2f} {pc - torch_cpu:>8.2f}  {goal}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,20 @@ def test_a_correct_conversion_is_ok():
     assert result["max_local_error"] < 0.1
 
 
+def test_a_small_fetch_budget_compares_in_several_onnxruntime_runs_with_the_same_result(monkeypatch):
+    """Big models fetch onnxruntime's intermediates a group of nodes at a time (bounded memory)."""
+    from certify import verify
+
+    model = small_cnn()
+    module = certify.to_torch(model)
+    whole = verify_conversion(model, module)
+    monkeypatch.setattr(verify, "FETCH_BUDGET_BYTES", 1)  # one group per node
+    types = verify._tensor_types(model)
+    exposed = {n: types[n] for node in model.graph.node for n in node.output}
+    assert verify._chunk_ids(list(module.steps()), exposed, 2)[0] == [0, 1, 2, 3]
+    assert verify_conversion(model, module) == whole
+
+
 @pytest.mark.parametrize(("weight", "node", "op"), [("cw", "conv", "Conv"), ("gw", "head", "Gemm")])
 def test_a_corrupted_node_is_named_as_the_first_divergent(weight, node, op):
     model = small_cnn()
