@@ -9,7 +9,10 @@ sub-box and the sub-box centres checked as candidates; for high-dimensional inpu
 The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
 boxes. By default it is the project's bound propagation (``certify.local``: CROWN, alpha-CROWN on single boxes)
 when that package is present; without it no property can be proved and the answer is ``violated`` or ``unknown``.
-Bounds hold for the exact function the weights define; ``margin`` covers float32 evaluation.
+Bounds hold for the exact function the weights define; the default bound step then subtracts, per box and row,
+``||C_k||_2 (a + b r)``: the forward error bound of the float network over the box (``certify.lipschitz.rounding``,
+``r`` the box's half diagonal), so a proof covers the network as it runs in float32. ``margin`` is a further
+safety allowance on top.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) ->
     except UnsupportedOperator:
         return None
     g64 = float64_graph(graph)
+    float_error = _float_error(graph, input_shape)
 
     def bounds(lower: np.ndarray, upper: np.ndarray, C: np.ndarray) -> np.ndarray:
         n = lower.shape[0]
@@ -85,9 +89,33 @@ def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) ->
         out_shape = prop.bounds[prop.output_name].lo.shape[1:]
         c = torch.as_tensor(C, dtype=torch.float64).reshape(C.shape[0], 1, *out_shape).expand(-1, n, *out_shape)
         steps = alpha_steps if n == 1 else 0
-        return prop.lower(c, alpha_steps=steps).T.numpy()
+        exact = prop.lower(c, alpha_steps=steps).T.numpy()
+        return exact - float_error(lower, upper)[:, None] * np.linalg.norm(C.reshape(C.shape[0], -1), axis=1)[None]
 
     return bounds
+
+
+def _float_error(graph, input_shape: tuple[int, ...]):
+    """``(lower, upper) -> (N,)``: a bound on the L2 norm of the float logits' error anywhere in each box (the
+    forward error analysis of :mod:`certify.lipschitz.rounding` at the box centre, radius the half diagonal).
+    Infinite when the network has no global L2 bound (then nothing is proved: sound)."""
+    from certify.lipschitz import rounding
+    from certify.lipschitz.network import analyse
+
+    analysis = analyse(graph, tuple(input_shape), norm="l2")
+
+    def error(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        mid = (lower + upper) / 2
+        centre = torch.as_tensor(mid, dtype=graph.input_dtype()).reshape(-1, *input_shape)
+        moved = centre.double().reshape(lower.shape[0], -1).numpy() - mid.reshape(lower.shape[0], -1)
+        radius = (np.linalg.norm((upper - lower).reshape(lower.shape[0], -1), axis=1) / 2
+                  + np.linalg.norm(moved, axis=1))  # the ball around the rounded centre still covers the box
+        ab = rounding.logit_errors(graph, analysis, centre)
+        with np.errstate(invalid="ignore"):
+            out = ab[:, 0] + ab[:, 1] * radius
+        return np.where(np.isfinite(out), out, np.inf)
+
+    return error
 
 
 def _rows(case: Case) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
