@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GLOBAL = "global"
+TIME_SPENT = "time budget spent"  # certify.local.samples' reason for a method it had no time left for
 
 
 @dataclass
@@ -35,8 +36,9 @@ class NormVerdicts:
         if self.use_global:
             out[GLOBAL] = self.correct & (self.global_radii > eps)
         verdicts = self.local.get(eps)
-        if verdicts is not None:
-            out.update((m, verdicts.certified[m]) for m in verdicts.methods)
+        if verdicts is not None:  # a method that could not run at all (refused a node, no time left) is left out
+            out.update((m, verdicts.certified[m]) for m in verdicts.methods
+                       if m not in verdicts.skipped or verdicts.ran[m].any())
         return out
 
     def best(self, eps: float) -> list[str | None]:
@@ -104,6 +106,10 @@ def certify_norm(module, x, y, norm: str, epsilons, certifiers, cert: dict, inpu
                                        skip_certified=False)
         except UnsupportedOperator as e:
             out.skipped = e.message
+            break
+        refused = [why for m, why in verdicts.skipped.items() if not verdicts.ran[m].any() and why != TIME_SPENT]
+        if len(refused) == len(methods):  # every method stopped at a node: the global certificate stands alone
+            out.skipped = refused[0]
             break
         out.local[eps] = verdicts
     report(1.0, "done")
