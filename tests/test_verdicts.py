@@ -139,3 +139,25 @@ def test_the_cli_flag_accepts_lists_and_refuses_unknown_names(tmp_path):
     assert good.returncode == 0, good.stderr
     assert '"certifiers": [\n      "global",\n      "crown",\n      "ibp"' in good.stdout
     onnx.checker.check_model(onnx.load_model_from_string(_square_model()))
+
+
+def test_the_certifier_names_are_the_engines():
+    from certify.defaults import CERTIFIERS
+    from certify.local.samples import METHODS
+    from certify.verdicts import GLOBAL
+
+    assert CERTIFIERS == (GLOBAL, *METHODS)
+
+
+def test_bounds_with_data_prints_each_certifiers_accuracy():
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "certify", "bounds", EXAMPLE_MODEL, "--data", EXAMPLE_DATA, "--samples", "6",
+            "--norm", "linf", "--eps", "0.05", "--certifiers", "global,crown", "-q"]
+    text = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert "certified accuracy per method" in text and "crown" in text and "alpha-crown" not in text
+    data = json.loads(subprocess.run(args + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert set(data["verdicts"]["methods"]["linf"]["0.05"]) == {"global", "crown"}
+    assert data["local_layers"]["0.05"]

@@ -99,9 +99,9 @@ def method_table(p: dict) -> tuple[list[str], list[list]]:
         for eps, best in by_eps.items():
             cell = (methods.get(norm) or {}).get(eps) or {}
             hit = (attacked.get(norm) or {}).get(eps)
-            rows.append([norm, eps, *(cell.get(m) for m in names), best,
-                         hit.get("robust_accuracy") if isinstance(hit, dict) else None])
-    return ["norm", "eps", *names, "best (certified)", "attacked"], rows
+            rows.append([norm, eps, *(cell.get(m) for m in names), best]
+                        + ([hit.get("robust_accuracy") if isinstance(hit, dict) else None] if attacked else []))
+    return ["norm", "eps", *names, "best (certified)"] + (["attacked"] if attacked else []), rows
 
 
 def local_layer_table(p: dict) -> tuple[list[str], list[list]]:
