@@ -155,9 +155,9 @@ def test_bounds_with_data_prints_each_certifiers_accuracy():
     import sys
 
     args = [sys.executable, "-m", "certify", "bounds", EXAMPLE_MODEL, "--data", EXAMPLE_DATA, "--samples", "6",
-            "--norm", "linf", "--eps", "0.05", "--certifiers", "global,crown", "-q"]
+            "--norm", "linf", "--eps", "0.05", "--certifiers", "global,crown,local-lipschitz", "-q"]
     text = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     assert "certified accuracy per method" in text and "crown" in text and "alpha-crown" not in text
     data = json.loads(subprocess.run(args + ["--json"], capture_output=True, text=True, check=True).stdout)
-    assert set(data["verdicts"]["methods"]["linf"]["0.05"]) == {"global", "crown"}
+    assert set(data["verdicts"]["methods"]["linf"]["0.05"]) == {"global", "crown", "local-lipschitz"}
     assert data["local_layers"]["0.05"]
