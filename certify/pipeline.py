@@ -286,12 +286,12 @@ def run_pipeline(
     run.finish("conversion_check")
 
     run.start("bounds", "Lipschitz bounds per layer")
-    certificates = {}
+    certificates, analyses = {}, {}
     norms = cfg["norms"]
     for i, norm in enumerate(norms):
         certificates[norm] = certificate(
             module, input_shape, dataset=samples, norm=norm, epsilons=cfg["epsilons"], samples=cfg["samples"],
-            seed=cfg["seed"], input_range=input_range,
+            seed=cfg["seed"], input_range=input_range, on_analysis=lambda a, n=norm: analyses.__setitem__(n, a),
             progress=run.part("bounds", i / len(norms), (i + 1) / len(norms)))
     first = certificates[norms[0]]
     bounds = {"norm": norms[0], "input_shape": first["input_shape"], "layers": first["layers"],
@@ -305,12 +305,14 @@ def run_pipeline(
     else:
         run.start("certified", "certified accuracy")
         from certify import verdicts
+        from certify.lipschitz.network import pair_bounds
 
         by_norm = {}
         for i, norm in enumerate(norms):
             by_norm[norm] = verdicts.certify_norm(
                 module, samples[0], samples[1], norm, cfg["epsilons"], cfg["certifiers"], certificates[norm],
                 input_range, device=device, time_budget=run.remaining() / 2,
+                global_pairs=pair_bounds(analyses[norm]),
                 progress=run.part("certified", i / len(norms), (i + 1) / len(norms)))
         module.to("cpu")
         certified = {

@@ -77,11 +77,13 @@ def local_methods(certifiers) -> tuple[str, ...]:
 
 
 def certify_norm(module, x, y, norm: str, epsilons, certifiers, cert: dict, input_range, *, device: str = "cpu",
-                 time_budget: float | None = None,
+                 time_budget: float | None = None, global_pairs=None,
                  progress: Callable[[float, str], None] | None = None) -> NormVerdicts:
     """Run the chosen local methods at each eps of ``norm`` beside the global certificate ``cert`` (the result of
     :func:`certify.lipschitz.certificate.certificate` with data). An operator the local engine refuses stops the
-    local analysis (``skipped`` names the node); the global verdicts stand."""
+    local analysis (``skipped`` names the node); the global verdicts stand. ``global_pairs``: the global
+    ``L[y, j]`` of ``norm`` (:func:`certify.lipschitz.network.pair_bounds`), which caps the local Lipschitz
+    bounds."""
     import time
 
     from certify.local.rules import UnsupportedOperator
@@ -103,7 +105,7 @@ def certify_norm(module, x, y, norm: str, epsilons, certifiers, cert: dict, inpu
         try:
             verdicts = certify_samples(module, x, y, eps, norm, tuple(input_range), methods, time_budget=left,
                                        device=device, margin=float_margin(cc["float_error"], norm, eps, dim),
-                                       skip_certified=False)
+                                       skip_certified=False, global_pairs=global_pairs)
         except UnsupportedOperator as e:
             out.skipped = e.message
             break

@@ -63,14 +63,15 @@ def _print_table(result: dict) -> None:
                    f"{_fmt(rounding.get('max_growth'))}")
 
 
-def _verdicts(module, dataset, norm, epsilons, certifiers, result, input_range, progress) -> dict:
+def _verdicts(module, dataset, norm, epsilons, certifiers, result, input_range, progress, analysis) -> dict:
     """Every certifier's certified accuracy per eps (``methods``, ``ms_per_sample``, ``best_method``, ``local``,
     ``accuracy``: the best sound one) and the local layer rows, as the pipeline reports them."""
     from certify import verdicts
+    from certify.lipschitz.network import pair_bounds
 
-    by_norm = {norm: verdicts.certify_norm(module, *dataset, norm, epsilons, certifiers, result, input_range,
-                                           progress=lambda fraction, message: progress("certified", fraction,
-                                                                                       message))}
+    by_norm = {norm: verdicts.certify_norm(
+        module, *dataset, norm, epsilons, certifiers, result, input_range, global_pairs=pair_bounds(analysis),
+        progress=lambda fraction, message: progress("certified", fraction, message))}
     key = lambda eps: str(float(eps))  # noqa: E731  (the certificate's eps keys)
     return {"verdicts": verdicts.section(by_norm, epsilons, key),
             "local_layers": verdicts.layer_rows(by_norm, key)[norm]}
@@ -143,15 +144,16 @@ def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_rang
         click.echo(json.dumps({"type": "layer", **row}))
         sys.stdout.flush()
 
+    analyses = []
     try:
         result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or DEFAULTS["epsilons"],
                              samples=samples, input_range=tuple(input_range or DEFAULTS["input_range"]),
                              progress=lambda fraction, message: progress("bounds", fraction, message),
-                             on_layer=row_line if json_lines else None)
+                             on_layer=row_line if json_lines else None, on_analysis=analyses.append)
         if dataset is not None:
             result.update(_verdicts(module, dataset, norm, epsilons or DEFAULTS["epsilons"],
                                     certifiers or DEFAULTS["certifiers"], result,
-                                    tuple(input_range or DEFAULTS["input_range"]), progress))
+                                    tuple(input_range or DEFAULTS["input_range"]), progress, analyses[0]))
     except ValueError as e:
         raise ModelRejected("bounds_failed", str(e)) from None
     finally:
