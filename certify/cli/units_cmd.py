@@ -10,25 +10,6 @@ from certify.cli import main, parse_input_shapes, refusals_exit_2
 from certify.errors import ModelRejected
 
 
-def _print_comparison(result: dict) -> None:
-    click.echo(f"node {result['node']}  width {result['width']}  samples {result['samples']}  top {result['top_n']}  "
-               f"units by {result['unit_choice']}  seed {result['seed']}")
-    click.echo(f"{'direction':<12} {'purity':>7} {'cosine':>7}  top labels")
-    for d in result["directions"]:
-        name = f"unit {d['unit']}" if d["kind"] == "unit" else "random"
-        click.echo(f"{name:<12} {d['purity']:>7.3f} {d['cosine']:>7.3f}  {' '.join(str(v) for v in d['labels'])}")
-    click.echo("")
-    header = f"{'coherence':<10} {'units':>8} {'random':>8} {'diff':>8} {'p':>8}"
-    click.echo(header)
-    click.echo("-" * len(header))
-    for key in ("purity", "cosine"):
-        c = result[key]
-        click.echo(f"{key:<10} {c['unit_mean']:>8.3f} {c['random_mean']:>8.3f} {c['difference']:>+8.3f} "
-                   f"{c['p_value']:>8.4f}")
-    click.echo(f"p: two-sided permutation test of the difference of means ({result['permutations']} permutations); "
-               "cosine: of the top inputs' activations at the node")
-
-
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
@@ -53,6 +34,7 @@ def units(model, data, node, directions, top_n, unit_choice, permutations, sampl
     from certify.convert import to_torch
     from certify.load import load_onnx
     from certify.pipeline import load_dataset
+    from certify.report.render import units_lines
     from certify.units import units_vs_random
 
     module = to_torch(load_onnx(model, input_shapes=parse_input_shapes(input_shape)))
@@ -67,4 +49,4 @@ def units(model, data, node, directions, top_n, unit_choice, permutations, sampl
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        _print_comparison(result)
+        click.echo("\n".join(units_lines(result)))
