@@ -178,3 +178,14 @@ def test_units_section_is_absent_unless_asked_and_unknown_analyses_are_refused()
     with pytest.raises(ModelRejected) as e:
         run_pipeline(os.path.join(ROOT, "examples", "digits_mlp.onnx"), {"analyses": ["saliency"]})
     assert e.value.code == "invalid_config" and "unknown analysis 'saliency'" in e.value.message
+
+
+def test_certify_command_takes_the_analysis_and_refuses_unknown_ones(tmp_path):
+    model = os.path.join(ROOT, "examples", "digits_mlp.onnx")
+    out = tmp_path / "report.json"
+    done = CliRunner().invoke(main, ["certify", model, "--data", DIGITS, "--samples", "40", "--attacks", "none",
+                                     "--analysis", "units", "-q", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())["predicate"]["analyses"]["units"]["samples"] == 40
+    bad = CliRunner().invoke(main, ["certify", model, "--analysis", "saliency", "-q"])
+    assert bad.exit_code == 2 and "error: invalid_config: analyses: unknown analysis 'saliency'" in bad.stderr
