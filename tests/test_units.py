@@ -189,3 +189,16 @@ def test_certify_command_takes_the_analysis_and_refuses_unknown_ones(tmp_path):
     assert json.loads(out.read_text())["predicate"]["analyses"]["units"]["samples"] == 40
     bad = CliRunner().invoke(main, ["certify", model, "--analysis", "saliency", "-q"])
     assert bad.exit_code == 2 and "error: invalid_config: analyses: unknown analysis 'saliency'" in bad.stderr
+
+
+def test_the_service_job_request_accepts_the_analysis_and_refuses_unknown_ones():
+    from marshmallow import ValidationError
+
+    from service.schemas import JobCreateSchema
+
+    digest = "sha256:" + "0" * 64
+    assert JobCreateSchema().load({"model": digest, "analyses": ["units"]})["analyses"] == ["units"]
+    assert JobCreateSchema().load({"model": digest})["analyses"] == []
+    with pytest.raises(ValidationError) as e:
+        JobCreateSchema().load({"model": digest, "analyses": ["saliency"]})
+    assert "unknown analysis 'saliency'" in str(e.value.messages["analyses"])
