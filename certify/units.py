@@ -160,7 +160,8 @@ def units_vs_random(graph, x: np.ndarray, y: np.ndarray, node: str | None = None
         units = np.sort(rng.choice(width, size=k, replace=False))
     randoms = rng.standard_normal((k, width))
     randoms /= np.linalg.norm(randoms, axis=1, keepdims=True)
-    basis = np.concatenate([np.eye(width)[units], randoms])  # (2k, width)
+    basis = np.concatenate([np.zeros((k, width)), randoms])  # (2k, width); no width x width identity
+    basis[np.arange(k), units] = 1.0
     best_scores = np.full((2 * k, 0), -np.inf)
     best_index = np.zeros((2 * k, 0), dtype=np.int64)
     best_phi = np.zeros((2 * k, 0, width))
