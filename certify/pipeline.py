@@ -225,7 +225,7 @@ def _units(run: _Run, module, samples, cfg: dict) -> dict:
     run.start("units", "units versus random directions")
     x, y = samples
     try:
-        result = units_vs_random(module, x, y, seed=cfg["seed"], top_n=min(8, len(x)))
+        result = units_vs_random(module, x, y, seed=cfg["seed"], top_n=min(8, len(x)), progress=run.part("units", 0, 1))
     except ModelRejected as e:  # no hidden layer, too few samples: recorded, not fatal
         from certify.report.statement import skipped
 

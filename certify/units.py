@@ -91,9 +91,10 @@ def activations(graph, x: np.ndarray, node: str, batch_size: int = 256):
                     break
 
 
-def _variance(graph, x, node, batch_size) -> np.ndarray:
+def _variance(graph, x, node, batch_size, progress) -> np.ndarray:
     count, mean, m2 = 0, None, None
-    for _, phi in activations(graph, x, node, batch_size):  # Chan et al.'s parallel update of mean and M2
+    for start, phi in activations(graph, x, node, batch_size):  # Chan et al.'s parallel update of mean and M2
+        progress(0.5 * (start + len(phi)) / len(x), "unit variances")
         n, batch_mean = len(phi), phi.mean(0)
         batch_m2 = ((phi - batch_mean) ** 2).sum(0)
         if mean is None:
@@ -137,8 +138,11 @@ def permutation_test(a: np.ndarray, b: np.ndarray, permutations: int, seed: int)
 
 def units_vs_random(graph, x: np.ndarray, y: np.ndarray, node: str | None = None, directions: int = 16,
                     top_n: int = 8, seed: int = 0, unit_choice: str = "variance", permutations: int = 2000,
-                    batch_size: int = 256) -> UnitsResult:
-    """Compare ``directions`` units of ``node`` with as many seeded random unit-norm directions (see module doc)."""
+                    batch_size: int = 256, progress=None) -> UnitsResult:
+    """Compare ``directions`` units of ``node`` with as many seeded random unit-norm directions (see module doc).
+
+    ``progress(fraction, message)``, when given, is called after every batch (it may raise to stop the run)."""
+    progress = progress or (lambda fraction, message="": None)
     candidates = candidate_nodes(graph)
     node = node or default_node(graph)
     if node not in candidates:
@@ -150,7 +154,7 @@ def units_vs_random(graph, x: np.ndarray, y: np.ndarray, node: str | None = None
         raise ModelRejected("bad_argument", f"top {top_n}: need 2 <= top <= the {len(x)} samples")
     if directions < 2:
         raise ModelRejected("bad_argument", "need at least 2 directions of each kind")
-    variance = _variance(graph, x, node, batch_size)
+    variance = _variance(graph, x, node, batch_size, progress)
     width = len(variance)
     k = min(directions, width)
     rng = np.random.default_rng(seed)
@@ -166,6 +170,7 @@ def units_vs_random(graph, x: np.ndarray, y: np.ndarray, node: str | None = None
     best_index = np.zeros((2 * k, 0), dtype=np.int64)
     best_phi = np.zeros((2 * k, 0, width))
     for start, phi in activations(graph, x, node, batch_size):
+        progress(0.5 + 0.5 * (start + len(phi)) / len(x), "top inputs per direction")
         scores = np.concatenate([best_scores, (phi @ basis.T).T], axis=1)
         index = np.concatenate([best_index, np.broadcast_to(np.arange(start, start + len(phi)), (2 * k, len(phi)))],
                                axis=1)

@@ -157,7 +157,11 @@ def test_pipeline_stage_writes_a_schema_valid_section_rendered_in_text_and_html(
     from certify.report.schema import validate_predicate
 
     config = {"norms": ["l2"], "epsilons": [0.1], "samples": 120, "attacks": "none", "analyses": ["units"]}
-    result = run_pipeline(os.path.join(ROOT, "examples", "digits_mlp.onnx"), config, dataset=DIGITS)
+    ticks = []
+    result = run_pipeline(os.path.join(ROOT, "examples", "digits_mlp.onnx"), config, dataset=DIGITS,
+                          progress=lambda stage, fraction, message: ticks.append((stage, fraction)))
+    assert [f for s, f in ticks if s == "units"][1:-1] == sorted(f for s, f in ticks if s == "units")[1:-1]
+    assert len([s for s, _ in ticks if s == "units"]) >= 4  # start, per batch of each pass, end
     p = result.statement["predicate"]
     assert validate_predicate(p) == []
     units = p["analyses"]["units"]
