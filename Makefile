@@ -43,7 +43,7 @@ certify-example: $(STAMP)
 	mkdir -p $(DATA_DIR)
 	test -f $(DATA_DIR)/example-key.pem || $(BIN)/lipcert keygen --private $(DATA_DIR)/example-key.pem \
 	  --public $(DATA_DIR)/example-key.pub.pem
-	$(BIN)/lipcert certify examples/digits_mlp.onnx --data examples/digits_test.npz --eps 0.05,0.1 \
+	$(BIN)/lipcert certify examples/digits_mlp.onnx --data examples/digits_test.npz --eps 0.05,0.1 --analysis units \
 	  --key $(DATA_DIR)/example-key.pem -o $(DATA_DIR)/example-report.json
 
 clean:

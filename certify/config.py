@@ -17,6 +17,8 @@ from certify.errors import ModelRejected
 
 # the names certify.attacks registers (kept here so validating a config needs no torch; a test keeps them equal)
 ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "deepfool", "lbfgs")
+# optional analyses a job may ask for (recorded under the report's ``analyses``)
+ANALYSES = ("units",)
 
 
 class PreprocessingSchema(Schema):
@@ -59,6 +61,9 @@ class JobConfigSchema(Schema):
     preprocessing = fields.Nested(PreprocessingSchema, load_default=None, allow_none=True,
                                   metadata={"description": "prepended to the model; eps and input_range are then "
                                                            "in raw (e.g. pixel) units"})
+    analyses = fields.List(fields.String(), load_default=list,
+                           validate=validate.Length(max=len(ANALYSES)),
+                           metadata={"description": "optional analyses, e.g. units (units versus random directions)"})
 
     @validates_schema
     def _check(self, data, **_):
@@ -72,6 +77,8 @@ class JobConfigSchema(Schema):
                 load_policy(data["policy"])
             except PolicyError as e:
                 raise ValidationError(str(e), "policy") from None
+        if unknown := [a for a in data["analyses"] if a not in ANALYSES]:
+            raise ValidationError(f"unknown analysis {unknown[0]!r}; one of {', '.join(ANALYSES)}", "analyses")
         attacks = data["attacks"]
         if isinstance(attacks, str):
             if attacks not in ATTACK_PRESETS:

@@ -21,7 +21,7 @@ from certify.errors import ModelRejected
 
 ProgressFn = Callable[[str, float, str], None]
 
-STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "report")
+STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "report")
 MAX_DATASET_BYTES = 1024**3
 
 
@@ -219,6 +219,26 @@ def _transfer(run: _Run, module, samples, targets, cfg: dict, input_shape: tuple
     return out
 
 
+def _units(run: _Run, module, samples, cfg: dict) -> dict:
+    """Szegedy et al.'s first finding, measured: are the last hidden layer's units more coherent than random
+    directions? Recorded under ``analyses.units``."""
+    from certify.units import report_section, units_vs_random
+
+    if samples is None:
+        return run.skip("units", "no dataset was given")
+    run.start("units", "units versus random directions")
+    x, y = samples
+    try:
+        result = units_vs_random(module, x, y, seed=cfg["seed"], top_n=min(8, len(x)), progress=run.part("units", 0, 1))
+    except ModelRejected as e:  # no hidden layer, too few samples: recorded, not fatal
+        from certify.report.statement import skipped
+
+        run.finish("units", "skipped", e.message)
+        return skipped(e.message)
+    run.finish("units")
+    return report_section(result, x)
+
+
 def run_pipeline(
     model_source,
     config: dict | None = None,
@@ -353,6 +373,7 @@ def run_pipeline(
         if transfer_to:
             attacks["transfer"] = _transfer(run, module, samples, transfer_to, cfg, input_shape, device)
 
+    analyses = {"units": _units(run, module, samples, cfg)} if "units" in cfg["analyses"] else None
     run.start("report", "assembling the report")
     predicate = {
         "created": utc_now(),
@@ -372,6 +393,8 @@ def run_pipeline(
         "warnings": job_warnings(samples is not None),
         "input": preprocess.describe(cfg["preprocessing"], input_range),
     }
+    if analyses is not None:
+        predicate["analyses"] = analyses
     if cfg["policy"] is not None:
         predicate["policy"] = evaluate_policy(cfg["policy"], predicate)
     run.finish("report")

@@ -153,3 +153,9 @@ def preprocessing(scale, mean, std) -> dict | None:
     if min(spec["std"]) <= 0 or spec["scale"] <= 0:
         refuse("--scale and --std must be positive")
     return spec
+
+
+analyses_option = click.option(
+    "--analysis", "analyses", multiple=True, callback=lambda ctx, param, value: list(value) or None,
+    metavar="NAME", help="An optional analysis to add to the report (repeatable): units (units versus random "
+                         "directions, docs/units.md).")

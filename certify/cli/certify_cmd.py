@@ -9,6 +9,7 @@ import click
 
 from certify.cli import main, parse_input_shapes, refusals_exit_2
 from certify.cli._options import (
+    analyses_option,
     attacks_option,
     certifiers_option,
     eps_option,
@@ -41,13 +42,14 @@ from certify.errors import ModelRejected
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (PEM) that signs the report.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the report (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
+@analyses_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
 def certify_command(model, data, norms, epsilons, certifiers, attacks, input_range, scale, mean, std, samples, seed,
-                    device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet):
+                    device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet, analyses):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks,
-             "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
+             "input_range": input_range, "preprocessing": preprocessing(scale, mean, std), "analyses": analyses}
     config = {k: v for k, v in given.items() if v is not None}
     config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
     from certify.config import load_config

@@ -15,6 +15,7 @@ import click
 
 from certify.cli import main
 from certify.cli._options import (
+    analyses_option,
     attacks_option,
     certifiers_option,
     eps_option,
@@ -120,14 +121,15 @@ def _finish(job: dict, as_json: bool) -> None:
 @preprocessing_options
 @click.option("--time-budget", type=float, default=None, help="Seconds before the job is stopped.")
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
+@analyses_option
 @click.option("--json", "as_json", is_flag=True)
 @_connection
 def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, input_range, scale, mean, std, time_budget,
-           wait, as_json, url, token):
+           wait, as_json, url, token, analyses):
     """Upload MODEL (and --data), create a job and print its id."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks, "samples": samples,
-             "seed": seed,
-             "time_budget_s": time_budget, "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
+             "seed": seed, "time_budget_s": time_budget, "input_range": input_range,
+             "preprocessing": preprocessing(scale, mean, std), "analyses": analyses}
     config = {k: v for k, v in given.items() if v is not None}
     from certify.config import load_config
 

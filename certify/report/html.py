@@ -747,6 +747,68 @@ def _verify_section(subject: dict, keyids: list[str], verified_keyid: str | None
 
 
 # ---------------------------------------------------------------------------------------------------------- page
+def strip_chart(groups: dict[str, dict[str, list[float]]], title: str) -> str:
+    """Per measure (``groups``: measure -> {group: values}), one row of dots per group on a shared [0, 1]-style axis,
+    each group's mean marked: two distributions side by side, for a handful of values each."""
+    left, right, row_h, top = 150, 24, 22, 14
+    width = 860
+    rows = [(measure, group, values) for measure, by_group in groups.items() for group, values in by_group.items()]
+    height = top + row_h * len(rows) + 40
+    values = [v for _, _, vs in rows for v in vs]
+    lo, hi = min([0.0, *values]), max([1.0, *values])
+    xa = Axis(lo, hi, left, width - right)
+    bottom = top + row_h * len(rows)
+    body = _x_axis(xa, nice_ticks(lo, hi), bottom, top, "value per direction (dots) and mean (bar)")
+    colors = [COLORS["upper"], COLORS["lower"]]
+    for i, (measure, group, vs) in enumerate(rows):
+        y = top + row_h * (i + 0.5)
+        color = colors[list(groups[measure]).index(group) % len(colors)]
+        body.append(_text(left - 8, y + 4, f"{measure}: {group}", "end"))
+        body += [f'<circle cx="{xa(v):.1f}" cy="{y:.1f}" r="3.5" fill="{color}" fill-opacity="0.55"/>' for v in vs]
+        if vs:
+            mean = sum(vs) / len(vs)
+            body.append(_line(xa(mean), y - 8, xa(mean), y + 8, COLORS["attack"], 2.0))
+    return _svg(width, height, body, title)
+
+
+def _units_grid(u: dict, lo: float, hi: float) -> str:
+    """One row per direction: its label, purity and the top inputs as small images."""
+    shape, inputs = u.get("input_shape") or [], u.get("inputs") or {}
+    rows = []
+    for d in u.get("directions") or []:
+        name = f"unit {d.get('unit')}" if d.get("kind") == "unit" else "random"
+        imgs = "".join(f'<img alt="sample {_e(i)}, label {_e(label)}" title="sample {_e(i)}, label {_e(label)}" '
+                       f'style="width:36px;height:36px;image-rendering:pixelated;border:1px solid #ccd" '
+                       f'src="{_data_uri(to_pixels(to_hwc(inputs[str(i)], shape), lo, hi))}">'
+                       for i, label in zip(d.get("top") or [], d.get("labels") or []))
+        rows.append(f'<div style="display:flex;gap:3px;align-items:center;margin:2px 0">'
+                    f'<span style="width:150px;font-size:12px">{_e(name)}: purity {_e(fmt(d.get("purity")))}</span>'
+                    f"{imgs}</div>")
+    return "".join(rows)
+
+
+def _units_section(p: dict) -> str:
+    u = (p.get("analyses") or {}).get("units")
+    if _skipped(u):
+        return _skipped_note(_skipped(u))
+    measures = ("purity", "cosine")
+    rows = [[m, u[m]["unit_mean"], u[m]["random_mean"], u[m]["difference"], u[m]["p_value"]] for m in measures]
+    directions = u.get("directions") or []
+    groups = {m: {kind: [d[m] for d in directions if d.get("kind") == kind] for kind in ("unit", "random")}
+              for m in measures}
+    intro = (f'<p class="muted">Do the units of {_e(u.get("node"))} ({_e(fmt(u.get("width")))} values) mean more than '
+             f"random directions? For each, the top {_e(fmt(u.get('top_n')))} of {_e(fmt(u.get('samples')))} inputs: "
+             "label purity (fraction sharing the majority label) and mean pairwise cosine similarity of their "
+             f"activations; p from a two-sided permutation test ({_e(fmt(u.get('permutations')))} permutations). "
+             "Szegedy et al. (2013) found no difference.</p>")
+    page = intro + _table(["coherence", "units", "random", "difference", "p"], rows, numeric=(1, 2, 3, 4))
+    page += strip_chart(groups, "per-direction coherence, units against random directions")
+    layout = image_layout(u.get("input_shape") or [])
+    if layout is not None and u.get("inputs"):
+        page += _units_grid(u, *_input_range(p))
+    return page
+
+
 def _statement_and_keyids(document: dict) -> tuple[dict, list[str], bool]:
     """(statement, signature key ids, signed?) from a DSSE envelope or a bare statement. Signatures are NOT checked."""
     from certify.report.dsse import VerificationError, peek_statement
@@ -796,6 +858,8 @@ def render_report_html(envelope_or_statement: dict, *, verified_keyid: str | Non
         _section("Certified and attacked accuracy", "accuracy", lambda: _accuracy_section(p)),
         _section("Minimal perturbations", "perturbations", lambda: _perturbation_section(p)),
         _section("Adversarial examples", "examples", lambda: _examples_section(p)),
+        *([_section("Units versus random directions", "units", lambda: _units_section(p))]
+          if "units" in (p.get("analyses") or {}) else []),
         _section("Policy verdict", "policy", lambda: _policy_section(p)),
         _section("Verify this report", "verify",
                  lambda: _verify_section(subject, [verified_keyid] if verified_keyid else keyids, verified_keyid,

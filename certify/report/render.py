@@ -175,6 +175,31 @@ def _stage_lines(p: dict) -> list[str]:
             "Environment", "  " + ", ".join(f"{k} {fmt(v)}" for k, v in env.items())]
 
 
+def units_lines(u: dict, directions: bool = True) -> list[str]:
+    """Units versus random directions (``analyses.units``, or ``lipcert units``): per direction, then the comparison."""
+    if _skipped(u):
+        return ["  " + _skipped(u)]
+    lines = [f"  node {u.get('node')}, width {fmt(u.get('width'))}, {fmt(u.get('samples'))} samples, top "
+             f"{fmt(u.get('top_n'))} per direction, units by {u.get('unit_choice')}, seed {fmt(u.get('seed'))}"]
+    if directions:
+        rows = [[f"unit {d.get('unit')}" if d.get("kind") == "unit" else "random", d.get("purity"), d.get("cosine"),
+                 " ".join(str(v) for v in d.get("labels") or [])] for d in u.get("directions") or []]
+        lines.append(format_table(["direction", "purity", "cosine", "top labels"], rows))
+    rows = [[key, (u.get(key) or {}).get("unit_mean"), (u.get(key) or {}).get("random_mean"),
+             (u.get(key) or {}).get("difference"), (u.get(key) or {}).get("p_value")] for key in ("purity", "cosine")]
+    lines.append(format_table(["coherence", "units", "random", "difference", "p"], rows))
+    lines.append(f"  p: two-sided permutation test of the difference of means ({fmt(u.get('permutations'))} "
+                 "permutations); cosine: of the top inputs' activations at the node")
+    return lines
+
+
+def _analysis_lines(p: dict) -> list[str]:
+    analyses = p.get("analyses") or {}
+    if "units" not in analyses:
+        return []
+    return ["Units versus random directions (Szegedy et al. 2013)", *units_lines(analyses["units"], False)]
+
+
 def render_report(statement: dict, verification: str) -> str:
     """The whole report as text; ``verification`` is one line saying whether (and by whom) it was verified."""
     p = statement.get("predicate") or {}
@@ -194,5 +219,6 @@ def render_report(statement: dict, verification: str) -> str:
         _attack_lines(p),
         policy_lines(p.get("policy"), "Policy embedded at creation"),
         _stage_lines(p),
+        _analysis_lines(p),
     ]
-    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+    return "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
