@@ -30,15 +30,21 @@ print(growth / os.path.getsize(sys.argv[1]))
 
 
 def test_concurrent_checks_are_bounded():
+    """Eight checks, two slots: the first holder waits until a second is inside (so the overlap does not depend on
+    thread scheduling on a loaded machine), and never more than two are inside at once."""
     inside, most = [], []
     lock = threading.Lock()
+    two_inside = threading.Event()
 
     def check():
         with upload_check_slot(2):
             with lock:
                 inside.append(1)
                 most.append(len(inside))
-            time.sleep(0.05)
+                if len(inside) == 2:
+                    two_inside.set()
+            two_inside.wait(10)
+            time.sleep(0.01)
             with lock:
                 inside.pop()
 
