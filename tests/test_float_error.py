@@ -108,21 +108,28 @@ def region_points(module, region: Region, count=200, seed=0) -> np.ndarray:
 
 
 def observed_errors(model: onnx.ModelProto, module, x32: np.ndarray) -> dict[str, np.ndarray]:
-    """Per point and output element, |float32 - float64| for torch and for onnxruntime."""
+    """Per point and output element, float32 - float64 for torch and for onnxruntime."""
     with torch.no_grad():
         exact = float64_graph(module)(torch.as_tensor(x32, dtype=torch.float64)).reshape(len(x32), -1).numpy()
         torch32 = module(torch.as_tensor(x32)).reshape(len(x32), -1).double().numpy()
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     runtime = session.run(None, {"x": x32})[0].reshape(len(x32), -1).astype(np.float64)
-    return {"torch": np.abs(torch32 - exact), "onnxruntime": np.abs(runtime - exact)}
+    return {"torch": torch32 - exact, "onnxruntime": runtime - exact}
 
 
-def bound_and_observed(model, x0, eps, input_range=None, method="crown"):
+def bound_and_observed(model, x0, eps, input_range=None, method="crown", rows=None):
+    """The elementwise output bound (and, for specification ``rows`` (S, outputs), the bound on each row's
+    error), and the signed float32 errors observed."""
     module = to_torch(model)
     region = Region.ball(torch.as_tensor(x0, dtype=torch.float64), eps, "linf", input_range)
     prop = Propagation(float64_graph(module), region, method)
-    bound = forward_errors(prop).output.reshape(-1).numpy()
-    return bound, observed_errors(model, module, region_points(module, region))
+    errors = forward_errors(prop)
+    bound = errors.output.reshape(-1).numpy()
+    observed = observed_errors(model, module, region_points(module, region))
+    if rows is None:
+        return bound, {k: np.abs(v) for k, v in observed.items()}
+    c = torch.as_tensor(rows).reshape(len(rows), 1, *errors.output.shape[1:])
+    return errors.spec(c)[:, 0].numpy(), {k: np.abs(v @ rows.T) for k, v in observed.items()}
 
 
 NETS = {"mlp": mlp, "cnn": cnn, "residual": residual,
@@ -140,6 +147,13 @@ def test_bound_holds_in_torch_and_onnxruntime(name, scale, centre, eps):
         assert np.all(np.isfinite(bound))
         for runtime, err in observed.items():
             assert np.all(err <= bound), f"{runtime} error {err.max(0)} above the bound {bound}"
+        rows = np.random.default_rng(2).standard_normal((4, bound.size))
+        rows[0] = 0.0
+        rows[0, :2] = (1.0, -1.0)  # a margin row
+        spec, observed = bound_and_observed(model, x0, eps, method=method, rows=rows)
+        assert np.all(spec <= np.abs(rows) @ bound * (1 + 1e-9))  # never looser than |c| . e
+        for runtime, err in observed.items():
+            assert np.all(err <= spec), f"{runtime} row error {err.max(0)} above the bound {spec}"
 
 
 def test_bound_is_not_absurdly_loose_on_a_small_mlp():
@@ -147,6 +161,9 @@ def test_bound_is_not_absurdly_loose_on_a_small_mlp():
     bound, observed = bound_and_observed(model, np.full((1, 8), 0.5), 0.05, (0.0, 1.0))
     worst = max(err.max() for err in observed.values())
     assert worst > 0 and bound.max() <= 1e3 * worst
+    rows = np.eye(4)[:3] - np.eye(4)[1:]
+    spec, _ = bound_and_observed(model, np.full((1, 8), 0.5), 0.05, (0.0, 1.0), rows=rows)
+    assert np.all(spec < np.abs(rows) @ bound)  # the backward bound keeps the weights' signs: tighter
 
 
 def test_stably_off_relu_neurons_carry_no_error():

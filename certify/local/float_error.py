@@ -29,8 +29,10 @@ other operator raises :class:`~certify.local.rules.UnsupportedOperator`; callers
 from __future__ import annotations
 
 import torch
+from torch.func import vjp, vmap
 
 from certify.lipschitz.rounding import LIBRARY_ULPS
+from certify.local import rules
 from certify.local.rules import Interval, Linear, Passthrough, ReluLike, SShaped, UnsupportedOperator, WindowMax
 
 UNIT_ROUNDOFF = 2.0**-24
@@ -71,23 +73,91 @@ class ForwardErrors:
         self.slack = 4 * gamma(widest, 2.0**-53)
         first = prop.bounds[prop.input_name].lo
         self.errors = {prop.input_name: torch.zeros_like(first)}
+        self.local: dict[str, torch.Tensor] = {}  # each node's own rounding
+        self.slopes: dict[str, tuple | str] = {}  # secant slope range of an elementwise unit, or "linear"/"max"
         with torch.no_grad():
             for _, op, inputs, outputs in prop._live_steps():
-                self.errors[outputs[0]] = self._node(op, inputs)
+                moved, local, slopes = self._node(op, inputs)
+                self.errors[outputs[0]] = moved + local
+                self.local[outputs[0]], self.slopes[outputs[0]] = local, slopes
 
     @property
     def output(self) -> torch.Tensor:
         return self.errors[self.prop.output_name]
 
     def spec(self, c: torch.Tensor) -> torch.Tensor:
-        """``|c| . e`` of the output for specification rows c (S, N, *output): the error of ``c . y``, (S, N)."""
+        """A bound on the error of ``c . y`` for specification rows c (S, N, *output): (S, N). The smaller of
+        ``|c| . e`` and, where every operator allows it, the backward bound of :meth:`backward`."""
         c = c.to(self.output.device, torch.float64)
-        return (c.abs() * self.output).flatten(2).sum(-1) * (1 + self.slack)
+        forward = (c.abs() * self.output).flatten(2).sum(-1) * (1 + self.slack)
+        with torch.no_grad():
+            backward = self.backward(c)
+        if backward is None:
+            return forward
+        depth = len(self.local) + 1
+        return torch.minimum(forward, backward * (1 + self.slack) + depth * self.slack * forward)
+
+    def backward(self, c: torch.Tensor) -> torch.Tensor | None:
+        """``sum_k |c J_k| . local_k``: each node's rounding carried to ``c . y`` through the exact linear maps and
+        the secant slopes of the elementwise units (an interval per coefficient, ``[min(a, 1), max(a, 1)]`` for
+        an unstable Relu-like unit); unlike ``|c| . e`` it keeps the signs of the weights, which cancel. None when
+        a max-pool lies on the way (its error is not a linear image). Rounding of this float64 pass is covered by
+        :meth:`spec`'s ``depth * slack * |c| . e`` (every coefficient is at most the absolute product)."""
+        prop = self.prop
+        acc = {prop.output_name: (c, torch.zeros_like(c))}
+        total = torch.zeros(c.shape[:2], dtype=c.dtype, device=c.device)
+        for index in range(prop.producer[prop.output_name], -1, -1):
+            op, inputs, outputs = prop.steps[index]
+            if outputs[0] not in acc:
+                continue
+            mid, rad = acc.pop(outputs[0])
+            total = total + ((mid.abs() + rad) * self.local[outputs[0]]).flatten(2).sum(-1)
+            slopes = self.slopes[outputs[0]]
+            vary = [i for i, n in enumerate(inputs) if n in self.errors]
+            if slopes == "max":
+                return None
+            if slopes == "copy":
+                parts = [(mid, rad)]
+            elif slopes == "linear":
+                parts = list(zip(prop._affine(index)[0](mid), (r.abs() for r in self._magnitude_map(index)(rad))))
+            else:
+                low, high = mid - rad, mid + rad
+                corners = torch.stack([low * slopes[0], low * slopes[1], high * slopes[0], high * slopes[1]])
+                top, bottom = corners.amax(0), corners.amin(0)
+                parts = [((top + bottom) / 2, (top - bottom) / 2)]
+            for i, (m, r) in zip(vary, parts):
+                name = inputs[i]
+                if name in acc:
+                    m, r = m + acc[name][0], r + acc[name][1]
+                acc[name] = (m, r)
+        return total
+
+    def _magnitude_map(self, index: int):
+        """The VJP of an affine step's map with its constants in absolute value (``|M|^T``, one sign per map)."""
+        op, inputs, _ = self.prop.steps[index]
+        rule = op.relaxation
+        args = self.prop._args(inputs, self.prop.bounds)
+
+        def g(*xs):
+            values, full = iter(xs), []
+            for i, a in enumerate(args):
+                if isinstance(a, Interval):
+                    x = next(values)
+                    full.append(-x if i in rule.negate else x)
+                elif i in rule.absolute and isinstance(a, torch.Tensor) and a.is_floating_point():
+                    full.append(a.abs())
+                else:
+                    full.append(a)
+            return rules.first_output(op(*full))
+
+        _, pullback = vjp(g, *[torch.zeros_like(a.lo) for a in args if isinstance(a, Interval)])
+        return vmap(pullback)
 
     def _magnitudes(self, inputs) -> dict:
         return {n: _maxabs(self.prop.bounds[n]) + self.errors[n] for n in inputs if n in self.errors}
 
-    def _node(self, op, inputs) -> torch.Tensor:
+    def _node(self, op, inputs) -> tuple:
+        """``(error carried in, own rounding, slopes)`` of one step."""
         rule = op.relaxation
         args = self.prop._args(inputs, self.prop.bounds)
         if isinstance(rule, ReluLike):
@@ -95,12 +165,15 @@ class ForwardErrors:
         if isinstance(rule, SShaped):
             return self._s_shaped(op, rule, args, inputs[0])
         if isinstance(rule, WindowMax):
-            return rule.windows(op, self.errors[inputs[0]], 0.0).amax(2)
+            moved = rule.windows(op, self.errors[inputs[0]], 0.0).amax(2)
+            return moved, torch.zeros_like(moved), "max"
         if not isinstance(rule, Linear):
             raise UnsupportedOperator(op.onnx_name, op.op_type, "no float32 error rule")
         moved = rule.interval(op, _symmetric(args, self.errors, inputs)).rad.abs()
-        if isinstance(rule, Passthrough) or op.op_type in EXACT:
-            return moved
+        if isinstance(rule, Passthrough):
+            return moved, torch.zeros_like(moved), "copy"
+        if op.op_type in EXACT:
+            return moved, torch.zeros_like(moved), "linear"
         count = self._terms(op, rule, args, inputs)
         if op.op_type == "BatchNormalization":
             x, scale, bias, mean, var = args[:5]
@@ -111,7 +184,7 @@ class ForwardErrors:
         ones = {n: torch.ones_like(self.errors[n]) for n in inputs if n in self.errors}
         weights = rule.interval(op, _symmetric(args, ones, inputs)).rad.abs()
         local = (gamma(count + 4, self.u) + self.slack) * size + TINY * (weights + count + 4)
-        return moved * (1 + self.slack) + local
+        return moved * (1 + self.slack), local, "linear"
 
     def _terms(self, op, rule: Linear, args, inputs):
         """Terms summed per output element (a tensor or a number)."""
@@ -140,7 +213,7 @@ class ForwardErrors:
             return float(x[0, 0].numel())
         raise UnsupportedOperator(op.onnx_name, kind, "no float32 error rule")
 
-    def _relu(self, op, rule: ReluLike, args, name) -> torch.Tensor:
+    def _relu(self, op, rule: ReluLike, args, name) -> tuple:
         box, e = args[0], self.errors[name]
         a = rule.negative_slope(op, args, box.lo).abs()
         lo, hi = box.lo - e, box.hi + e
@@ -148,15 +221,19 @@ class ForwardErrors:
         slope = torch.where(on, torch.ones_like(a), torch.where(off, a, torch.maximum(a, torch.ones_like(a))))
         m = _maxabs(box) + e
         product = torch.where(on | (a == 0), torch.zeros_like(a), (self.u + self.slack) * a * m + TINY)
-        return slope * e * (1 + self.slack) + product
+        signed = rule.negative_slope(op, args, box.lo)
+        one = torch.ones_like(signed)
+        low = torch.where(on, one, torch.where(off, signed, torch.minimum(signed, one)))
+        high = torch.where(on, one, torch.where(off, signed, torch.maximum(signed, one)))
+        return slope * e * (1 + self.slack), product, (low, high)
 
-    def _s_shaped(self, op, rule: SShaped, args, name) -> torch.Tensor:
+    def _s_shaped(self, op, rule: SShaped, args, name) -> tuple:
         box, e = args[0], self.errors[name]
         wide = Interval(box.lo - e, box.hi + e)
         slope = rule.slope_range(op, [wide])
         out = _maxabs(rule.interval(op, [wide]))
         allowance = gamma(LIBRARY_ULPS, self.u) * torch.maximum(_maxabs(wide), out) + TINY
-        return slope * e * (1 + self.slack) + allowance + self.slack * out
+        return slope * e * (1 + self.slack), allowance + self.slack * out, (torch.zeros_like(slope), slope)
 
 
 def forward_errors(prop) -> ForwardErrors:
