@@ -6,6 +6,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from certify.defaults import (  # noqa: F401  (re-exported: the names of a job configuration live with it)
     ATTACK_PRESETS,
+    CERTIFIERS,
     DEFAULTS,
     NO_DATASET_WARNING,
     NORMS,
@@ -49,6 +50,11 @@ class JobConfigSchema(Schema):
     device = fields.String(load_default=DEFAULTS["device"], validate=validate.Regexp(r"^(auto|cpu|cuda(:\d+)?)$"))
     input_shapes = fields.Dict(keys=fields.String(), values=fields.List(fields.Integer(validate=validate.Range(min=1))),
                                load_default=dict)
+    certifiers = fields.List(fields.String(validate=validate.OneOf(CERTIFIERS, error="unknown certifier {input!r}; "
+                                                                   "one of " + ", ".join(CERTIFIERS))),
+                             load_default=lambda: list(DEFAULTS["certifiers"]), validate=validate.Length(min=1),
+                             metadata={"description": "which sound methods certify samples: global (Lipschitz) and "
+                                                      "the local ibp, crown, local-lipschitz, alpha-crown"})
     policy = fields.Dict(load_default=None, allow_none=True)
     preprocessing = fields.Nested(PreprocessingSchema, load_default=None, allow_none=True,
                                   metadata={"description": "prepended to the model; eps and input_range are then "

@@ -8,9 +8,12 @@ from certify.errors import ModelRejected
 
 NORMS = ("l2", "linf")
 ATTACK_PRESETS = ("none", "quick", "standard", "thorough")
+# "global": the Lipschitz certificate; the rest: certify.local.samples.METHODS (a test keeps them equal), so checking a
+# config needs no torch.
+CERTIFIERS = ("global", "ibp", "crown", "local-lipschitz", "alpha-crown")
 # The defaults of a job, wherever it is started (``lipcert certify``, ``lipcert submit``, POST /v1/jobs).
 DEFAULTS = {"norms": ("l2",), "epsilons": (0.1,), "attacks": "quick", "input_range": (0.0, 1.0), "samples": 200,
-            "seed": 0, "time_budget_s": 3600.0, "device": "auto"}
+            "seed": 0, "time_budget_s": 3600.0, "device": "auto", "certifiers": CERTIFIERS}
 NO_DATASET_WARNING = ("no dataset was given: certified accuracy and the attacks were skipped; the report holds only "
                       "the Lipschitz bounds (pass a .npz with x and y)")
 

@@ -71,6 +71,10 @@ class _Run:
         self.finish(stage, "skipped", reason)
         return skipped(reason)
 
+    def remaining(self) -> float:
+        """Seconds left of the job's time budget."""
+        return max(0.0, self._deadline - time.monotonic())
+
     def part(self, stage: str, lo: float, hi: float):
         """A progress function for a sub-task covering [lo, hi] of ``stage``."""
         return lambda fraction, message="": self.tick(stage, lo + (hi - lo) * fraction, message)
@@ -282,12 +286,12 @@ def run_pipeline(
     run.finish("conversion_check")
 
     run.start("bounds", "Lipschitz bounds per layer")
-    certificates = {}
+    certificates, analyses = {}, {}
     norms = cfg["norms"]
     for i, norm in enumerate(norms):
         certificates[norm] = certificate(
             module, input_shape, dataset=samples, norm=norm, epsilons=cfg["epsilons"], samples=cfg["samples"],
-            seed=cfg["seed"], input_range=input_range,
+            seed=cfg["seed"], input_range=input_range, on_analysis=lambda a, n=norm: analyses.__setitem__(n, a),
             progress=run.part("bounds", i / len(norms), (i + 1) / len(norms)))
     first = certificates[norms[0]]
     bounds = {"norm": norms[0], "input_shape": first["input_shape"], "layers": first["layers"],
@@ -300,16 +304,31 @@ def run_pipeline(
         certified = run.skip("certified", "no dataset was given")
     else:
         run.start("certified", "certified accuracy")
+        from certify import verdicts
+        from certify.lipschitz.network import pair_bounds
+
+        by_norm = {}
+        for i, norm in enumerate(norms):
+            by_norm[norm] = verdicts.certify_norm(
+                module, samples[0], samples[1], norm, cfg["epsilons"], cfg["certifiers"], certificates[norm],
+                input_range, device=device, time_budget=run.remaining() / 2,
+                global_pairs=pair_bounds(analyses[norm]),
+                progress=run.part("certified", i / len(norms), (i + 1) / len(norms)))
+        module.to("cpu")
         certified = {
             "clean_accuracy": first["certified"]["clean_accuracy"],
             "samples": first["certified"]["samples"],
-            "method": "per-pair margin, less the float forward error bound, / Lipschitz bound of the logit difference",
-            "accuracy": {n: {_eps_key(e): v for e, v in c["certified"]["certified_accuracy"].items()}
-                         for n, c in certificates.items()},
+            "method": "best sound method per sample: global (per-pair margin, less the float forward error bound, / "
+                      "Lipschitz bound of the logit difference) or local bound propagation, less the same float error",
+            "certifiers": list(cfg["certifiers"]),
+            **verdicts.section(by_norm, cfg["epsilons"], _eps_key),
             "radius": {n: c["certified"]["radius"] for n, c in certificates.items()},
             "float_error": {n: {k: c["certified"]["float_error"][k] for k in ("max_at_sample", "max_growth")}
                             for n, c in certificates.items()},
         }
+        local_layers = verdicts.layer_rows(by_norm, _eps_key)
+        if any(local_layers.values()):
+            bounds["local_layers"] = local_layers
         run.finish("certified")
 
     if samples is None:
@@ -318,7 +337,7 @@ def run_pipeline(
         attacks = run.skip("attacks", "attacks were switched off (attacks: none)")
     else:
         run.start("attacks", "adversarial attacks")
-        radii = {n: certified_radii_of(c) for n, c in certificates.items()}
+        radii = {n: by_norm[n].radii() for n in norms}
         try:
             result = evaluate(
                 module.to(device), samples[0], samples[1], norms=norms, epsilons=cfg["epsilons"],

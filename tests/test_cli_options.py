@@ -30,6 +30,8 @@ NO_TORCH = ("import atexit, sys\n"
     (["bounds", EXAMPLE_MODEL, "--norm", "l2,linf"], "error: bad_argument: --norm 'l2,linf': this command takes one"),
     (["submit", EXAMPLE_MODEL, "--norm", "L1"], "error: bad_argument: --norm l1"),
     (["submit", EXAMPLE_MODEL, "--samples", "0"], "error: invalid_config: samples"),
+    (["submit", EXAMPLE_MODEL, "--certifiers", "crown,magic"], "error: bad_argument: --certifiers magic: one of"),
+    (["bounds", EXAMPLE_MODEL, "--certifiers", "CROWN,x"], "error: bad_argument: --certifiers x"),
 ])
 def test_bad_options_are_refused_before_torch_is_imported(argv, message):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, timeout=120)
@@ -49,10 +51,11 @@ def test_submit_takes_both_eps_forms_and_shares_certify_defaults(service, tmp_pa
     model.write_bytes(tiny_model_bytes())
     runner = CliRunner()
     r = runner.invoke(main, ["submit", str(model), "--eps", "0.05,0.1", "--eps", "0.2", "--norm", "L2,linf",
-                             "--attacks", "none", "--json"], env=_env(service))
+                             "--attacks", "none", "--certifiers", "global,crown", "--json"], env=_env(service))
     assert r.exit_code == 0, r.output
     job = json.loads(r.stdout)
     assert job["config"]["epsilons"] == [0.05, 0.1, 0.2] and job["config"]["norms"] == ["l2", "linf"]
+    assert job["config"]["certifiers"] == ["global", "crown"]
     assert job["model_name"] == "tiny.onnx"
     assert job["warnings"] == [NO_DATASET_WARNING]
 
@@ -70,7 +73,7 @@ def test_submit_takes_both_eps_forms_and_shares_certify_defaults(service, tmp_pa
     assert r.exit_code == 0, r.output
     config = json.loads(r.stdout)["config"]
     defaults = load_config({})
-    for key in ("norms", "epsilons", "attacks", "input_range", "samples", "seed"):
+    for key in ("norms", "epsilons", "attacks", "input_range", "samples", "seed", "certifiers"):
         assert config[key] == defaults[key] == (list(DEFAULTS[key]) if isinstance(DEFAULTS[key], tuple)
                                                 else DEFAULTS[key]), key
 

@@ -141,6 +141,8 @@ def test_field_errors(service, digits_model):
     problem(service.submit("sha256:abc"), 400, "validation_error")
     body = problem(service.submit(digits_model, input_range=[1, 0]), 400)
     assert "input_range" in body["errors"]
+    body = problem(service.submit(digits_model, certifiers=["crown", "magic"]), 400, "validation_error")
+    assert "unknown certifier 'magic'" in str(body["errors"]["certifiers"])
 
 
 def test_unknown_model(service):

@@ -77,9 +77,9 @@ def test_dataset_checks(tmp_path):
                     "x_min": 0.0, "x_max": 0.0}
     model = {"inputs": [{"name": "x", "shape": ["batch", 64]}]}
     check_fit(model, info)
-    check_fit(model, info, (0.0, 1.0))
+    check_fit(model, info, {"input_range": (0.0, 1.0)})
     with pytest.raises(ModelRejected) as e:
-        check_fit(model, info, (0.5, 1.0))
+        check_fit(model, info, {"input_range": (0.5, 1.0)})
     assert e.value.code == "input_out_of_range"
     with pytest.raises(ModelRejected) as e:
         check_fit({"inputs": [{"name": "x", "shape": ["batch", 32]}]}, info)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from certify.defaults import DEFAULTS, NORMS
+from certify.defaults import CERTIFIERS, DEFAULTS, NORMS
 
 
 def refuse(message: str) -> None:
@@ -39,6 +39,20 @@ def _norms(ctx, param, values) -> list[str] | None:
     if unknown:
         refuse(f"--norm {', '.join(unknown)}: one of {', '.join(NORMS)}")
     return list(dict.fromkeys(norms)) or None
+
+
+def _certifiers(ctx, param, values) -> list[str] | None:
+    names = [item.lower() for item in _items(values)]
+    unknown = [n for n in names if n not in CERTIFIERS]
+    if unknown:
+        refuse(f"--certifiers {', '.join(unknown)}: one of {', '.join(CERTIFIERS)}")
+    return list(dict.fromkeys(names)) or None
+
+
+def certifiers_option(f):
+    return click.option("--certifiers", "certifiers", multiple=True, callback=_certifiers, metavar="NAME[,NAME...]",
+                        help="Sound certification methods, comma-separated or repeated: global (Lipschitz), ibp, "
+                             f"crown, local-lipschitz, alpha-crown [default: {_defaults('certifiers')}].")(f)
 
 
 def _defaults(key: str) -> str:

@@ -9,6 +9,7 @@ import click
 
 from certify.cli import main, parse_input_shapes, refusals_exit_2
 from certify.cli._options import (
+    certifiers_option,
     eps_option,
     input_range_option,
     preprocessing,
@@ -62,12 +63,48 @@ def _print_table(result: dict) -> None:
                    f"{_fmt(rounding.get('max_growth'))}")
 
 
+def _verdicts(module, dataset, norm, epsilons, certifiers, result, input_range, progress, analysis) -> dict:
+    """Every certifier's certified accuracy per eps (``methods``, ``ms_per_sample``, ``best_method``, ``local``,
+    ``accuracy``: the best sound one) and the local layer rows, as the pipeline reports them."""
+    from certify import verdicts
+    from certify.lipschitz.network import pair_bounds
+
+    by_norm = {norm: verdicts.certify_norm(
+        module, *dataset, norm, epsilons, certifiers, result, input_range, global_pairs=pair_bounds(analysis),
+        progress=lambda fraction, message: progress("certified", fraction, message))}
+    key = lambda eps: str(float(eps))  # noqa: E731  (the certificate's eps keys)
+    return {"verdicts": verdicts.section(by_norm, epsilons, key),
+            "local_layers": verdicts.layer_rows(by_norm, key)[norm]}
+
+
+def _print_verdicts(result: dict) -> None:
+    from certify.report.render import format_table, local_layer_table, method_table
+
+    section = result["verdicts"]
+    click.echo("certified accuracy per method (best: a sample counts when any method certified it)")
+    click.echo(format_table(*method_table({"certified": section})))
+    for norm, by_eps in section["ms_per_sample"].items():
+        for eps, timing in by_eps.items():
+            click.echo(f"  ms per sample ({norm}, eps {eps}): "
+                       + "   ".join(f"{m} {ms:.3g}" for m, ms in timing.items()))
+    for norm, local in section["local"].items():
+        for why in [local.get("skipped"), *(local.get("skipped_methods") or {}).values()]:
+            if why:
+                click.echo(f"  local certification skipped ({norm}): {why}")
+    headers, rows = local_layer_table({"bounds": {"local_layers": {result["network"]["norm"]:
+                                                                   result["local_layers"]}}})
+    if rows:
+        click.echo("local layerwise Lipschitz bounds within the eps-balls")
+        click.echo(format_table(headers, rows))
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--data", type=click.Path(dir_okay=False), help="A .npz with arrays x (inputs) and y (labels).")
 @single_norm_option
 @eps_option
+@certifiers_option
 @click.option("--samples", type=click.IntRange(1, 100_000), default=DEFAULTS["samples"], show_default=True)
 @input_range_option
 @preprocessing_options
@@ -76,9 +113,10 @@ def _print_table(result: dict) -> None:
               help="One JSON object per line: each layer's row as it is computed, then the whole result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @refusals_exit_2
-def bounds(model, as_json, data, norm, epsilons, samples, input_range, scale, mean, std, input_shape, json_lines,
-           quiet):
-    """Per-layer Lipschitz bounds of MODEL, the network bound, and certified radii with --data."""
+def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_range, scale, mean, std, input_shape,
+           json_lines, quiet):
+    """Per-layer Lipschitz bounds of MODEL, the network bound, and with --data certified radii and each certifier's
+    certified accuracy."""
     from certify.convert import to_torch
     from certify.lipschitz.certificate import certificate
     from certify.load import load_onnx
@@ -106,11 +144,16 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_range, scale, me
         click.echo(json.dumps({"type": "layer", **row}))
         sys.stdout.flush()
 
+    analyses = []
     try:
         result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or DEFAULTS["epsilons"],
                              samples=samples, input_range=tuple(input_range or DEFAULTS["input_range"]),
                              progress=lambda fraction, message: progress("bounds", fraction, message),
-                             on_layer=row_line if json_lines else None)
+                             on_layer=row_line if json_lines else None, on_analysis=analyses.append)
+        if dataset is not None:
+            result.update(_verdicts(module, dataset, norm, epsilons or DEFAULTS["epsilons"],
+                                    certifiers or DEFAULTS["certifiers"], result,
+                                    tuple(input_range or DEFAULTS["input_range"]), progress, analyses[0]))
     except ValueError as e:
         raise ModelRejected("bounds_failed", str(e)) from None
     finally:
@@ -121,3 +164,5 @@ def bounds(model, as_json, data, norm, epsilons, samples, input_range, scale, me
         click.echo(json.dumps(result, indent=2))
     else:
         _print_table(result)
+        if "verdicts" in result:
+            _print_verdicts(result)

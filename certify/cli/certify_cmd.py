@@ -10,6 +10,7 @@ import click
 from certify.cli import main, parse_input_shapes, refusals_exit_2
 from certify.cli._options import (
     attacks_option,
+    certifiers_option,
     eps_option,
     input_range_option,
     norms_option,
@@ -25,6 +26,7 @@ from certify.errors import ModelRejected
 @click.option("--data", type=click.Path(dir_okay=False), help=".npz with x (float) and y (int labels).")
 @norms_option
 @eps_option
+@certifiers_option
 @attacks_option
 @input_range_option
 @preprocessing_options
@@ -41,11 +43,11 @@ from certify.errors import ModelRejected
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
-def certify_command(model, data, norms, epsilons, attacks, input_range, scale, mean, std, samples, seed, device,
-                    input_shape, transfer_to, policy_path, key_path, output, as_json, quiet):
+def certify_command(model, data, norms, epsilons, certifiers, attacks, input_range, scale, mean, std, samples, seed,
+                    device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
-    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "input_range": input_range,
-             "preprocessing": preprocessing(scale, mean, std)}
+    given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks,
+             "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
     config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
     from certify.config import load_config

@@ -16,6 +16,7 @@ import click
 from certify.cli import main
 from certify.cli._options import (
     attacks_option,
+    certifiers_option,
     eps_option,
     input_range_option,
     norms_option,
@@ -111,6 +112,7 @@ def _finish(job: dict, as_json: bool) -> None:
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), help="An .npz with x and y.")
 @norms_option
 @eps_option
+@certifiers_option
 @attacks_option
 @click.option("--samples", type=int, default=None, help=f"[default: {DEFAULTS['samples']}]")
 @click.option("--seed", type=int, default=None, help=f"[default: {DEFAULTS['seed']}]")
@@ -120,10 +122,11 @@ def _finish(job: dict, as_json: bool) -> None:
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
 @click.option("--json", "as_json", is_flag=True)
 @_connection
-def submit(model, data, norms, epsilons, attacks, samples, seed, input_range, scale, mean, std, time_budget, wait,
-           as_json, url, token):
+def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, input_range, scale, mean, std, time_budget,
+           wait, as_json, url, token):
     """Upload MODEL (and --data), create a job and print its id."""
-    given = {"norms": norms, "epsilons": epsilons, "attacks": attacks, "samples": samples, "seed": seed,
+    given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks, "samples": samples,
+             "seed": seed,
              "time_budget_s": time_budget, "input_range": input_range, "preprocessing": preprocessing(scale, mean, std)}
     config = {k: v for k, v in given.items() if v is not None}
     from certify.config import load_config

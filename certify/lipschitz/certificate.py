@@ -203,13 +203,15 @@ def _random_points(shape, count: int, seed: int, input_range) -> torch.Tensor:
 def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DEFAULT_EPSILONS,
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
                 input_range=(0.0, 1.0), ascent_steps: int = 10,
-                on_layer: Callable[[dict], None] | None = None) -> dict:
+                on_layer: Callable[[dict], None] | None = None,
+                on_analysis: Callable[[Analysis], None] | None = None) -> dict:
     """Bound ``module`` (an ``OnnxGraph`` from ``certify.to_torch``) and, with data, certify its samples.
 
     ``input_shape``: per-sample input shape (a leading batch of 1 is accepted). ``dataset``: ``(x, y)`` numpy
     arrays (float32 inputs with the batch first, int64 labels) or None; the first ``samples`` are used.
     ``progress(fraction, message)`` is called per layer; ``on_layer(row)`` gets each node's own bound as soon as it
-    is computed (before fusion), so a long run shows rows as it goes. Returns a JSON-ready dict: ``layers`` (one row
+    is computed (before fusion), so a long run shows rows as it goes; ``on_analysis`` gets the finished
+    :class:`Analysis` (its pair bounds tighten the local certificates). Returns a JSON-ready dict: ``layers`` (one row
     per ONNX node), ``network`` ({product, upper, lower, ratio, method, reason}) and, with data, ``certified``
     ({norm, samples, clean_accuracy, certified_accuracy: {eps: acc}, radius summary, radii}).
     """
@@ -219,6 +221,8 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     shape = per_sample_shape(module, input_shape)
     analysis = analyse(module, shape, norm=norm, progress=lambda f, m: report(0.7 * f, m),
                        on_record=(lambda record: on_layer(layer_row(record))) if on_layer else None)
+    if on_analysis is not None:
+        on_analysis(analysis)
     l2_analysis = analyse(module, shape, norm="l2") if norm == "linf" else None
     if dataset is not None:
         x, y = dataset

@@ -104,7 +104,7 @@ def _smallest_margin(low: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0.0, 1.0), methods=METHODS, *,
-                    time_budget: float | None = None, device="cpu", margin: float = 0.0, skip_certified: bool = True,
+                    time_budget: float | None = None, device="cpu", margin=0.0, skip_certified: bool = True,
                     alpha_steps: int = 20, batch_size: int = 256, memory: int = DEFAULT_MEMORY,
                     global_pairs=None, float_error: bool = True) -> SampleVerdicts:
     """Certify each sample of ``x`` (labels ``y``) against every perturbation in its ``norm`` ball of radius
@@ -112,12 +112,12 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
 
     ``module``: a converted graph (:class:`certify.convert.OnnxGraph`) with one input and logits as its first
     output. ``margin``: subtracted from every certified lower bound (the deployed float32 network's forward
-    error). ``float_error``: also subtract, per sample and margin row, ``|C_k| . e`` with ``e`` the elementwise
-    float32 forward error bound over the ball (:mod:`certify.local.float_error`; where an operator has no such
-    rule only ``margin`` is subtracted). ``global_pairs``: the global certificate's ``L[y, j]`` (same norm), which
-    the local Lipschitz bound never exceeds. ``time_budget`` (seconds): methods that would start after it are
-    skipped. Raises :class:`~certify.local.rules.UnsupportedOperator` naming the node when the graph cannot be
-    bounded at all.
+    error), one number or one per sample. ``float_error``: also subtract, per sample and margin row,
+    ``|C_k| . e`` with ``e`` the elementwise float32 forward error bound over the ball
+    (:mod:`certify.local.float_error`; where an operator has no such rule only ``margin`` is subtracted).
+    ``global_pairs``: the global certificate's ``L[y, j]`` (same norm), which the local Lipschitz bound never
+    exceeds. ``time_budget`` (seconds): methods that would start after it are skipped. Raises
+    :class:`~certify.local.rules.UnsupportedOperator` naming the node when the graph cannot be bounded at all.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
@@ -132,6 +132,9 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     n = x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"{n} inputs but {y.shape[0]} labels")
+    margin = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
+    if not np.all(margin >= 0):
+        raise ValueError("margin must be non-negative (it is an error bound)")
     start = time.monotonic()
     result = SampleVerdicts(norm, float(eps), order, np.zeros(n, bool), {m: np.zeros(n, bool) for m in order},
                             {m: np.zeros(n, bool) for m in order}, {m: np.full(n, np.nan) for m in order},
@@ -140,7 +143,8 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     for first in range(0, n, batch_size):
         batch = slice(first, min(n, first + batch_size))
         rows = _certify_batch(graph, x[batch], y[batch], eps, norm, input_range, order, result, batch, start,
-                              time_budget, margin, skip_certified, alpha_steps, memory, global_pairs, float_error)
+                              time_budget, margin[batch], skip_certified, alpha_steps, memory, global_pairs,
+                              float_error)
         if rows:
             layer_rows.append(rows)
     result.layers = _merged_layers(layer_rows)
@@ -193,8 +197,9 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
                     tuned = Propagation(graph, region.subset(index), "crown", memory, alpha_steps=alpha_steps)
                     low = torch.maximum(tuned.lower(spec[:, index]), prop.lower(spec[:, index]))
                 else:
+                    rounding = _float_margin(prop, spec[:, index], result) if float_error else 0.0
                     low, layers = _lipschitz_lower(prop, logits[index], yb[index], spec[:, index], eps, result, batch,
-                                                   index, global_pairs)
+                                                   index, global_pairs, margin, rounding)
         except UnsupportedOperator as e:
             result.skipped.setdefault(method, e.message)
             continue
@@ -202,8 +207,9 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
             result.seconds[method] += time.monotonic() - began
         if float_error:
             low = low - _float_margin(used, spec[:, index], result)
-        smallest = (_smallest_margin(low, yb[index]) - margin).cpu().numpy()
-        rows = np.arange(batch.start, batch.stop)[index.cpu().numpy()]
+        local = index.cpu().numpy()
+        smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
+        rows = np.arange(batch.start, batch.stop)[local]
         result.lower[method][rows] = smallest
         result.ran[method][rows] = True
         result.certified[method][rows] = smallest > 0
@@ -222,14 +228,17 @@ def _float_margin(prop: Propagation, spec, result: SampleVerdicts):
 
 
 def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, index,
-                     global_pairs):
-    """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii."""
+                     global_pairs, margin: np.ndarray, rounding=0.0):
+    """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii (less
+    ``margin`` per sample and the float error ``rounding`` per row and sample)."""
     bounds = local_lipschitz(prop, labels, global_pairs)
     margins = torch.einsum("snk,nk->sn", spec, logits) - prop._spec_rounding(spec)  # (S, N)
     low = margins - bounds.pair.T * eps
-    masked = margins.T.clone()
+    masked = (margins - rounding).T.clone()  # the radii hold for the float32 network too
     masked[torch.arange(labels.shape[0], device=labels.device), labels] = torch.inf
-    rows = np.arange(batch.start, batch.stop)[index.cpu().numpy()]
+    local = index.cpu().numpy()
+    masked = masked - torch.as_tensor(margin[local], dtype=masked.dtype, device=masked.device)[:, None]
+    rows = np.arange(batch.start, batch.stop)[local]
     result.radius[rows] = bounds.radii(masked, eps).cpu().numpy()
     return low, bounds.layers
 

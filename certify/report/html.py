@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from certify.report.render import fmt
+from certify.report.render import fmt, local_layer_table, method_table
 
 PAGE_CSS = """
 :root { --ink: #1d2330; --muted: #5b6475; --line: #d9dde5; --upper: #2f5597; --lower: #e0902f;
@@ -517,6 +517,12 @@ def _bounds_section(p: dict) -> str:
     parts.append(_kv([("network upper bound (guaranteed)", n.get("upper")),
                       ("product of the layer bounds", n.get("product")), ("network lower bound", n.get("lower")),
                       ("method", n.get("method"))] + ([("note", n["reason"])] if n.get("reason") else [])))
+    headers, rows = local_layer_table(p)
+    if rows:
+        parts.append('<h3>Local layerwise bounds</h3><p class="muted">Within the eps-balls around the samples part '
+                     "of each activation pattern is fixed, so each layer stretches perturbations less than its "
+                     "global bound allows (guaranteed upper bounds, mean and max over the samples).</p>")
+        parts.append(_table(headers, rows, numeric=(1, 4, 5, 6)))
     return "".join(parts)
 
 
@@ -563,6 +569,16 @@ def _accuracy_section(p: dict) -> str:
         rows = [[fmt(x), _pct(dict(certified).get(x)), _pct(dict(attacked).get(x))]
                 for x in sorted({x for x, _ in certified + attacked})]
         parts.append(_table(["eps", "certified accuracy", "attacked accuracy"], rows, numeric=(0, 1, 2)))
+    headers, rows = method_table(p)
+    if cert_ok and rows:
+        parts.append('<h3>Certified accuracy per method</h3><p class="muted">Each sound method on its own, the best '
+                     "per sample (a sample counts when any method certified it) and the attacked accuracy.</p>")
+        parts.append(_table(headers, [[r[0], r[1], *(_pct(v) for v in r[2:])] for r in rows],
+                            numeric=tuple(range(1, len(headers)))))
+        for norm, local in (cert.get("local") or {}).items():
+            if local.get("skipped"):
+                parts.append(f'<p class="skipped">local certification skipped ({_e(norm)}): '
+                             f"{_e(local['skipped'])}</p>")
     return "".join(parts)
 
 

@@ -5,7 +5,9 @@ at least one check required (keys are documented in docs/verify.md):
 
 - ``version``: 1
 - ``min_clean_accuracy``: fraction
-- ``min_certified_accuracy``: list of ``{norm, eps, min}``
+- ``min_certified_accuracy``: list of ``{norm, eps, min}``, each with an optional ``method`` (one of
+  ``certify.defaults.CERTIFIERS``: that method's own certified accuracy, from ``certified.methods``; default: the
+  best sound one, ``certified.accuracy``)
 - ``min_attacked_accuracy``: list of ``{norm, eps, min}`` (worst case over the attacks run)
 - ``max_lipschitz_upper``: the network's guaranteed Lipschitz upper bound must be at most this
 - ``required_attack_preset``: the attacks must have been run with this preset or a stronger one
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from certify.config import ATTACK_PRESETS, NORMS
+from certify.config import ATTACK_PRESETS, CERTIFIERS, NORMS
 from certify.report.schema import parse_created
 
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$")
@@ -68,13 +70,18 @@ class _AccuracyThreshold(Schema):
     min = fields.Float(required=True, validate=validate.Range(min=0, max=1))
 
 
+class _CertifiedThreshold(_AccuracyThreshold):
+    method = fields.String(validate=validate.OneOf(CERTIFIERS, error="unknown method {input!r}; one of "
+                                                   + ", ".join(CERTIFIERS)))
+
+
 class PolicySchema(Schema):
     class Meta:
         unknown = RAISE
 
     version = fields.Integer(strict=True, validate=validate.Equal(1))
     min_clean_accuracy = fields.Float(validate=validate.Range(min=0, max=1))
-    min_certified_accuracy = fields.List(fields.Nested(_AccuracyThreshold), validate=validate.Length(min=1))
+    min_certified_accuracy = fields.List(fields.Nested(_CertifiedThreshold), validate=validate.Length(min=1))
     min_attacked_accuracy = fields.List(fields.Nested(_AccuracyThreshold), validate=validate.Length(min=1))
     max_lipschitz_upper = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
     required_attack_preset = fields.String(validate=validate.OneOf([p for p in ATTACK_PRESETS if p != "none"]))
@@ -216,12 +223,19 @@ def _clean_accuracy(predicate: dict) -> tuple[float, str]:
     return found[source], ", ".join(f"{k} {v:.4g}" for k, v in found.items()) + f" (lowest: {source})"
 
 
-def _certified_accuracy(predicate: dict, norm: str, eps: float) -> tuple[float, str]:
-    table = _section(predicate, "certified").get("accuracy")
+def _certified_accuracy(predicate: dict, norm: str, eps: float, method: str | None = None) -> tuple[float, str]:
+    certified = _section(predicate, "certified")
+    table = certified.get("accuracy" if method is None else "methods")
     by_eps = table.get(norm) if isinstance(table, dict) else None
     if by_eps is None:
-        raise _Missing(f"no certified accuracy for norm {norm}")
-    return _number(_at_eps(by_eps, eps, f"certified {norm}"), f"certified accuracy at {norm} eps={eps:g}"), ""
+        raise _Missing(f"no certified accuracy for norm {norm}" + (f" by method {method}" if method else ""))
+    cell = _at_eps(by_eps, eps, f"certified {norm}")
+    if method is None:
+        return _number(cell, f"certified accuracy at {norm} eps={eps:g}"), ""
+    value = cell.get(method) if isinstance(cell, dict) else None
+    if value is None:
+        raise _Missing(f"method {method} did not certify at {norm} eps={eps:g} (not among the certifiers run)")
+    return _number(value, f"{method} certified accuracy at {norm} eps={eps:g}"), f"method {method}"
 
 
 def _attacked_accuracy(predicate: dict, norm: str, eps: float) -> tuple[float, str]:
@@ -349,7 +363,9 @@ def evaluate_policy(policy: dict, predicate: dict, now: datetime | None = None, 
                          ("min_attacked_accuracy", _attacked_accuracy)):
         for entry in policy.get(key, []):
             norm, eps, t = entry["norm"], entry["eps"], entry["min"]
-            checks.append(_check(f"{key}[{norm},{eps:g}]", t, lambda m=measure, n=norm, e=eps: m(p, n, e),
+            extra = (entry["method"],) if "method" in entry else ()
+            name = ",".join((norm, f"{eps:g}", *extra))
+            checks.append(_check(f"{key}[{name}]", t, lambda m=measure, n=norm, e=eps, x=extra: m(p, n, e, *x),
                                  lambda v, t=t: v >= t))
     if "max_lipschitz_upper" in policy:
         t = policy["max_lipschitz_upper"]

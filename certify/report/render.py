@@ -86,14 +86,47 @@ def _bounds_lines(p: dict) -> list[str]:
     return [title, format_table(keys, rows), network]
 
 
+def method_table(p: dict) -> tuple[list[str], list[list]]:
+    """Per norm and eps, each certifier's certified accuracy beside the best sound one and the attacked accuracy
+    (the true robust accuracy lies between best and attacked)."""
+    c = p.get("certified") if isinstance(p.get("certified"), dict) else {}
+    a = p.get("attacks") if isinstance(p.get("attacks"), dict) and not _skipped(p.get("attacks")) else {}
+    methods = c.get("methods") or {}
+    names = list(dict.fromkeys(m for by_eps in methods.values() for cell in by_eps.values() for m in cell))
+    attacked = a.get("results") or {}
+    rows = []
+    for norm, by_eps in (c.get("accuracy") or {}).items():
+        for eps, best in by_eps.items():
+            cell = (methods.get(norm) or {}).get(eps) or {}
+            hit = (attacked.get(norm) or {}).get(eps)
+            rows.append([norm, eps, *(cell.get(m) for m in names), best]
+                        + ([hit.get("robust_accuracy") if isinstance(hit, dict) else None] if attacked else []))
+    return ["norm", "eps", *names, "best (certified)"] + (["attacked"] if attacked else []), rows
+
+
+def local_layer_table(p: dict) -> tuple[list[str], list[list]]:
+    """Table-5 rows: each dense layer's global bound and its local bounds within the eps-balls."""
+    b = p.get("bounds") if isinstance(p.get("bounds"), dict) else {}
+    rows = [[norm, eps, r.get("node"), r.get("op"), r.get("global_upper"), r.get("local_mean"), r.get("local_max")]
+            for norm, by_eps in (b.get("local_layers") or {}).items() for eps, layer in by_eps.items()
+            for r in layer]
+    return ["norm", "eps", "node", "op", "global upper", "local upper (mean)", "local upper (max)"], rows
+
+
 def _certified_lines(p: dict) -> list[str]:
     c = p.get("certified")
     if _skipped(c):
         return ["Certified accuracy", "  " + _skipped(c)]
-    rows = [[norm, eps, acc] for norm, by_eps in (c.get("accuracy") or {}).items() for eps, acc in by_eps.items()]
     head = f"Certified accuracy (clean accuracy {fmt(c.get('clean_accuracy'))}"
     head += f", {c['samples']} samples)" if "samples" in c else ")"
-    return [head, format_table(["norm", "eps", "certified accuracy"], rows)]
+    lines = [head, format_table(*method_table(p))]
+    for norm, local in (c.get("local") or {}).items():
+        if local.get("skipped"):
+            lines.append(f"  local certification skipped ({norm}): {local['skipped']}")
+    headers, rows = local_layer_table(p)
+    if rows:
+        lines += ["  local layerwise Lipschitz bounds within the eps-balls", format_table(headers, rows, "    ")]
+    return lines
 
 
 def _attack_lines(p: dict) -> list[str]:
