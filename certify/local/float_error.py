@@ -21,6 +21,10 @@ the exact tensors; ``m_t = max(|lo|, |hi|) + e_t`` bounds ``|fl(t)|``:
 - our own float64 arithmetic: each node's bound is widened by ``4 gamma_d`` (u = 2^-53, d the widest tensor)
   relative to ``e`` and to the magnitude ``|M| m + |b|`` (which also covers cancellation in the spread).
 
+For a specification row c, :meth:`ForwardErrors.spec` also carries each node's own rounding backward to ``c . y``
+through the exact linear maps and the secant slopes of the units (signs kept, so weights cancel) and keeps the
+smaller of that and ``|c| . e``.
+
 Dot products are assumed to be sums of products (any order); Winograd or FFT convolutions are not covered. Any
 other operator raises :class:`~certify.local.rules.UnsupportedOperator`; callers fall back to the global bound of
 :mod:`certify.lipschitz.rounding`, never to 0.
