@@ -9,9 +9,11 @@ sub-box and the sub-box centres checked as candidates; for high-dimensional inpu
 The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
 boxes. By default it is the project's bound propagation (``certify.local``: CROWN, alpha-CROWN on single boxes)
 when that package is present; without it no property can be proved and the answer is ``violated`` or ``unknown``.
-Bounds hold for the exact function the weights define; the default bound step then subtracts, per box and row,
-``||C_k||_2 (a + b r)``: the forward error bound of the float network over the box (``certify.lipschitz.rounding``,
-``r`` the box's half diagonal), so a proof covers the network as it runs in float32. ``margin`` is a further
+Bounds hold for the exact function the weights define; the default bound step then subtracts, per box and row k,
+the smaller of two sound bounds on the float32 error of ``C_k y`` over the box: ``|C_k| . e`` with ``e`` the
+elementwise forward error bound of :mod:`certify.local.float_error` (from the box's own intermediate bounds), and
+``||C_k||_2 (a + b r)`` from the global analysis of :mod:`certify.lipschitz.rounding` (``r`` the box's half
+diagonal), so a proof covers the network as it runs in float32. ``margin`` is a further
 safety allowance on top.
 """
 
@@ -70,6 +72,7 @@ def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) ->
     when it is not installed."""
     try:
         from certify.local.bounds import Propagation, check_supported, float64_graph
+        from certify.local.float_error import forward_errors
         from certify.local.region import Region
         from certify.local.rules import UnsupportedOperator
     except ImportError:
@@ -90,7 +93,14 @@ def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) ->
         c = torch.as_tensor(C, dtype=torch.float64).reshape(C.shape[0], 1, *out_shape).expand(-1, n, *out_shape)
         steps = alpha_steps if n == 1 else 0
         exact = prop.lower(c, alpha_steps=steps).T.numpy()
-        return exact - float_error(lower, upper)[:, None] * np.linalg.norm(C.reshape(C.shape[0], -1), axis=1)[None]
+        error = float_error(lower, upper)[:, None] * np.linalg.norm(C.reshape(C.shape[0], -1), axis=1)[None]
+        try:
+            local = forward_errors(prop).spec(c).T.numpy()
+            with np.errstate(invalid="ignore"):
+                error = np.fmin(error, np.where(np.isfinite(local), local, np.inf))
+        except UnsupportedOperator:
+            pass  # the global bound alone (infinite where the network has none: nothing is proved)
+        return exact - error
 
     return bounds
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from certify.local.bounds import DEFAULT_MEMORY, Propagation, check_supported, float64_graph
+from certify.local.float_error import forward_errors
 from certify.local.lipschitz import LayerBound, local_lipschitz
 from certify.local.region import NORMS, Region
 from certify.local.rules import UnsupportedOperator
@@ -105,16 +106,18 @@ def _smallest_margin(low: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0.0, 1.0), methods=METHODS, *,
                     time_budget: float | None = None, device="cpu", margin=0.0, skip_certified: bool = True,
                     alpha_steps: int = 20, batch_size: int = 256, memory: int = DEFAULT_MEMORY,
-                    global_pairs=None) -> SampleVerdicts:
+                    global_pairs=None, float_error: bool = True) -> SampleVerdicts:
     """Certify each sample of ``x`` (labels ``y``) against every perturbation in its ``norm`` ball of radius
     ``eps`` intersected with ``input_range`` (None: unbounded), with each of ``methods``.
 
     ``module``: a converted graph (:class:`certify.convert.OnnxGraph`) with one input and logits as its first
     output. ``margin``: subtracted from every certified lower bound (the deployed float32 network's forward
-    error), one number or one per sample. ``global_pairs``: the global certificate's ``L[y, j]`` (same norm),
-    which the local Lipschitz bound never exceeds. ``time_budget`` (seconds): methods that would start after it
-    are skipped. Raises :class:`~certify.local.rules.UnsupportedOperator` naming the node when the graph cannot
-    be bounded at all.
+    error), one number or one per sample. ``float_error``: also subtract, per sample and margin row,
+    ``|C_k| . e`` with ``e`` the elementwise float32 forward error bound over the ball
+    (:mod:`certify.local.float_error`; where an operator has no such rule only ``margin`` is subtracted).
+    ``global_pairs``: the global certificate's ``L[y, j]`` (same norm), which the local Lipschitz bound never
+    exceeds. ``time_budget`` (seconds): methods that would start after it are skipped. Raises
+    :class:`~certify.local.rules.UnsupportedOperator` naming the node when the graph cannot be bounded at all.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
@@ -140,7 +143,8 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     for first in range(0, n, batch_size):
         batch = slice(first, min(n, first + batch_size))
         rows = _certify_batch(graph, x[batch], y[batch], eps, norm, input_range, order, result, batch, start,
-                              time_budget, margin[batch], skip_certified, alpha_steps, memory, global_pairs)
+                              time_budget, margin[batch], skip_certified, alpha_steps, memory, global_pairs,
+                              float_error)
         if rows:
             layer_rows.append(rows)
     result.layers = _merged_layers(layer_rows)
@@ -158,7 +162,8 @@ def _merged_layers(batches: list[list[LayerBound]]) -> list[LayerBound]:
 
 
 def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleVerdicts, batch: slice, start,
-                   time_budget, margin, skip_certified, alpha_steps, memory, global_pairs) -> list[LayerBound]:
+                   time_budget, margin, skip_certified, alpha_steps, memory, global_pairs,
+                   float_error=True) -> list[LayerBound]:
     with torch.no_grad():
         logits = graph(xb).reshape(xb.shape[0], -1)
     correct = logits.argmax(1) == yb
@@ -179,25 +184,29 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
         began = time.monotonic()
         try:
             if method == "ibp":
-                low = Propagation(graph, region.subset(index), "ibp", memory).lower(spec[:, index])
+                used = Propagation(graph, region.subset(index), "ibp", memory)
+                low = used.lower(spec[:, index])
             else:
                 if crown is None or not bool(torch.isin(index, crown[0]).all()):
                     crown = (index, Propagation(graph, region.subset(index), "crown", memory))
                 where = torch.searchsorted(crown[0], index)
-                prop = crown[1] if where.numel() == crown[0].numel() else crown[1].subset(where)
+                prop = used = crown[1] if where.numel() == crown[0].numel() else crown[1].subset(where)
                 if method == "crown":
                     low = prop.lower(spec[:, index])
                 elif method == "alpha-crown":
                     tuned = Propagation(graph, region.subset(index), "crown", memory, alpha_steps=alpha_steps)
                     low = torch.maximum(tuned.lower(spec[:, index]), prop.lower(spec[:, index]))
                 else:
+                    rounding = _float_margin(prop, spec[:, index], result) if float_error else 0.0
                     low, layers = _lipschitz_lower(prop, logits[index], yb[index], spec[:, index], eps, result, batch,
-                                                   index, global_pairs, margin)
+                                                   index, global_pairs, margin, rounding)
         except UnsupportedOperator as e:
             result.skipped.setdefault(method, e.message)
             continue
         finally:
             result.seconds[method] += time.monotonic() - began
+        if float_error:
+            low = low - _float_margin(used, spec[:, index], result)
         local = index.cpu().numpy()
         smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
         rows = np.arange(batch.start, batch.stop)[local]
@@ -208,13 +217,24 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
     return layers
 
 
+def _float_margin(prop: Propagation, spec, result: SampleVerdicts):
+    """Per row and sample, the float32 error of the margin row over the region (0 where no rule covers an
+    operator: the caller's ``margin`` then carries the float error alone; the reason lands in ``skipped``)."""
+    try:
+        return forward_errors(prop).spec(spec)
+    except UnsupportedOperator as e:
+        result.skipped.setdefault("float-error", e.message)
+        return 0.0
+
+
 def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, index,
-                     global_pairs, margin: np.ndarray):
-    """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii."""
+                     global_pairs, margin: np.ndarray, rounding=0.0):
+    """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii (less
+    ``margin`` per sample and the float error ``rounding`` per row and sample)."""
     bounds = local_lipschitz(prop, labels, global_pairs)
     margins = torch.einsum("snk,nk->sn", spec, logits) - prop._spec_rounding(spec)  # (S, N)
     low = margins - bounds.pair.T * eps
-    masked = margins.T.clone()
+    masked = (margins - rounding).T.clone()  # the radii hold for the float32 network too
     masked[torch.arange(labels.shape[0], device=labels.device), labels] = torch.inf
     local = index.cpu().numpy()
     masked = masked - torch.as_tensor(margin[local], dtype=masked.dtype, device=masked.device)[:, None]
