@@ -16,6 +16,7 @@ CPU seconds are given beside wall seconds: on a machine shared with other work t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -62,14 +63,28 @@ def timed(argv: list[str], env: dict, runs: int, root: str) -> tuple[float, floa
 
 def environments(root: str, bare_torch: bool) -> dict[str, dict]:
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    base["PYTHONPATH"] = root
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)  # root first
     passive = dict(base, OMP_WAIT_POLICY="PASSIVE") if bare_torch else base
     return {"spinning": dict(base, OMP_WAIT_POLICY=""), "passive": passive}
 
 
-def _burn(deadline: float) -> None:
+def burn(deadline: float) -> None:
     while time.monotonic() < deadline:
         pass
+
+
+@contextlib.contextmanager
+def cpu_load(n: int, max_s: float = 3600.0):
+    """``n`` CPU-burning processes for the duration of the block (each stops by itself after ``max_s``)."""
+    burners = [multiprocessing.Process(target=burn, args=(time.monotonic() + max_s,), daemon=True) for _ in range(n)]
+    for b in burners:
+        b.start()
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.terminate()
+            b.join()
 
 
 def main() -> None:
@@ -80,19 +95,11 @@ def main() -> None:
     parser.add_argument("--root", default=ROOT, help="the lipcert checkout to time (default: this one)")
     args = parser.parse_args()
     root = os.path.abspath(args.root)
-    burners = [multiprocessing.Process(target=_burn, args=(time.monotonic() + 3600,), daemon=True)
-               for _ in range(args.load)]
-    for b in burners:
-        b.start()
-    try:
+    with cpu_load(args.load):
         rows = []
         for name, argv in commands(root, args.certify):
             envs = environments(root, bare_torch=name == "import torch")
             rows.append((name, {label: timed(argv, env, args.runs, root) for label, env in envs.items()}))
-    finally:
-        for b in burners:
-            b.terminate()
-            b.join()
     torch_wall, torch_cpu = rows[0][1]["passive"]
     print(f"lipcert at {root}; cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, background burners "
           f"{args.load}, median of {args.runs} runs; seconds, wall and CPU (user + system)")

@@ -26,6 +26,9 @@ NO_TORCH = ("import atexit, sys\n"
     (["certify", EXAMPLE_MODEL, "--eps", "0.1,x"], "error: bad_argument: --eps '0.1,x'"),
     (["certify", EXAMPLE_MODEL, "--eps", "-1"], "every radius must be a positive number"),
     (["certify", EXAMPLE_MODEL, "--input-range", "1,0"], "error: bad_argument: --input-range '1,0'"),
+    (["certify", EXAMPLE_MODEL, "--input-range", "0"], "error: bad_argument: --input-range '0': expected LO HI"),
+    (["bounds", EXAMPLE_MODEL, "--input-range", "x", "1"], "error: bad_argument: --input-range 'x,1'"),
+    (["submit", EXAMPLE_MODEL, "--input-range", "2", "-2"], "error: bad_argument: --input-range '2,-2': LO must"),
     (["certify", EXAMPLE_MODEL, "--attacks", "hardest"], "error: invalid_config: attacks: unknown preset"),
     (["bounds", EXAMPLE_MODEL, "--norm", "l2,linf"], "error: bad_argument: --norm 'l2,linf': this command takes one"),
     (["submit", EXAMPLE_MODEL, "--norm", "L1"], "error: bad_argument: --norm l1"),
@@ -38,6 +41,21 @@ def test_bad_options_are_refused_before_torch_is_imported(argv, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stdout.strip() == "no torch"
+
+
+@pytest.mark.parametrize("argv", [["--input-range", "0.5", "1"], ["--input-range", "0.5,1"],
+                                  ["--input-range=0.5", "1"], ["--input-range", "5e-1", "1", "--norm", "linf"]])
+def test_input_range_takes_lo_hi_or_lo_comma_hi(argv):
+    r = CliRunner().invoke(main, ["bounds", EXAMPLE_MODEL, "--data", "examples/digits_test.npz", *argv])
+    assert r.exit_code == 2 and r.stderr.startswith("error: input_out_of_range: x spans [0, 1], outside the "
+                                                    "declared input range [0.5, 1]"), r.output
+
+
+def test_input_range_takes_negative_numbers():
+    r = CliRunner().invoke(main, ["bounds", EXAMPLE_MODEL, "--input-range", "-1", "1", "--data",
+                                  "examples/digits_test.npz", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["certified"]
 
 
 def _env(service) -> dict:

@@ -27,3 +27,20 @@ def test_entry_points_set_passive_waiting_before_torch(module):
 
 def test_a_policy_the_user_set_is_kept():
     assert _probe("certify.cli", "ACTIVE") == "ACTIVE False"
+
+
+def test_the_benchmarks_cpu_load_is_bounded_and_stopped():
+    """bench_cli/bench_threads ``--load N``: N burners while measuring, none left behind, each bounded in time."""
+    import multiprocessing
+    import time
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from bench_cli import burn, cpu_load
+
+    with cpu_load(2, max_s=60):
+        burners = multiprocessing.active_children()
+        assert len(burners) == 2 and all(b.is_alive() for b in burners)
+    assert not any(b.is_alive() for b in burners) and not multiprocessing.active_children()
+    start = time.monotonic()
+    burn(start + 0.05)
+    assert time.monotonic() - start < 5

@@ -58,13 +58,20 @@ def parse_range(value: str) -> tuple[float, float]:
     try:
         lo, hi = (float(p) for p in value.split(","))
     except ValueError:
-        raise ModelRejected("bad_argument", f"--input-range {value!r}: expected LO,HI") from None
+        raise ModelRejected("bad_argument", f"--input-range {value!r}: expected LO HI (or LO,HI)") from None
     if not lo < hi:
         raise ModelRejected("bad_argument", f"--input-range {value!r}: LO must be below HI")
     return lo, hi
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    def parse_args(self, ctx, args):
+        from certify.cli._options import join_range_values
+
+        return super().parse_args(ctx, join_range_values(args))
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lipcert")
 def main():
     """lipcert: Lipschitz certificates, adversarial attacks and signed robustness reports for ONNX classifiers."""

@@ -96,20 +96,50 @@ def attacks_option(f):
                              f"[default: {DEFAULTS['attacks']}].")(f)
 
 
+RANGE_FLAG = "--input-range"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_range_values(args: list[str]) -> list[str]:
+    """``--input-range LO HI`` -> ``--input-range LO,HI``: click options take a fixed number of values, and both
+    forms are accepted (``-1 1`` included: the token after the flag is its value, never an option)."""
+    args, out = list(args), []
+    while args:
+        token = args.pop(0)
+        out.append(token)
+        if token == "--":
+            break
+        flag, eq, value = token.partition("=")
+        if flag != RANGE_FLAG or not (eq or args):
+            continue
+        value = value if eq else args.pop(0)
+        if "," not in value and args and _is_number(args[0]):
+            value = f"{value},{args.pop(0)}"
+        out[-1:] = [RANGE_FLAG, value]
+    return out + args
+
+
 def _input_range(ctx, param, value) -> list[float] | None:
     if value is None:
         return None
     try:
         lo, hi = (float(p) for p in value.split(","))
     except ValueError:
-        refuse(f"--input-range {value!r}: expected LO,HI")
+        refuse(f"--input-range {value!r}: expected LO HI (or LO,HI)")
     if not lo < hi:
         refuse(f"--input-range {value!r}: LO must be below HI")
     return [lo, hi]
 
 
 def input_range_option(f):
-    return click.option("--input-range", default=None, callback=_input_range, metavar="LO,HI",
+    return click.option("--input-range", default=None, callback=_input_range, metavar="LO HI",
                         help="The valid input range (in raw units when --scale/--mean/--std are given) "
                              f"[default: {_defaults('input_range')}].")(f)
 

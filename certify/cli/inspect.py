@@ -15,7 +15,8 @@ from certify.report.render import conversion_line
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
-@click.option("--input-range", default="0,1", show_default=True, help="Range of the check inputs, LO,HI.")
+@click.option("--input-range", default="0,1", show_default=True, metavar="LO HI",
+              help="Range of the check inputs, LO HI or LO,HI.")
 @refusals_exit_2
 def inspect(model, as_json, input_shape, input_range):
     """Summarise MODEL and check its conversion against onnxruntime, node by node.
