@@ -11,7 +11,7 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
 
 
-_slots: threading.BoundedSemaphore | None = None
+_slots: dict[int, threading.BoundedSemaphore] = {}  # one semaphore per configured limit (one per process in practice)
 _slots_lock = threading.Lock()
 SLOT_WAIT_S = 60.0
 
@@ -23,17 +23,15 @@ def upload_check_slot(limit: int, wait_s: float = SLOT_WAIT_S):
     A request that waits ``wait_s`` for a slot gets 503 with Retry-After."""
     from service.problems import ApiProblem
 
-    global _slots
     with _slots_lock:
-        if _slots is None:
-            _slots = threading.BoundedSemaphore(limit)
-    if not _slots.acquire(timeout=wait_s):
+        slots = _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+    if not slots.acquire(timeout=wait_s):
         raise ApiProblem(503, "upload_checks_busy", "other uploads are being checked; retry shortly",
                          headers={"Retry-After": "5"})
     try:
         yield
     finally:
-        _slots.release()
+        slots.release()
 
 
 def store_upload(kind: str, max_bytes: int, describe, default_name: str, name: str | None):
