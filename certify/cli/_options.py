@@ -33,20 +33,22 @@ def _epsilons(ctx, param, values) -> list[float] | None:
     return eps or None
 
 
-def _norms(ctx, param, values) -> list[str] | None:
-    norms = [item.lower() for item in _items(values)]
-    unknown = [n for n in norms if n not in NORMS]
-    if unknown:
-        refuse(f"--norm {', '.join(unknown)}: one of {', '.join(NORMS)}")
-    return list(dict.fromkeys(norms)) or None
+def _names_from(flag: str, allowed):
+    """A callback for a list option whose values, comma-separated or repeated, are names out of ``allowed``
+    (case-insensitive, duplicates dropped, order kept)."""
+
+    def parse(ctx, param, values) -> list[str] | None:
+        names = [item.lower() for item in _items(values)]
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            refuse(f"{flag} {', '.join(unknown)}: one of {', '.join(allowed)}")
+        return list(dict.fromkeys(names)) or None
+
+    return parse
 
 
-def _certifiers(ctx, param, values) -> list[str] | None:
-    names = [item.lower() for item in _items(values)]
-    unknown = [n for n in names if n not in CERTIFIERS]
-    if unknown:
-        refuse(f"--certifiers {', '.join(unknown)}: one of {', '.join(CERTIFIERS)}")
-    return list(dict.fromkeys(names)) or None
+_norms = _names_from("--norm", NORMS)
+_certifiers = _names_from("--certifiers", CERTIFIERS)
 
 
 def certifiers_option(f):
