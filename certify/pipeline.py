@@ -8,7 +8,6 @@ recorded as skipped with its reason, never faked.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable
@@ -146,13 +145,6 @@ def _validate_early(cfg: dict) -> None:
             resolve_attacks(cfg["attacks"])
         except ValueError as e:
             raise ModelRejected("invalid_config", f"attacks: {e}") from None
-
-
-def certified_radii_of(cert: dict) -> np.ndarray:
-    """The per-sample radii of a certificate for the cross-check. The report writes an infinite radius (a sample
-    no perturbation can flip: every margin has a zero Lipschitz bound) as null; it stays infinite here, so the
-    attacks' cross-check holds it to that claim instead of skipping it."""
-    return np.asarray([math.inf if r is None else r for r in cert["certified"]["radii"]], dtype=np.float64)
 
 
 def _eps_key(eps: float) -> str:
@@ -306,12 +298,13 @@ def run_pipeline(
     run.finish("conversion_check")
 
     run.start("bounds", "Lipschitz bounds per layer")
-    certificates, analyses = {}, {}
+    certificates, lipschitz_analyses = {}, {}
     norms = cfg["norms"]
     for i, norm in enumerate(norms):
         certificates[norm] = certificate(
             module, input_shape, dataset=samples, norm=norm, epsilons=cfg["epsilons"], samples=cfg["samples"],
-            seed=cfg["seed"], input_range=input_range, on_analysis=lambda a, n=norm: analyses.__setitem__(n, a),
+            seed=cfg["seed"], input_range=input_range,
+            on_analysis=lambda a, n=norm: lipschitz_analyses.__setitem__(n, a),
             progress=run.part("bounds", i / len(norms), (i + 1) / len(norms)))
     first = certificates[norms[0]]
     bounds = {"norm": norms[0], "input_shape": first["input_shape"], "layers": first["layers"],
@@ -332,7 +325,7 @@ def run_pipeline(
             by_norm[norm] = verdicts.certify_norm(
                 module, samples[0], samples[1], norm, cfg["epsilons"], cfg["certifiers"], certificates[norm],
                 input_range, device=device, time_budget=run.remaining() / 2,
-                global_pairs=pair_bounds(analyses[norm]),
+                global_pairs=pair_bounds(lipschitz_analyses[norm]),
                 progress=run.part("certified", i / len(norms), (i + 1) / len(norms)))
         module.to("cpu")
         certified = {

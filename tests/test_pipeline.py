@@ -193,7 +193,7 @@ def test_cli_bounds_refuses_a_dataset_of_the_wrong_shape_with_exit_2(tmp_path):
 
 
 def test_infinite_radii_reach_the_cross_check_as_infinite():
-    from certify.pipeline import certified_radii_of
+    from certify.verdicts import certified_radii_of
 
     radii = certified_radii_of({"certified": {"radii": [0.5, None, 0.0]}})
     assert radii[0] == 0.5 and np.isinf(radii[1]) and radii[2] == 0.0
