@@ -182,6 +182,7 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
         if index.numel() == 0:
             continue
         began = time.monotonic()
+        rounding = None  # the float error of the margin rows over ``used``, once per method and batch
         try:
             if method == "ibp":
                 used = Propagation(graph, region.subset(index), "ibp", memory)
@@ -197,16 +198,16 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
                     tuned = Propagation(graph, region.subset(index), "crown", memory, alpha_steps=alpha_steps)
                     low = torch.maximum(tuned.lower(spec[:, index]), prop.lower(spec[:, index]))
                 else:
-                    rounding = _float_margin(prop, spec[:, index], result) if float_error else 0.0
+                    rounding = _float_margin(prop, spec[:, index], result) if float_error else None
                     low, layers = _lipschitz_lower(prop, logits[index], yb[index], spec[:, index], eps, result, batch,
-                                                   index, global_pairs, margin, rounding)
+                                                   index, global_pairs, margin, 0.0 if rounding is None else rounding)
         except UnsupportedOperator as e:
             result.skipped.setdefault(method, e.message)
             continue
         finally:
             result.seconds[method] += time.monotonic() - began
         if float_error:
-            low = low - _float_margin(used, spec[:, index], result)
+            low = low - (_float_margin(used, spec[:, index], result) if rounding is None else rounding)
         local = index.cpu().numpy()
         smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
         rows = np.arange(batch.start, batch.stop)[local]
