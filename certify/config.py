@@ -22,7 +22,8 @@ ANALYSES = ("units",)
 
 
 class PreprocessingSchema(Schema):
-    """model input = (x * scale - mean) / std; mean and std per channel (or one value), x in input_range."""
+    """model input = (x * scale - mean) / std; mean and std per channel (or one value), x in input_range; the channels
+    lie on ``channel_axis`` (1, channels first, unless -1 is given)."""
 
     class Meta:
         unknown = RAISE
@@ -31,6 +32,8 @@ class PreprocessingSchema(Schema):
     mean = fields.List(fields.Float(), load_default=lambda: [0.0], validate=validate.Length(min=1, max=4096))
     std = fields.List(fields.Float(validate=validate.Range(min=1e-12, max=1e12)), load_default=lambda: [1.0],
                       validate=validate.Length(min=1, max=4096))
+    channel_axis = fields.Integer(validate=validate.OneOf([1, -1]), metadata={
+        "description": "the input axis that holds the channels: 1 (channels first, the default) or -1 (last)"})
 
 
 class JobConfigSchema(Schema):

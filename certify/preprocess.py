@@ -1,8 +1,8 @@
 """Input preprocessing as real graph nodes, so eps is in the units the user thinks in (pixels) while the model still
 sees the normalised inputs it was trained on.
 
-``model input = (x * scale - mean) / std``, ``mean`` and ``std`` per channel (axis 1, channels first; for a
-channels-last input give one value) or one value for all. The nodes (Mul, Sub, Div by constants) are prepended to the
+``model input = (x * scale - mean) / std``, ``mean`` and ``std`` per channel (axis 1, channels first, or the last
+axis with ``channel_axis: -1``) or one value for all. The nodes (Mul, Sub, Div by constants) are prepended to the
 ONNX graph, and the new graph's input keeps the original name, in raw units. Because they are ordinary nodes, the
 converter runs them and the Lipschitz bounds include them (a division by std multiplies the bound by 1/min std):
 nothing downstream needs to know. The report records the spec and says which space eps is in.
@@ -32,15 +32,22 @@ def describe(spec: dict | None, input_range) -> dict:
                            "prepended to the model: model input = (x * scale - mean) / std"}
 
 
-def _channel_shape(count: int, sample_shape: tuple[int, ...], what: str) -> list[int]:
-    """The broadcast shape (batch excluded) of a per-channel constant with ``count`` values."""
+def _channel_shape(count: int, sample_shape: tuple[int, ...], what: str, axis: int) -> list[int]:
+    """The broadcast shape (batch excluded) of a per-channel constant with ``count`` values on input ``axis``."""
     if count == 1:
         return []
-    if sample_shape and sample_shape[0] == count:
-        return [count] + [1] * (len(sample_shape) - 1)
+    where = 0 if axis == 1 else len(sample_shape) - 1
+    if sample_shape and sample_shape[where] == count:
+        shape = [1] * len(sample_shape)
+        shape[where] = count
+        return shape
+    hint = ""
+    if axis == 1 and sample_shape and sample_shape[-1] == count:
+        hint = "; the last axis has that many: for channels-last inputs give channel_axis -1 (--channels-last)"
+    name = "axis 1" if axis == 1 else "the last axis"
     raise ModelRejected("invalid_config", f"preprocessing {what} has {count} values, but the model input "
-                        f"{list(sample_shape)} has {sample_shape[0] if sample_shape else 'no'} channels (axis 1); "
-                        "give one value or one per channel")
+                        f"{list(sample_shape)} has {sample_shape[where] if sample_shape else 'no'} channels ({name})"
+                        f"{hint}; give one value or one per channel")
 
 
 def _unique(model: onnx.ModelProto, base: str) -> str:
@@ -89,7 +96,7 @@ def prepend(model: onnx.ModelProto, spec: dict | None) -> onnx.ModelProto:
                       or op == "Div" and all(v == 1.0 for v in values))]
     normalised = _unique(out, f"{raw}__normalised")
     for k, (op, what, values) in enumerate(active):
-        shape = _channel_shape(len(values), sample_shape, what)
+        shape = _channel_shape(len(values), sample_shape, what, spec.get("channel_axis", 1))
         const = _unique(out, f"{raw}__{what}")
         constants.append(numpy_helper.from_array(np.asarray(values, dtype=dtype).reshape(shape), const))
         target = normalised if k == len(active) - 1 else _unique(out, f"{raw}__{what}_out")

@@ -48,6 +48,41 @@ def test_prepended_nodes_normalise_per_channel_before_the_model():
     assert np.allclose(_run(composed, x), expected, rtol=1e-5, atol=1e-4)
 
 
+def _channels_last_model() -> onnx.ModelProto:
+    """A Gemm over the last axis of an NHWC input: the channels are on the last axis."""
+    w = helper.make_tensor("w", onnx.TensorProto.FLOAT, [3, 2], np.arange(6, dtype=np.float32).tolist())
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 4, 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 4, 2])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_channels_last_inputs_normalise_their_last_axis():
+    spec = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_axis": -1}
+    original = load_onnx(_channels_last_model().SerializeToString())
+    with pytest.raises(ModelRejected) as info:
+        apply(original, dict(spec, channel_axis=1))
+    assert info.value.code == "invalid_config" and "channel_axis -1" in info.value.message
+    composed = apply(original, spec)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    mean, std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
+    expected = _run(original, ((x * np.float32(spec["scale"]) - mean) / std).astype(np.float32))
+    assert np.allclose(_run(composed, x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_channels_last_option_reaches_the_configuration(tmp_path):
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(_channels_last_model(), path)
+    runner = CliRunner()
+    args = ["bounds", str(path), "--json", "--quiet", "--mean", "0.5,0.5,0.5"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 2 and "--channels-last" in refused.output
+    ok = runner.invoke(main, args + ["--channels-last"])
+    assert ok.exit_code == 0, ok.output
+    alone = runner.invoke(main, ["bounds", str(path), "--channels-last"])
+    assert alone.exit_code == 2 and "--channels-last needs --mean or --std" in alone.output
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ({"scale": 1.0, "mean": [0.1, 0.2], "std": [1.0]}, "mean has 2 values"),
     ({"scale": 1.0, "mean": [0.0], "std": [1.0, 2.0, 3.0, 4.0]}, "std has 4 values"),

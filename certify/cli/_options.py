@@ -166,6 +166,8 @@ def _numbers(ctx, param, value) -> list[float] | None:
 
 def preprocessing_options(f):
     """``--scale``, ``--mean``, ``--std``: model input = (x * scale - mean) / std, prepended to the graph."""
+    f = click.option("--channels-last", is_flag=True, default=False,
+                     help="The per-channel --mean/--std apply to the input's last axis (NHWC), not axis 1.")(f)
     f = click.option("--std", default=None, callback=_numbers, metavar="S[,S...]",
                      help="Per-channel divisor of the model's normalisation (after --scale and --mean).")(f)
     f = click.option("--mean", default=None, callback=_numbers, metavar="M[,M...]",
@@ -175,15 +177,19 @@ def preprocessing_options(f):
                              "--mean, --std, eps and --input-range are in raw units.")(f)
 
 
-def preprocessing(scale, mean, std) -> dict | None:
-    """The job configuration's ``preprocessing`` from the three options (None when none was given)."""
+def preprocessing(scale, mean, std, channels_last: bool = False) -> dict | None:
+    """The job configuration's ``preprocessing`` from the options (None when none was given)."""
     if scale is None and mean is None and std is None:
+        if channels_last:
+            refuse("--channels-last needs --mean or --std")
         return None
     if scale is not None and len(scale) != 1:
         refuse("--scale takes one number")
     spec = {"scale": scale[0] if scale else 1.0, "mean": mean or [0.0], "std": std or [1.0]}
     if min(spec["std"]) <= 0 or spec["scale"] <= 0:
         refuse("--scale and --std must be positive")
+    if channels_last:
+        spec["channel_axis"] = -1
     return spec
 
 

@@ -113,8 +113,8 @@ def _print_verdicts(result: dict) -> None:
               help="One JSON object per line: each layer's row as it is computed, then the whole result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @refusals_exit_2
-def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_range, scale, mean, std, input_shape,
-           json_lines, quiet):
+def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_range, scale, mean, std, channels_last,
+           input_shape, json_lines, quiet):
     """Per-layer Lipschitz bounds of MODEL, the network bound, and with --data certified radii and each certifier's
     certified accuracy."""
     from certify.convert import to_torch
@@ -124,7 +124,7 @@ def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_rang
     from certify.progress import StageProgress
 
     shapes = parse_input_shapes(input_shape)
-    proto = apply(load_onnx(model, input_shapes=shapes), preprocessing(scale, mean, std), shapes)
+    proto = apply(load_onnx(model, input_shapes=shapes), preprocessing(scale, mean, std, channels_last), shapes)
     module = to_torch(proto)
     if len(module.input_names) != 1:
         raise ModelRejected("unsupported_model", "bounds need a model with exactly one input")

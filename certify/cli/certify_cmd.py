@@ -45,11 +45,13 @@ from certify.errors import ModelRejected
 @analyses_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
-def certify_command(model, data, norms, epsilons, certifiers, attacks, input_range, scale, mean, std, samples, seed,
-                    device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet, analyses):
+def certify_command(model, data, norms, epsilons, certifiers, attacks, input_range, scale, mean, std, channels_last,
+                    samples, seed, device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet,
+                    analyses):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks,
-             "input_range": input_range, "preprocessing": preprocessing(scale, mean, std), "analyses": analyses}
+             "input_range": input_range, "preprocessing": preprocessing(scale, mean, std, channels_last),
+             "analyses": analyses}
     config = {k: v for k, v in given.items() if v is not None}
     config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
     from certify.config import load_config

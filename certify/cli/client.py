@@ -124,12 +124,12 @@ def _finish(job: dict, as_json: bool) -> None:
 @analyses_option
 @click.option("--json", "as_json", is_flag=True)
 @_connection
-def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, input_range, scale, mean, std, time_budget,
-           wait, as_json, url, token, analyses):
+def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, input_range, scale, mean, std,
+           channels_last, time_budget, wait, as_json, url, token, analyses):
     """Upload MODEL (and --data), create a job and print its id."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks, "samples": samples,
              "seed": seed, "time_budget_s": time_budget, "input_range": input_range,
-             "preprocessing": preprocessing(scale, mean, std), "analyses": analyses}
+             "preprocessing": preprocessing(scale, mean, std, channels_last), "analyses": analyses}
     config = {k: v for k, v in given.items() if v is not None}
     from certify.config import load_config
 
