@@ -1,0 +1,77 @@
+"""Properties in a certification job: checked when the job is configured, decided on the job's model within the
+budget, and recorded with their hash, verdict and method."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import pytest
+
+from certify.errors import ModelRejected
+from certify.properties import decide_properties, parse_specs
+
+MODEL = "examples/digits_mlp.onnx"
+DATA = "examples/digits_test.npz"
+
+
+def robustness_property(x: np.ndarray, label: int, eps: float, n_out: int = 10) -> str:
+    """The VNN-COMP robustness form: inputs in the eps-box around x (within [0, 1]); unsafe if any other class
+    scores at least as high as ``label``."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(x.size)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, v in enumerate(x.ravel()):
+        lines.append(f"(assert (>= X_{i} {max(0.0, float(v) - eps)!r}))")
+        lines.append(f"(assert (<= X_{i} {min(1.0, float(v) + eps)!r}))")
+    others = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
+    lines.append(f"(assert (or {others}))")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    data = np.load(DATA)
+    return data["x"][0].astype(np.float64), int(data["y"][0])
+
+
+def test_specs_are_checked_when_the_job_is_configured(sample):
+    x, label = sample
+    text = robustness_property(x, label, 0.001)
+    (spec,) = parse_specs([{"name": "p0", "vnnlib": text}])
+    assert spec.sha256 == hashlib.sha256(text.encode()).hexdigest() and spec.parsed.n_inputs == 64
+    with pytest.raises(ModelRejected) as info:
+        parse_specs([{"name": "p0", "vnnlib": text}, {"name": "p0", "vnnlib": text}])
+    assert info.value.code == "invalid_config" and "properties[1].name" in info.value.message
+    with pytest.raises(ModelRejected) as info:
+        parse_specs([{"name": "ok", "vnnlib": text}, {"name": "bad", "vnnlib": "(assert (<= Y_0"}])
+    assert info.value.code == "invalid_vnnlib" and info.value.message.startswith("properties[1] (bad)")
+
+
+def test_holding_and_violated_properties_are_decided(sample):
+    x, label = sample
+    specs = parse_specs([{"name": "tiny", "vnnlib": robustness_property(x, label, 0.001)},
+                         {"name": "huge", "vnnlib": robustness_property(x, label, 1.0)}])
+    seen = []
+    tiny, huge = decide_properties(MODEL, specs, 30, on_property=lambda k, n: seen.append((k, n)))
+    assert tiny.result == "holds" and tiny.method != "none" and tiny.counterexample is None
+    assert huge.result == "violated" and huge.counterexample is not None
+    y = np.asarray(huge.counterexample["y"])
+    assert np.max(np.delete(y, label)) >= y[label]  # the recorded outputs show the violation
+    assert seen == [(1, 2), (2, 2)]
+    assert tiny.to_dict()["sha256"] == specs[0].sha256 and "counterexample" not in tiny.to_dict()
+
+
+def test_a_spent_budget_leaves_properties_unknown(sample):
+    x, label = sample
+    specs = parse_specs([{"name": "p", "vnnlib": robustness_property(x, label, 0.001)}])
+    (result,) = decide_properties(MODEL, specs, 30, deadline=time.monotonic() - 1)
+    assert result.result == "unknown" and "time budget" in result.reason
+
+
+def test_a_property_that_does_not_fit_the_model_is_refused(sample):
+    x, label = sample
+    specs = parse_specs([{"name": "short", "vnnlib": robustness_property(x[:10], 0, 0.01)}])
+    with pytest.raises(ModelRejected) as info:
+        decide_properties(MODEL, specs, 5)
+    assert info.value.code == "property_mismatch" and info.value.message.startswith("property short:")
