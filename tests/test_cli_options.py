@@ -122,7 +122,7 @@ def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, env):
 def test_the_printed_submit_hint_names_lipcert_by_full_path():
     import os
 
-    from certify.cli.serve import _lipcert_command
+    from service.commands import _lipcert_command
 
     command = _lipcert_command()
     executable = command.split(" ")[0]
