@@ -107,7 +107,8 @@ class JobRunner:
         return self._signer
 
     def budget(self, job: dict) -> float:
-        return min(float(job["config"].get("time_budget_s", 3600.0)), self.settings.max_job_seconds)
+        """The job's time budget as the service allows it (the soft time limit ``JobQueue.submit`` gave it)."""
+        return max(1.0, min(float(job["config"].get("time_budget_s", 3600.0)), self.settings.max_job_seconds))
 
     def execute(self, job_id: str) -> str:
         """Run ``job_id`` to an end state and return it; LeaseHeld or a transient error means: retry later."""
