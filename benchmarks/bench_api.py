@@ -148,9 +148,9 @@ def main() -> int:
                          " 0 saturates the server)")
     args = ap.parse_args()
 
+    from service.core.settings import Settings
+    from service.core.signing import ensure_signing_key
     from service.runner import Child, EmbeddedRedis, api_argv, free_port, wait_http, worker_argv
-    from service.settings import Settings
-    from service.signing import ensure_signing_key
 
     with tempfile.TemporaryDirectory(prefix="lipcert-bench-") as data_dir:
         print(f"data and logs in {data_dir}", flush=True)

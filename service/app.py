@@ -9,12 +9,13 @@ from flask_smorest import Api
 
 from service import auth, problems
 from service.context import Services
-from service.records import Records, connect
+from service.core.queue import JobQueue, celery_config
+from service.core.records import Records, connect
+from service.core.settings import Settings
+from service.core.signing import public_keys
+from service.core.store import LocalArtifactStore
+from service.core.tokens import TokenRegistry
 from service.schemas import EnvelopeSchema
-from service.settings import Settings
-from service.signing import public_keys
-from service.store import LocalArtifactStore
-from service.tokens import TokenRegistry
 
 
 class ProblemApi(Api):
@@ -22,6 +23,15 @@ class ProblemApi(Api):
 
     def handle_http_exception(self, error):
         return problems.from_http_exception(error)
+
+
+def celery_queue(settings: Settings) -> JobQueue:
+    """The queue jobs go to: a Celery app that only sends (by task name; the workers register the task)."""
+    from celery import Celery
+
+    sender = Celery("lipcert")
+    sender.conf.update(celery_config(settings))
+    return JobQueue(settings, sender)
 
 
 def create_app(settings: Settings | None = None, queue=None) -> Flask:
@@ -39,9 +49,7 @@ def create_app(settings: Settings | None = None, queue=None) -> Flask:
     )
     tokens = TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
     if queue is None:
-        from worker.queue import JobQueue
-
-        queue = JobQueue(settings)
+        queue = celery_queue(settings)
     app.extensions["lipcert"] = Services(
         settings=settings,
         records=Records(connect(settings.redis_url)),

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from flask import current_app, g
 
+from service.core.queue import JobQueue
+from service.core.records import Records
+from service.core.settings import Settings
+from service.core.store import ArtifactStore
+from service.core.tokens import Tenant, TokenRegistry
 from service.problems import ApiProblem
-from service.records import Records
-from service.settings import Settings
-from service.store import ArtifactStore
-from service.tokens import Tenant, TokenRegistry
 
 
 @dataclass
@@ -19,7 +20,7 @@ class Services:
     records: Records
     store: ArtifactStore
     tokens: TokenRegistry
-    queue: object  # worker.queue.JobQueue
+    queue: JobQueue
     public_keys: list
 
 

@@ -152,10 +152,10 @@ def api_argv(host: str, port: int, processes: int = 2, threads: int = 4, access_
 
 
 def worker_argv(name: str, device: str = "cpu", pool: str | None = None, queue: str = "lipcert",
-                loglevel: str = "INFO") -> list[str]:
+                loglevel: str = "INFO", app: str = "worker.main:app") -> list[str]:
     """One worker process per device: prefork (one child) on CPU, solo on CUDA so nothing forks after CUDA."""
     pool = pool or ("solo" if device.startswith("cuda") else "prefork")
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "--pool", pool,
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
             "--concurrency", "1", "--queues", queue, "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
 

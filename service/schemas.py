@@ -8,7 +8,7 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, fields, validate
 
 from certify.config import JobConfigSchema
-from service.records import STATES
+from service.core.records import STATES
 
 DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex digits>")
 

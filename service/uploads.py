@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flask import request
 
+from service.core.store import ArtifactStore, Stored, TooLarge
 from service.problems import ApiProblem
-from service.store import ArtifactStore, Stored, TooLarge
 
 CHUNK = 1024 * 1024
 RAW_TYPES = ("application/octet-stream", "application/x-protobuf", "application/onnx", "application/zip",

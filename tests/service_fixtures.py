@@ -1,9 +1,9 @@
 """Service fixtures: a real Redis (embedded, or REDIS_URL), the API under gunicorn and a real Celery worker.
 
 Everything listens on loopback and is stopped at the end of the session. Tenants: ``alice`` and ``bob`` (normal),
-``alice`` again with a read-only token, ``slow`` whose jobs sleep at each progress point (the worker's
-test-only LIPCERT_TEST_PROGRESS_DELAY hook) so that fault tests can act while a job runs, and ``stuck`` whose sleeps
-also ignore the soft time limit (LIPCERT_TEST_IGNORE_SOFT_LIMIT), so only the hard limit stops its jobs.
+``alice`` again with a read-only token, ``slow`` whose jobs sleep at each progress point so that fault tests can act
+while a job runs, and ``stuck`` whose sleeps also ignore the soft time limit, so only the hard limit stops its jobs
+(the tests' worker app, ``worker_hooks``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ EXAMPLES = os.path.join(ROOT, "examples")
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
           "alice_ro": "alice-readonly-0123456789abcdef", "slow": "slow-token-0123456789abcdef",
           "stuck": "stuck-token-0123456789abcdef"}
-SLOW_DELAY_S = 0.3
 JOB_QUOTA = 6  # queued + running jobs per tenant
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -51,7 +50,7 @@ class ServiceHandle:
         from service.runner import Child, worker_argv
 
         name = f"test{len(self.workers)}@127.0.0.1"
-        child = Child(name, worker_argv(name, loglevel="WARNING"), self.env,
+        child = Child(name, worker_argv(name, loglevel="WARNING", app="worker_hooks:app"), self.env,
                       os.path.join(self.data_dir, f"worker{len(self.workers)}.log")).start()
         self.workers.append(child)
         return child
@@ -132,9 +131,9 @@ class RecordingServer(http.server.ThreadingHTTPServer):
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     sys.path.insert(0, ROOT)
+    from service.core.settings import Settings
+    from service.core.signing import ensure_signing_key
     from service.runner import Child, EmbeddedRedis, api_argv, free_port, wait_http
-    from service.settings import Settings
-    from service.signing import ensure_signing_key
 
     data_dir = str(tmp_path_factory.mktemp("lipcert-service"))
     external = os.environ.get("REDIS_URL")
@@ -147,8 +146,6 @@ def service(tmp_path_factory):
         "LIPCERT_TOKENS": ",".join([f"alice:{TOKENS['alice']}", f"bob:{TOKENS['bob']}",
                                     f"alice:{TOKENS['alice_ro']}:ro", f"slow:{TOKENS['slow']}",
                                     f"stuck:{TOKENS['stuck']}"]),
-        "LIPCERT_TEST_PROGRESS_DELAY": f"slow={SLOW_DELAY_S},stuck={SLOW_DELAY_S}",
-        "LIPCERT_TEST_IGNORE_SOFT_LIMIT": "stuck",
         "LIPCERT_WEBHOOK_ALLOW_NETS": "127.0.0.0/8",
         "LIPCERT_VISIBILITY_TIMEOUT": "3",
         "LIPCERT_WORKER_HEARTBEAT_S": "0.5",
@@ -157,7 +154,7 @@ def service(tmp_path_factory):
         "LIPCERT_HARD_LIMIT_GRACE_S": "5",
         "LIPCERT_RATE_LIMIT": "100000",
         "LIPCERT_JOB_QUOTA": str(JOB_QUOTA),
-        "PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+        "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), env.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     })
     ensure_signing_key(Settings.from_env(env))

@@ -135,7 +135,7 @@ def dashboard(service):
     from werkzeug.serving import make_server
 
     from service.app import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
     from service.ui import blueprint
 
     app = create_app(Settings.from_env(service.env))

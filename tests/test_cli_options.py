@@ -122,8 +122,19 @@ def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, env):
 def test_the_printed_submit_hint_names_lipcert_by_full_path():
     import os
 
-    from certify.cli.serve import _lipcert_command
+    from service.commands import _lipcert_command
 
     command = _lipcert_command()
     executable = command.split(" ")[0]
     assert os.path.isabs(executable) and os.access(executable, os.X_OK), command
+
+
+def test_the_service_commands_join_lipcert_through_its_entry_points():
+    """serve, api and worker live in the service and reach ``lipcert`` by the ``lipcert.commands`` entry points."""
+    import click
+
+    ctx = click.Context(main)
+    for name in ("serve", "api", "worker"):
+        command = main.get_command(ctx, name)
+        assert command is not None, f"no `lipcert {name}`: refresh the entry points (make install, pip install -e .)"
+        assert command.callback.__module__ == "service.commands" and name in main.list_commands(ctx)

@@ -94,7 +94,7 @@ def exec_form(instruction: str, line_list: list[str]) -> list[str] | None:
 def flask_routes() -> frozenset[str]:
     """The routes of the real app (no Redis is contacted to build it)."""
     from service.app import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     with tempfile.TemporaryDirectory() as data_dir:
         app = create_app(Settings(data_dir=data_dir, redis_url="redis://127.0.0.1:1/0"), queue=object())
@@ -107,7 +107,7 @@ def canonical(name: str) -> str:
 
 
 def settings_env_names() -> set[str]:
-    return set(re.findall(r'"((?:LIPCERT|REDIS)_[A-Z_]+)"', (ROOT / "service" / "settings.py").read_text()))
+    return set(re.findall(r'"((?:LIPCERT|REDIS)_[A-Z_]+)"', (ROOT / "service" / "core" / "settings.py").read_text()))
 
 
 # ------------------------------------------------------------------------------------------------------ compose
@@ -190,7 +190,7 @@ def test_compose_environment_uses_names_the_settings_read():
     known = settings_env_names()
     for name in ("api", "worker", "worker-cpu"):
         for key in load_compose()["services"][name]["environment"]:
-            assert key in known, f"{name}: {key} is not read by service/settings.py"
+            assert key in known, f"{name}: {key} is not read by service/core/settings.py"
 
 
 def test_flower_is_optional_and_local_only():
@@ -505,6 +505,6 @@ def test_alert_rules_cover_queue_workers_and_failures_with_exported_metrics():
         for metric in re.findall(r"\b(lipcert_\w+)", expr):
             assert metric in exported, f"{rule['alert']}: {metric} is not exported by service/metrics.py"
         states = set(re.findall(r'state="(\w+)"', expr))
-        from service.records import STATES
+        from service.core.records import STATES
 
         assert states <= set(STATES), states

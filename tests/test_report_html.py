@@ -348,9 +348,9 @@ TOKEN = "ui-test-token-0123456789abcdef"
 def ui_app(tmp_path_factory):
     """The real app (with a real Redis for tokens' rate limits) and the dashboard blueprint registered."""
     from service.app import create_app
+    from service.core.settings import Settings
+    from service.core.signing import ensure_signing_key, load_signer
     from service.runner import EmbeddedRedis
-    from service.settings import Settings
-    from service.signing import ensure_signing_key, load_signer
     from service.ui import blueprint
 
     data_dir = tmp_path_factory.mktemp("ui-app")

@@ -97,13 +97,13 @@ def test_the_worker_records_an_eta_that_does_not_rise_near_the_end(service):
     import redis
 
     from certify.progress import Eta
-    from service.records import Records
+    from service.core.records import Records
     from worker.execution import _Progress
 
     records = Records(redis.Redis.from_url(service.env["REDIS_URL"], decode_responses=True))
     job = {"id": "job_eta_unit", "tenant": "alice", "state": "running", "created_at": 0}
     records.update_job(job["id"], state="running")
-    progress = _Progress(records, job, budget_s=3600, delay_s=0)
+    progress = _Progress(records, job)
     clock = [0.0]
     progress.eta = Eta(clock=lambda: clock[0])
     timeline = [("load", 1.0, 0.2), ("convert", 1.0, 0.1), ("conversion_check", 1.0, 0.2), ("bounds", 0.5, 1.0),

@@ -199,7 +199,7 @@ def test_rate_limit_counts_per_tenant_per_second(service):
     """The limiter the API applies, against the service's real Redis."""
     import time
 
-    from service.records import Records, connect
+    from service.core.records import Records, connect
 
     records = Records(connect(service.env["REDIS_URL"]))
     while time.time() % 1 > 0.5:  # stay inside one one-second window

@@ -85,7 +85,7 @@ def test_a_job_whose_message_redis_lost_is_queued_again(service, tiny_model):
     """Redis loses the queued message (a restart without its last writes); the reaper notices and requeues."""
     import redis
 
-    from service.records import queue_lists
+    from service.core.records import queue_lists
 
     s = service.session("slow")
     blocker = s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4, "attacks": "none"}).json()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from certify.errors import ModelRejected
+from service.core.settings import Settings
+from service.core.store import LocalArtifactStore, TooLarge
+from service.core.tokens import TokenRegistry, create_tokens_file
 from service.datasets import check_fit, inspect_dataset
-from service.settings import Settings, parse_delays
-from service.store import LocalArtifactStore, TooLarge
-from service.tokens import TokenRegistry, create_tokens_file
 
 
 def test_tokens_from_env_and_file(tmp_path):
@@ -99,11 +99,7 @@ def test_dataset_checks(tmp_path):
 
 
 def test_settings_from_env():
-    s = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "LIPCERT_JOB_QUOTA": "3",
-                           "LIPCERT_TEST_PROGRESS_DELAY": "slow=0.5,b=1"})
+    s = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "LIPCERT_JOB_QUOTA": "3"})
     assert s.redis_url == "redis://127.0.0.1:1/0" and s.job_quota == 3
-    assert s.progress_delay == {"slow": 0.5, "b": 1.0}
     with pytest.raises(ValueError):
         Settings.from_env({"LIPCERT_JOB_QUOTA": "many"})
-    with pytest.raises(ValueError):
-        parse_delays("slow")

@@ -7,7 +7,7 @@ import socket
 import pytest
 from service_fixtures import RecordingServer
 
-from service.webhooks import WebhookRefused, check_webhook_target, parse_networks, post_webhook
+from service.core.webhooks import WebhookRefused, check_webhook_target, parse_networks, post_webhook
 
 
 @pytest.mark.parametrize("url", [

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
-import time
 import uuid
 
 import redis
 
-from service.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Records, now
-from service.settings import Settings
-from service.store import ArtifactStore
+from service.core.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Records, now
+from service.core.settings import Settings
+from service.core.store import ArtifactStore
 
 log = logging.getLogger("lipcert.worker")
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -39,12 +37,8 @@ class LeaseHeld(Exception):
     """Another live worker is running this job; try again later."""
 
 
-class JobTimeLimit(Exception):
-    """The job went over its time budget."""
-
-
 def time_limit_error(budget: float) -> dict:
-    """The same code the pipeline uses when it notices the budget itself."""
+    """The pipeline's own code for a run past its budget, for when Celery's time limit stops the job instead."""
     return {"code": "time_budget_exceeded",
             "message": f"the job ran past its time budget of {budget:g} s and was stopped"}
 
@@ -66,49 +60,29 @@ class _LeaseKeeper(threading.Thread):
 
 
 class _Progress:
-    """The pipeline's progress callback: writes stage, overall fraction and ETA; enforces the time budget."""
+    """The pipeline's ``progress(stage, fraction, message)`` callback, written to the job record: stage, overall
+    fraction and ETA (weighted and smoothed by :mod:`certify.progress`). Cancellation and the time budget are the
+    pipeline's to check at each progress point."""
 
-    def __init__(self, records: Records, job: dict, budget_s: float, delay_s: float, stuck: bool = False):
+    def __init__(self, records: Records, job: dict):
         from certify.pipeline import STAGES
-        from certify.progress import Eta, overall_fraction
+        from certify.progress import Eta
 
-        self.eta, self.fraction_of = Eta(), overall_fraction
-        self.records, self.job_id = records, job["id"]
-        self.stages = STAGES
-        self.started = time.monotonic()
-        self.deadline = self.started + budget_s
-        self.budget_s = budget_s
-        self.delay_s, self.stuck = delay_s, stuck
+        self.records, self.job_id, self.stages = records, job["id"], STAGES
+        self.eta = Eta()
         self.index = 0
         self.overall = 0.0
 
-    def _test_delay(self) -> None:
-        """Test-only (LIPCERT_TEST_PROGRESS_DELAY): make a job long. A ``stuck`` job (LIPCERT_TEST_IGNORE_SOFT_LIMIT)
-        blocks at its first progress point and sleeps through Celery's soft time limit, like native code that never
-        returns to Python, so only the hard limit ends it."""
-        from celery.exceptions import SoftTimeLimitExceeded
-
-        end = math.inf if self.stuck else time.monotonic() + self.delay_s
-        while (left := end - time.monotonic()) > 0:
-            try:
-                time.sleep(min(left, 3600))
-            except SoftTimeLimitExceeded:
-                if not self.stuck:
-                    raise
-
     def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if self.delay_s:
-            self._test_delay()
-        if time.monotonic() > self.deadline:
-            raise JobTimeLimit()
+        from certify.progress import overall_fraction
+
         if stage in self.stages:  # sub-stages the pipeline adds later count within the current stage
             self.index = self.stages.index(stage)
-        overall = self.overall = max(self.overall, self.fraction_of(self.stages, self.index, fraction))
+        overall = self.overall = max(self.overall, overall_fraction(self.stages, self.index, fraction))
         eta = self.eta.update(overall)
-        eta = None if eta is None else round(eta, 2)
         try:
-            self.records.update_job(self.job_id, stage=stage, progress=round(overall, 4), eta_s=eta,
-                                    message=message)
+            self.records.update_job(self.job_id, stage=stage, progress=round(overall, 4),
+                                    eta_s=None if eta is None else round(eta, 2), message=message)
         except TRANSIENT as e:  # progress is advisory; the job goes on while Redis is briefly away
             log.warning("progress of %s not recorded: %s", self.job_id, e)
 
@@ -127,13 +101,14 @@ class JobRunner:
 
     def signer(self):
         if self._signer is None:
-            from service.signing import load_signer
+            from service.core.signing import load_signer
 
             self._signer = load_signer(self.settings)
         return self._signer
 
     def budget(self, job: dict) -> float:
-        return min(float(job["config"].get("time_budget_s", 3600.0)), self.settings.max_job_seconds)
+        """The job's time budget as the service allows it (the soft time limit ``JobQueue.submit`` gave it)."""
+        return max(1.0, min(float(job["config"].get("time_budget_s", 3600.0)), self.settings.max_job_seconds))
 
     def execute(self, job_id: str) -> str:
         """Run ``job_id`` to an end state and return it; LeaseHeld or a transient error means: retry later."""
@@ -187,8 +162,6 @@ class JobRunner:
         except Cancelled:
             self.records.transition(job, [RUNNING], CANCELLED, finished_at=now(), message="cancelled while running")
             return CANCELLED
-        except JobTimeLimit:
-            return self._fail(job, **time_limit_error(budget))
         except TRANSIENT:
             raise
         except Exception as e:
@@ -219,19 +192,21 @@ class JobRunner:
             from certify.errors import ModelRejected
 
             raise ModelRejected("artifact_missing", "the model or dataset is no longer in the artifact store")
-        config = dict(job["config"])
+        config = dict(job["config"], time_budget_s=budget)  # the pipeline stops at the budget the service allows
         if config.get("device", "auto") == "auto":
             config["device"] = self.device
-        progress = _Progress(self.records, job, budget, self.settings.progress_delay.get(job["tenant"], 0.0),
-                             stuck=job["tenant"] in self.settings.ignore_soft_limit)
         transfer_paths = [self.store.local_path("models", other) for other in job.get("transfer_to") or []]
         if any(path is None for path in transfer_paths):
             from certify.errors import ModelRejected
 
             raise ModelRejected("artifact_missing", "a transfer_to model is no longer in the artifact store")
-        return run_pipeline(model_path, config, dataset=dataset_path, progress=progress,
+        return run_pipeline(model_path, config, dataset=dataset_path, progress=self.progress(job),
                             cancelled=lambda: self.records.cancel_requested(job["id"]), signer=self.signer(),
                             model_name=job.get("model_name") or "model.onnx", transfer_to=transfer_paths)
+
+    def progress(self, job: dict):
+        """The progress callback of ``job``'s pipeline run."""
+        return _Progress(self.records, job)
 
     def _sign(self, statement: dict) -> dict:
         from certify.report.dsse import sign_statement
@@ -263,7 +238,7 @@ class JobRunner:
         url = job and job.get("webhook_url")
         if not url or job["state"] not in TERMINAL:
             return
-        from service.webhooks import post_webhook
+        from service.core.webhooks import post_webhook
 
         body = json.dumps({"id": job_id, "state": job["state"], "model": job["model"], "error": job.get("error")})
         post_webhook(url, body.encode(), self.settings.webhook_allow_nets)  # never raises: a dead receiver is logged

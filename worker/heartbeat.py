@@ -1,9 +1,10 @@
 """The worker's heartbeat, run in the main worker process.
 
 Every few seconds it (1) records the worker as alive (``/readyz`` needs one), (2) runs the reaper
-(``worker.reaper``: jobs whose message Redis lost are queued again) and (3) refreshes, in kombu's
-``unacked_index``, the delivery time of every message this worker holds. A live worker's messages therefore never
-reach the visibility timeout, however long the job runs, while the messages of a worker that died (SIGKILL, power
+(``worker.reaper``: jobs whose message Redis lost are queued again) and (3) refreshes, in the broker's
+index of unacknowledged messages (``service.core.queue.UNACKED_INDEX``, named in the transport options), the
+delivery time of every message this worker holds. A live worker's messages therefore never reach the visibility
+timeout, however long the job runs, while the messages of a worker that died (SIGKILL, power
 loss) become visible again after ``visibility_timeout`` and another worker picks them up.
 """
 
@@ -14,18 +15,23 @@ import os
 import threading
 import time
 
-from celery import signals
+from celery import Celery, signals
+from celery.worker import state
+
+from service.core.queue import UNACKED_INDEX, JobQueue
+from service.core.records import Records, connect
+from service.core.settings import Settings
+from worker.reaper import reap
 
 log = logging.getLogger("lipcert.worker")
-UNACKED_INDEX = "unacked_index"  # kombu's default key for the delivery times of unacknowledged messages
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, records, name: str, interval_s: float, settings=None):
+    def __init__(self, records, name: str, settings: Settings, queue: JobQueue | None = None):
         super().__init__(daemon=True, name="lipcert-heartbeat")
-        self.records, self.name_, self.interval_s, self.settings = records, name, interval_s, settings
+        self.records, self.name_, self.settings, self.queue = records, name, settings, queue
+        self.interval_s = settings.worker_heartbeat_s
         self.stopped = threading.Event()
-        self._queue = None
         self._next_reap = 0.0
 
     @property
@@ -34,23 +40,17 @@ class Heartbeat(threading.Thread):
         return 2 * self.settings.visibility_timeout_s + 5
 
     def reap(self) -> None:
-        from worker.reaper import reap
-
-        if self.settings is None or time.monotonic() < self._next_reap:
+        if self.queue is None or time.monotonic() < self._next_reap:
             return
         self._next_reap = time.monotonic() + self.reap_grace_s / 2
-        if self._queue is None:
-            from worker.queue import JobQueue
+        reap(self.records, self.settings, self.queue.submit, self.name_, self.reap_grace_s)
 
-            self._queue = JobQueue(self.settings)
-        reap(self.records, self.settings, self._queue.submit, self.name_, self.reap_grace_s)
-
-    def _held_tags(self) -> list[str]:
-        from celery.worker import state
-
+    @staticmethod
+    def _held_tags() -> list[str]:
+        """The delivery tags of the messages this worker process holds (``celery.worker.state``'s requests)."""
         tags = []
         for request in list(state.reserved_requests):
-            tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+            tag = getattr(request.message, "delivery_tag", None)
             if tag:
                 tags.append(tag)
         return tags
@@ -70,26 +70,30 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat failed: %s", e)
             self.stopped.wait(self.interval_s)
 
-
-_beat: Heartbeat | None = None
-
-
-@signals.worker_ready.connect
-def _start(sender=None, **_):
-    global _beat
-    from service.records import Records, connect
-    from worker.celery_app import settings
-
-    _beat = Heartbeat(Records(connect(settings.redis_url)), sender.hostname, settings.worker_heartbeat_s, settings)
-    _beat.beat()
-    _beat.start()
-
-
-@signals.worker_shutdown.connect
-def _stop(sender=None, **_):
-    if _beat is not None:
-        _beat.stopped.set()
+    def stop(self) -> None:
+        self.stopped.set()
         try:
-            _beat.records.worker_gone(_beat.name_)
+            self.records.worker_gone(self.name_)
         except Exception:
             pass
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Run a :class:`Heartbeat` in the main process of every worker of ``app`` (Celery's worker signals)."""
+    beats: list[Heartbeat] = []
+
+    def start(sender=None, **_):
+        if sender.app is not app:
+            return
+        beat = Heartbeat(Records(connect(settings.redis_url)), sender.hostname, settings, JobQueue(settings, app))
+        beat.beat()
+        beat.start()
+        beats.append(beat)
+
+    def stop(sender=None, **_):
+        if sender.app is app:
+            while beats:
+                beats.pop().stop()
+
+    signals.worker_ready.connect(start, weak=False)
+    signals.worker_shutdown.connect(stop, weak=False)

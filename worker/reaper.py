@@ -13,10 +13,10 @@ import json
 import logging
 import time
 
-from service.records import FAILED, PREFIX, QUEUED, RUNNING, Records, now, queue_lists
+from service.core.queue import UNACKED
+from service.core.records import FAILED, PREFIX, QUEUED, RUNNING, Records, now, queue_lists
 
 log = logging.getLogger("lipcert.worker")
-UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 LOCK = PREFIX + "reaper"
 
 

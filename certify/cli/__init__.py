@@ -64,11 +64,31 @@ def parse_range(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+PLUGIN_GROUP = "lipcert.commands"
+
+
+def _plugins() -> dict:
+    """Commands other packages add to ``lipcert``: entry points of group :data:`PLUGIN_GROUP` (the service's
+    ``serve``, ``api`` and ``worker`` come this way, so the library never imports the service)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 class _Main(click.Group):
     def parse_args(self, ctx, args):
         from certify.cli._options import join_range_values
 
         return super().parse_args(ctx, join_range_values(args))
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and (plugin := _plugins().get(name)) is not None:
+            command = plugin.load()
+        return command
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

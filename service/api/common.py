@@ -41,7 +41,7 @@ def store_upload(kind: str, max_bytes: int, describe, default_name: str, name: s
     max_bytes)`` returns the record's facts or raises; a refused upload that created the stored file removes it.
     """
     from service.context import require_write, services
-    from service.records import now
+    from service.core.records import now
     from service.uploads import receive
 
     t = require_write()

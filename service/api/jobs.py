@@ -12,11 +12,11 @@ from marshmallow import RAISE
 from certify.config import job_warnings
 from service.api.common import iso
 from service.context import require_write, services, tenant
+from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
+from service.core.webhooks import WebhookRefused, check_webhook_target
 from service.datasets import check_fit
 from service.problems import ApiProblem
-from service.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
 from service.schemas import REQUEST_ONLY, JobCreateSchema, JobListQuerySchema, JobPageSchema, JobSchema
-from service.webhooks import WebhookRefused, check_webhook_target
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Certification jobs")
 

@@ -1,6 +1,7 @@
 """``lipcert serve`` (everything on one machine), ``lipcert api`` and ``lipcert worker`` (one part each).
 
-Flask, gunicorn and Celery are imported inside the commands, so the library never depends on them.
+The ``lipcert`` group finds these commands through the ``lipcert.commands`` entry points (pyproject.toml), so the
+library never imports the service. They start the API (gunicorn) and the workers (Celery) as child processes.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import threading
 
 import click
 
-from certify.cli import main
-
 
 def _service_env(data_dir: str | None) -> dict:
     env = dict(os.environ)
     if data_dir:
         env["LIPCERT_DATA_DIR"] = os.path.abspath(data_dir)
     env.setdefault("LIPCERT_DATA_DIR", os.path.abspath("lipcert-data"))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -49,7 +48,7 @@ def _devices(device: str, workers: int) -> list[str]:
 
 def _tokens(env: dict, data_dir: str) -> str | None:
     """Use the configured tokens; with none, create one for tenant ``default`` (returned once, stored hashed)."""
-    from service.tokens import create_tokens_file
+    from service.core.tokens import create_tokens_file
 
     if env.get("LIPCERT_TOKENS") or env.get("LIPCERT_TOKENS_FILE"):
         return None
@@ -63,9 +62,9 @@ def _tokens(env: dict, data_dir: str) -> str | None:
 def _check_config(env: dict, signing: bool = False):
     """Read the settings and tokens the children will read (and, with ``signing``, make sure of the signing key),
     so a bad one is one line and exit 2, not a traceback from every child."""
-    from service.settings import Settings
-    from service.signing import ensure_signing_key
-    from service.tokens import TokenRegistry
+    from service.core.settings import Settings
+    from service.core.signing import ensure_signing_key
+    from service.core.tokens import TokenRegistry
 
     try:
         settings = Settings.from_env(env)
@@ -95,7 +94,7 @@ def _restart(child) -> None:
         click.echo(f"{child.name} did not restart: {e}", err=True)
 
 
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", default="lipcert-data", show_default=True, type=click.Path(file_okay=False),
@@ -159,7 +158,7 @@ def serve(host, port, data_dir, workers, device, api_processes):
         click.echo("stopped", err=True)
 
 
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--processes", default=2, show_default=True, type=click.IntRange(1, 64))
@@ -174,7 +173,7 @@ def api(host, port, processes, threads):
     os.execvpe(argv[0], argv, env)
 
 
-@main.command()
+@click.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda:N (one worker process per GPU).")
 @click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default=None,
               help="Default: prefork (one child) on CPU, solo on CUDA (nothing forks after CUDA starts).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 DEFAULT_PRIVATE = "signing-key.pem"
 DEFAULT_PUBLIC = "signing-key.pub.pem"

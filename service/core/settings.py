@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from service.webhooks import parse_networks
+from service.core.webhooks import parse_networks
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -28,17 +28,6 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ValueError(f"{name}={value!r}: expected a number") from None
 
 
-def parse_delays(text: str) -> dict[str, float]:
-    """``tenant=seconds,...`` -> {tenant: seconds} (the test-only progress delay hook)."""
-    delays = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        tenant, sep, seconds = part.partition("=")
-        if not sep:
-            raise ValueError(f"LIPCERT_TEST_PROGRESS_DELAY entry {part!r}: expected TENANT=SECONDS")
-        delays[tenant] = float(seconds)
-    return delays
-
-
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -58,9 +47,7 @@ class Settings:
     worker_heartbeat_s: float = 2.0
     max_attempts: int = 3  # runs of a job whose worker died; then it fails with worker_lost
     queue: str = "lipcert"
-    webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/webhooks.py)
-    progress_delay: dict = field(default_factory=dict)  # test-only: tenant -> seconds slept at each progress point
-    ignore_soft_limit: tuple = ()  # test-only: tenants whose delay sleeps through the soft limit (as native code does)
+    webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/core/webhooks.py)
 
     @property
     def store_dir(self) -> str:
@@ -89,6 +76,4 @@ class Settings:
             max_attempts=_int(env, "LIPCERT_MAX_ATTEMPTS", cls.max_attempts),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
-            progress_delay=parse_delays(env.get("LIPCERT_TEST_PROGRESS_DELAY", "")),
-            ignore_soft_limit=tuple(filter(None, env.get("LIPCERT_TEST_IGNORE_SOFT_LIMIT", "").split(","))),
         )
