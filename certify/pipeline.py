@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,15 +16,12 @@ import numpy as np
 
 from certify.config import check_input_span, job_warnings, load_config
 from certify.errors import ModelRejected
+from certify.tracker import Cancelled, DeadlineExceeded, ProgressFn, Tracker
 
-ProgressFn = Callable[[str, float, str], None]
+__all__ = ["STAGES", "Cancelled", "DeadlineExceeded", "PipelineResult", "ProgressFn", "run_pipeline"]
 
 STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "report")
 MAX_DATASET_BYTES = 1024**3
-
-
-class Cancelled(Exception):
-    """The job was cancelled; raised at the next progress point."""
 
 
 @dataclass
@@ -35,48 +31,12 @@ class PipelineResult:
     stages: list[dict] = field(default_factory=list)  # [{"stage", "status", "seconds", "reason"}]
 
 
-class _Run:
-    """Progress, cancellation, the time budget and per-stage timing for one pipeline run."""
+def _skip(run: Tracker, stage: str, reason: str) -> dict:
+    """End a stage that cannot run; its report section says why."""
+    from certify.report.statement import skipped
 
-    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None, budget_s: float):
-        self._progress = progress or (lambda stage, fraction, message: None)
-        self._cancelled = cancelled or (lambda: False)
-        self._deadline = time.monotonic() + budget_s
-        self._budget_s = budget_s
-        self.stages: list[dict] = []
-        self._started: dict[str, float] = {}
-
-    def tick(self, stage: str, fraction: float, message: str = "") -> None:
-        if self._cancelled():
-            raise Cancelled(f"cancelled during {stage}")
-        if time.monotonic() > self._deadline:
-            raise ModelRejected("time_budget_exceeded", f"the job ran past its time budget of {self._budget_s:g} s "
-                                f"during {stage}")
-        self._progress(stage, max(0.0, min(1.0, fraction)), message)
-
-    def start(self, stage: str, message: str) -> None:
-        self._started[stage] = time.perf_counter()
-        self.tick(stage, 0.0, message)
-
-    def finish(self, stage: str, status: str = "done", reason: str | None = None) -> None:
-        seconds = time.perf_counter() - self._started.get(stage, time.perf_counter())
-        self.stages.append({"stage": stage, "status": status, "seconds": round(seconds, 4), "reason": reason})
-        self.tick(stage, 1.0, reason or status)
-
-    def skip(self, stage: str, reason: str) -> dict:
-        from certify.report.statement import skipped
-
-        self._started[stage] = time.perf_counter()
-        self.finish(stage, "skipped", reason)
-        return skipped(reason)
-
-    def remaining(self) -> float:
-        """Seconds left of the job's time budget."""
-        return max(0.0, self._deadline - time.monotonic())
-
-    def part(self, stage: str, lo: float, hi: float):
-        """A progress function for a sub-task covering [lo, hi] of ``stage``."""
-        return lambda fraction, message="": self.tick(stage, lo + (hi - lo) * fraction, message)
+    run.finish(stage, "skipped", reason)
+    return skipped(reason)
 
 
 def _read_model(source) -> tuple[bytes, str]:
@@ -182,7 +142,7 @@ def _attack_section(result: dict, cfg: dict) -> dict:
     }
 
 
-def _transfer(run: _Run, module, samples, targets, cfg: dict, input_shape: tuple, device: str) -> list[dict]:
+def _transfer(run: Tracker, module, samples, targets, cfg: dict, input_shape: tuple, device: str) -> list[dict]:
     """Adversarial examples crafted on ``module`` (PGD), evaluated on each target model."""
     from certify.convert import to_torch
     from certify.load import load_onnx
@@ -204,20 +164,19 @@ def _transfer(run: _Run, module, samples, targets, cfg: dict, input_shape: tuple
             results[norm] = transfer(
                 module, target, samples[0], samples[1], norm=norm, epsilons=cfg["epsilons"], attack="pgd",
                 input_range=tuple(cfg["input_range"]), seed=cfg["seed"], device=device,
-                progress=lambda stage, fraction, message="", i=i: run.tick(
-                    "transfer", (i + fraction) / len(targets), message))
+                tracker=run.span("transfer", i / len(targets), (i + 1) / len(targets)))
         out.append({"target": {"name": name, "sha256": hashlib.sha256(data).hexdigest()}, "results": results})
     run.finish("transfer")
     return out
 
 
-def _units(run: _Run, module, samples, cfg: dict) -> dict:
+def _units(run: Tracker, module, samples, cfg: dict) -> dict:
     """Szegedy et al.'s first finding, measured: are the last hidden layer's units more coherent than random
     directions? Recorded under ``analyses.units``."""
     from certify.units import report_section, units_vs_random
 
     if samples is None:
-        return run.skip("units", "no dataset was given")
+        return _skip(run, "units", "no dataset was given")
     run.start("units", "units versus random directions")
     x, y = samples
     try:
@@ -266,7 +225,7 @@ def run_pipeline(
     cfg = load_config(config)
     _validate_early(cfg)
     device = _device(cfg["device"])
-    run = _Run(progress, cancelled, cfg["time_budget_s"])
+    run = Tracker(progress, cancelled, cfg["time_budget_s"])
     data, default_name = _read_model(model_source)
     input_range = tuple(cfg["input_range"])
 
@@ -314,7 +273,7 @@ def run_pipeline(
     run.finish("bounds")
 
     if samples is None:
-        certified = run.skip("certified", "no dataset was given")
+        certified = _skip(run, "certified", "no dataset was given")
     else:
         run.start("certified", "certified accuracy")
         from certify import verdicts
@@ -345,9 +304,9 @@ def run_pipeline(
         run.finish("certified")
 
     if samples is None:
-        attacks = run.skip("attacks", "no dataset was given")
+        attacks = _skip(run, "attacks", "no dataset was given")
     elif cfg["attacks"] == "none":
-        attacks = run.skip("attacks", "attacks were switched off (attacks: none)")
+        attacks = _skip(run, "attacks", "attacks were switched off (attacks: none)")
     else:
         run.start("attacks", "adversarial attacks")
         radii = {n: by_norm[n].radii() for n in norms}
@@ -355,8 +314,7 @@ def run_pipeline(
             result = evaluate(
                 module.to(device), samples[0], samples[1], norms=norms, epsilons=cfg["epsilons"],
                 attacks=cfg["attacks"], input_range=input_range, seed=cfg["seed"], device=device,
-                progress=lambda stage, fraction, message="": run.tick("attacks", fraction, message),
-                cancelled=cancelled, certified_radii=radii)
+                tracker=run.span("attacks"), certified_radii=radii)
         except SoundnessError as e:
             raise RuntimeError(f"soundness check failed: {e}") from e
         finally:
@@ -391,7 +349,7 @@ def run_pipeline(
     if cfg["policy"] is not None:
         predicate["policy"] = evaluate_policy(cfg["policy"], predicate)
     run.finish("report")
-    predicate["timings"] = {s["stage"]: s["seconds"] for s in run.stages}
+    predicate["timings"] = run.timings()
     errors = validate_predicate(predicate)
     if errors:
         raise RuntimeError("the assembled report does not match its schema: " + "; ".join(errors[:5]))

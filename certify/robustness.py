@@ -23,8 +23,8 @@ from certify.attacks import Attack, Box, resolve_attacks
 from certify.attacks.batching import AttackRunner
 from certify.attacks.box import check_norm, distances
 from certify.attacks.pgd import PGD
+from certify.tracker import ProgressFn, Steps, Tracker
 
-ProgressFn = Callable[[str, float, str], None]
 STAGE = "attacks"
 # A sample whose found adversarial distance is below its certified radius by more than this relative margin is a
 # soundness bug; closer than that it is within float32 rounding of the model evaluation and only warned about.
@@ -103,35 +103,6 @@ def _prepared(model, device: torch.device):
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-
-
-class _Progress:
-    """Progress reports and the cancellation check, called at every attack step."""
-
-    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None, jobs: int):
-        self._progress = progress or (lambda stage, fraction, message: None)
-        self._cancelled = cancelled or (lambda: False)
-        self.jobs, self.done, self.message = max(jobs, 1), 0, ""
-
-    def step(self) -> None:
-        if self._cancelled():
-            from certify.pipeline import Cancelled
-
-            raise Cancelled(f"cancelled during {STAGE}")
-
-    def batch(self, done: int, total: int) -> None:
-        self.report((self.done + done / max(total, 1)) / self.jobs)
-
-    def start(self, message: str) -> None:
-        self.message = message
-        self.step()
-        self.report(self.done / self.jobs)
-
-    def finish_job(self) -> None:
-        self.done += 1
-
-    def report(self, fraction: float) -> None:
-        self._progress(STAGE, max(0.0, min(1.0, fraction)), self.message)
 
 
 def _setup(model, x, y, input_range, device, batch_size, seed):
@@ -301,7 +272,7 @@ def _as_radii(certified_radii, norms, n) -> dict[str, np.ndarray]:
 def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", input_range=(0.0, 1.0), seed: int = 0,
              batch_size: int | None = None, device=None, progress: ProgressFn | None = None,
              cancelled: Callable[[], bool] | None = None, certified_radii: dict | None = None, examples: int = 5,
-             large_eps_check: bool = True) -> dict:
+             large_eps_check: bool = True, tracker: Tracker | None = None) -> dict:
     """Attack ``model`` on ``(x, y)`` for every norm and eps; plain data out.
 
     The result holds ``clean_accuracy``; per norm under ``results``: ``robust_accuracy`` and ``success_rate`` per eps
@@ -311,8 +282,10 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
     ``skipped``, ``sanity_checks`` ([{name, passed, detail}]), ``warnings`` and ``timings``. ``epsilons`` come back
     sorted and without duplicates.
 
-    Raises ValueError for bad arguments, ``certify.pipeline.Cancelled`` when ``cancelled()`` turns true (checked at
-    every attack step) and :class:`SoundnessError` when a sample is broken inside its certified radius.
+    Progress goes to ``progress(stage, fraction, message)`` and ``cancelled()`` is checked at every attack step, or
+    both go through ``tracker`` (a pipeline run's). Raises ValueError for bad arguments,
+    ``certify.tracker.Cancelled`` when cancelled and :class:`SoundnessError` when a sample is broken inside its
+    certified radius.
     """
     started = time.perf_counter()
     norms = [check_norm(nm) for nm in (norms if not isinstance(norms, str) else [norms])]
@@ -331,7 +304,7 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
     warnings: list[str] = [f"no attack supports the {nm} norm: its robust accuracy is the clean accuracy"
                            for nm in norms if not any(m == nm for _, m in plan)]
     jobs = sum(1 if a.minimal else len(epsilons) for a, _ in plan) + (len(norms) if large_eps_check else 0)
-    prog = _Progress(progress, cancelled, jobs)
+    prog = Steps(tracker or Tracker(progress, cancelled), STAGE, jobs)
     checks: list[dict] = []
     runs: list[dict] = []
 
@@ -404,7 +377,7 @@ def _attack_rows(runner: AttackRunner, attack: Attack, norm: str, eps, xt, yt, a
     return x_adv, dist, pred != yt.numpy(), pred
 
 
-def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _NormState, prog: _Progress,
+def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _NormState, prog: Steps,
                 runs: list) -> list[np.ndarray]:
     """Run ``attack`` (once if minimal, else per eps); per eps, which samples it broke within eps."""
     broken = []
@@ -424,7 +397,7 @@ def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _N
     return broken
 
 
-def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: _Progress, runs: list) -> dict:
+def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: Steps, runs: list) -> dict:
     """Carlini et al. 2019: at an eps covering the whole box an attack must (almost) always succeed."""
     eps = box.diameter(norm, tuple(xt.shape[1:]))
     subset = attacked[:LARGE_EPS_SAMPLES]
@@ -449,7 +422,7 @@ def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: _Progress, 
 # ------------------------------------------------------------------------------------------------------- transfer
 def transfer(model_a, model_b, x, y, *, norm: str = "linf", epsilons=(0.1,), attack="pgd", input_range=(0.0, 1.0),
              seed: int = 0, batch_size: int | None = None, device=None, progress: ProgressFn | None = None,
-             cancelled: Callable[[], bool] | None = None) -> dict:
+             cancelled: Callable[[], bool] | None = None, tracker: Tracker | None = None) -> dict:
     """Craft adversarial examples on ``model_a`` and evaluate them on ``model_b`` (Szegedy et al.'s second finding).
 
     Only samples both models classify correctly are attacked. Per eps: the success rate on A, the transfer rate
@@ -465,7 +438,7 @@ def transfer(model_a, model_b, x, y, *, norm: str = "linf", epsilons=(0.1,), att
     box, xt, yt, dev = _setup(model_a, x, y, input_range, device, batch_size, seed)
     if not isinstance(model_b, torch.nn.Module):
         raise ValueError("model_b must be a torch.nn.Module")
-    prog = _Progress(progress, cancelled, len(epsilons))
+    prog = Steps(tracker or Tracker(progress, cancelled), STAGE, len(epsilons))
     started = time.perf_counter()
     with _prepared(model_a, dev), _prepared(model_b, dev):
         _logits_check(model_a, xt, yt, dev)

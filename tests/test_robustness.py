@@ -17,7 +17,7 @@ from test_attacks import (  # noqa: F401  (one_thread: the same autouse fixture)
     one_thread,
 )
 
-from certify.pipeline import Cancelled
+from certify.tracker import Cancelled
 from certify.robustness import SoundnessError, evaluate, transfer
 
 FAST = [("fgsm", {}), ("pgd", {"steps": 10})]
