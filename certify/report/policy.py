@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from certify.config import ATTACK_PRESETS, CERTIFIERS, NORMS
+from certify.defaults import ATTACK_PRESETS, CERTIFIERS, NORMS
 from certify.report.schema import parse_created
 
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$")
