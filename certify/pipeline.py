@@ -12,16 +12,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from certify.config import check_input_span, job_warnings, load_config
+from certify.config import job_warnings, load_config
+from certify.datasets import load_dataset
 from certify.errors import ModelRejected
 from certify.tracker import Cancelled, DeadlineExceeded, ProgressFn, Tracker
 
 __all__ = ["STAGES", "Cancelled", "DeadlineExceeded", "PipelineResult", "ProgressFn", "run_pipeline"]
 
 STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "report")
-MAX_DATASET_BYTES = 1024**3
 
 
 @dataclass
@@ -47,37 +45,6 @@ def _read_model(source) -> tuple[bytes, str]:
             return f.read(), os.path.basename(os.fspath(source))
     except OSError as e:
         raise ModelRejected("file_not_found", f"cannot read {source}: {e.strerror}") from None
-
-
-def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
-
-    Read and checked by :mod:`certify.datasets` (the same checks and codes as the service's upload), never
-    unpickled; with ``input_range`` (lo, hi), an ``x`` outside it is refused too (raw pixels in [0, 255] against the
-    default [0, 1] would make every eps meaningless). Returns the first ``samples`` rows and the dataset record
-    (sha256 of the exact file bytes, count).
-    """
-    from certify.datasets import check_arrays, read_npz
-
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            if os.path.getsize(source) > MAX_DATASET_BYTES:
-                raise ModelRejected("dataset_too_large", f"dataset is over {MAX_DATASET_BYTES} bytes")
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelRejected("bad_dataset", f"cannot read dataset {source}: {e.strerror}") from None
-    x, y = read_npz(data, MAX_DATASET_BYTES)
-    check_arrays(x, y)
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ModelRejected("dataset_model_mismatch", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
-                            f"{list(input_shape)}")
-    if input_range is not None:
-        check_input_span(float(x.min()), float(x.max()), input_range)
-    record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
-    return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record
 
 
 def _device(name: str) -> str:

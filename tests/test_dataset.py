@@ -9,7 +9,7 @@ from onnx_builders import relu_model
 from PIL import Image
 
 from certify.cli import main
-from certify.pipeline import load_dataset
+from certify.datasets import load_dataset
 
 
 def _folder(root, sizes=((12, 9), (5, 7), (20, 20))):

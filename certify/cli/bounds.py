@@ -134,7 +134,7 @@ def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_rang
     declared = (1, *declared[1:])  # one sample; the batch dimension may be dynamic
     dataset = None
     if data:
-        from certify.pipeline import load_dataset
+        from certify.datasets import load_dataset
 
         x, y, _ = load_dataset(data, tuple(declared[1:]), samples, input_range or DEFAULTS["input_range"])
         dataset = (x, y)
