@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from report_example import example_predicate
 
 from certify.cli import main
 from certify.report.dsse import (
@@ -33,7 +34,6 @@ from certify.report.dsse import (
     sign_statement,
     verify_signatures,
 )
-from certify.report.example import example_predicate
 from certify.report.keys import (
     Signer,
     generate_private_key,
