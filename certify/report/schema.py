@@ -71,6 +71,20 @@ def _non_finite(value, parts=()) -> list[str]:
     return []
 
 
+def eps_key(eps: float) -> str:
+    """How a radius keys the report's per-eps tables: the shortest text that reads back as the same float
+    (``0.1`` -> ``"0.1"``)."""
+    return repr(float(eps))
+
+
+def eps_of(key) -> float | None:
+    """The radius a per-eps table's key stands for; None for a key that is not a number."""
+    try:
+        return float(key)
+    except (TypeError, ValueError):
+        return None
+
+
 def parse_created(text: str) -> datetime:
     """``created`` as an aware datetime (RFC 3339, UTC); ValueError when it is not one."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
