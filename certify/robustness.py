@@ -15,6 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -297,7 +298,6 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
         raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
     box, xt, yt, dev = _setup(model, x, y, input_range, device, batch_size, seed)
     radii = _as_radii(certified_radii, norms, xt.shape[0])
-    n = xt.shape[0]
     plan = [(a, nm) for nm in norms for a in built if nm in a.norms]
     skipped = [{"attack": a.name, "norm": nm, "reason": f"{a.name} supports only {', '.join(a.norms)}"}
                for nm in norms for a in built if nm not in a.norms]
@@ -306,57 +306,86 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
     jobs = sum(1 if a.minimal else len(epsilons) for a, _ in plan) + (len(norms) if large_eps_check else 0)
     prog = Steps(tracker or Tracker(progress, cancelled), STAGE, jobs)
     checks: list[dict] = []
-    runs: list[dict] = []
-
     with _prepared(model, dev):
         _logits_check(model, xt, yt, dev)
-        runner = AttackRunner(model, box, device=dev, seed=seed, batch_size=batch_size, step=prog.step,
-                              on_batch=prog.batch)
-        t0 = time.perf_counter()
-        clean_pred = runner.predict(xt).numpy()
-        clean_s = time.perf_counter() - t0
-        correct = clean_pred == yt.numpy()
-        n_correct = int(correct.sum())
-        attacked = torch.as_tensor(np.flatnonzero(correct))
-        results = {}
-        for nm in norms:
-            state = _NormState(xt, correct)
-            per_attack: dict[str, dict] = {}
-            kinds: dict[str, str] = {}
-            for attack, _ in [(a, m) for a, m in plan if m == nm]:
-                key = _unique_key(attack, per_attack)
-                kinds[key] = "gradient_free" if attack.gradient_free else "gradient"
-                broken = _run_attack(runner, attack, key, nm, epsilons, xt, yt, attacked, state, prog, runs)
-                per_attack[key] = {"robust_accuracy": [_rate(correct & ~b, n) for b in broken],
-                                   "success_rate": [_rate(correct & b, n_correct) for b in broken]}
-                if nm in radii:
-                    _raise_on_violation(nm, state, radii[nm], correct)
-            worst = [state.dist <= eps for eps in epsilons]
-            res = {"epsilons": epsilons,
-                   "robust_accuracy": [_rate(correct & ~b, n) for b in worst],
-                   "success_rate": [_rate(correct & b, n_correct) for b in worst],
-                   "per_attack": per_attack,
-                   "minimal_perturbation": _perturbation_stats(
-                       state.dist, (state.best - xt).numpy() if n_correct else None, correct),
-                   "examples": _examples(xt, state.best, yt.numpy(), clean_pred, state.adv_pred, state.dist,
-                                         state.source, examples)}
-            checks.append(_monotone_check(nm, epsilons, per_attack, n))
-            square = _square_check(nm, epsilons, per_attack, kinds, n)
-            if square:
-                checks.append(square)
-            if large_eps_check:
-                checks.append(_large_eps_check(runner, nm, box, xt, yt, attacked, prog, runs))
-            if nm in radii:
-                checks.append(_certificate_check(nm, state, radii[nm], correct, warnings))
-                res["certified_accuracy"] = [_rate(correct & (radii[nm] > eps), n) for eps in epsilons]
-            results[nm] = res
+        sweep = _Sweep(AttackRunner(model, box, device=dev, seed=seed, batch_size=batch_size, step=prog.step,
+                                    on_batch=prog.batch), box, xt, yt, epsilons, prog)
+        clean_s = sweep.classify()
+        results = {nm: _evaluate_norm(sweep, nm, [a for a, m in plan if m == nm], radii.get(nm), examples,
+                                      large_eps_check, checks, warnings) for nm in norms}
     warnings += [f"sanity check {c['name']} failed: {c['detail']}" for c in checks if not c["passed"]]
     prog.report(1.0)
-    return {"n": n, "n_correct": n_correct, "clean_accuracy": _rate(correct, n), "norms": norms,
+    n = sweep.n
+    return {"n": n, "n_correct": sweep.n_correct, "clean_accuracy": _rate(sweep.correct, n), "norms": norms,
             "epsilons": epsilons, "input_range": box.describe(), "seed": seed, "device": str(dev),
-            "batch_size": runner.batch_size, "attacks": [a.describe() for a in built], "skipped": skipped,
-            "runs": runs, "results": results, "sanity_checks": checks, "warnings": warnings,
+            "batch_size": sweep.runner.batch_size, "attacks": [a.describe() for a in built], "skipped": skipped,
+            "runs": sweep.runs, "results": results, "sanity_checks": checks, "warnings": warnings,
             "timings": {"clean_s": round(clean_s, 4), "total_s": round(time.perf_counter() - started, 4)}}
+
+
+@dataclass
+class _Sweep:
+    """What every attack of one evaluation shares: the runner, the data, the clean predictions, the log of runs."""
+
+    runner: AttackRunner
+    box: Box
+    xt: torch.Tensor
+    yt: torch.Tensor
+    epsilons: list[float]
+    prog: Steps
+    runs: list[dict] = field(default_factory=list)
+    clean_pred: np.ndarray = field(init=False)  # the rest is set by classify()
+    correct: np.ndarray = field(init=False)
+    attacked: torch.Tensor = field(init=False)  # the indices of the correctly classified samples
+    n: int = field(init=False)
+    n_correct: int = field(init=False)
+
+    def classify(self) -> float:
+        """Predict the clean inputs; the seconds it took."""
+        t0 = time.perf_counter()
+        self.clean_pred = self.runner.predict(self.xt).numpy()
+        self.correct = self.clean_pred == self.yt.numpy()
+        self.n, self.n_correct = int(self.xt.shape[0]), int(self.correct.sum())
+        self.attacked = torch.as_tensor(np.flatnonzero(self.correct))
+        return time.perf_counter() - t0
+
+
+def _evaluate_norm(sweep: _Sweep, nm: str, attacks: list[Attack], radii: np.ndarray | None, examples: int,
+                   large_eps_check: bool, checks: list[dict], warnings: list[str]) -> dict:
+    """Every attack for one norm; its results, with its sanity checks appended to ``checks``."""
+    xt, yt, epsilons = sweep.xt, sweep.yt, sweep.epsilons
+    correct, n, n_correct = sweep.correct, sweep.n, sweep.n_correct
+    state = _NormState(xt, correct)
+    per_attack: dict[str, dict] = {}
+    kinds: dict[str, str] = {}
+    for attack in attacks:
+        key = _unique_key(attack, per_attack)
+        kinds[key] = "gradient_free" if attack.gradient_free else "gradient"
+        broken = _run_attack(sweep.runner, attack, key, nm, epsilons, xt, yt, sweep.attacked, state, sweep.prog,
+                             sweep.runs)
+        per_attack[key] = {"robust_accuracy": [_rate(correct & ~b, n) for b in broken],
+                           "success_rate": [_rate(correct & b, n_correct) for b in broken]}
+        if radii is not None:
+            _raise_on_violation(nm, state, radii, correct)
+    worst = [state.dist <= eps for eps in epsilons]
+    res = {"epsilons": epsilons,
+           "robust_accuracy": [_rate(correct & ~b, n) for b in worst],
+           "success_rate": [_rate(correct & b, n_correct) for b in worst],
+           "per_attack": per_attack,
+           "minimal_perturbation": _perturbation_stats(state.dist, (state.best - xt).numpy() if n_correct else None,
+                                                       correct),
+           "examples": _examples(xt, state.best, yt.numpy(), sweep.clean_pred, state.adv_pred, state.dist,
+                                 state.source, examples)}
+    checks.append(_monotone_check(nm, epsilons, per_attack, n))
+    square = _square_check(nm, epsilons, per_attack, kinds, n)
+    if square:
+        checks.append(square)
+    if large_eps_check:
+        checks.append(_large_eps_check(sweep.runner, nm, sweep.box, xt, yt, sweep.attacked, sweep.prog, sweep.runs))
+    if radii is not None:
+        checks.append(_certificate_check(nm, state, radii, correct, warnings))
+        res["certified_accuracy"] = [_rate(correct & (radii > eps), n) for eps in epsilons]
+    return res
 
 
 def _unique_key(attack: Attack, taken: dict) -> str:
