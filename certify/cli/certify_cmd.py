@@ -31,9 +31,9 @@ from certify.errors import ModelRejected
 @attacks_option
 @input_range_option
 @preprocessing_options
-@click.option("--samples", type=int, show_default=str(DEFAULTS["samples"]), help="Samples of the dataset to use.")
-@click.option("--seed", type=int, show_default=str(DEFAULTS["seed"]))
-@click.option("--device", show_default=DEFAULTS["device"], help="auto, cpu, cuda or cuda:N.")
+@click.option("--samples", type=int, help=f"Samples of the dataset to use. [default: {DEFAULTS['samples']}]")
+@click.option("--seed", type=int, help=f"[default: {DEFAULTS['seed']}]")
+@click.option("--device", help=f"auto, cpu, cuda or cuda:N. [default: {DEFAULTS['device']}]")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
 @click.option("--transfer-to", multiple=True, type=click.Path(dir_okay=False),
               help="Another ONNX model to evaluate this model's adversarial examples on (repeatable).")
