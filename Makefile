@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= lipcert-data
 
-.PHONY: run test lint install browser example certify-example clean
+.PHONY: run test lint install browser example certify-example clean schema-docs
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The published copy of the report schema is the packaged one (tests/test_report.py keeps them equal).
+schema-docs:
+	cp certify/report/predicate.schema.json docs/report-schema.json
 
 example: $(STAMP)
 	$(BIN)/python examples/train_digits.py

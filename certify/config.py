@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from certify.defaults import (  # noqa: F401  (re-exported: the names of a job configuration live with it)
+    ATTACK_NAMES,
     ATTACK_PRESETS,
     CERTIFIERS,
     DEFAULTS,
@@ -15,8 +16,6 @@ from certify.defaults import (  # noqa: F401  (re-exported: the names of a job c
 )
 from certify.errors import ModelRejected
 
-# the names certify.attacks registers (kept here so validating a config needs no torch; a test keeps them equal)
-ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "deepfool", "lbfgs")
 # optional analyses a job may ask for (recorded under the report's ``analyses``)
 ANALYSES = ("units",)
 

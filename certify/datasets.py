@@ -1,6 +1,6 @@
-"""Reading and checking an evaluation set (.npz with ``x`` and ``y``): one function for the library (``lipcert
-certify``, ``lipcert bounds``, the worker) and the service's upload check, so both accept and refuse the same files
-with the same codes.
+"""Reading and checking an evaluation set (.npz with ``x`` and ``y``): one definition for the library
+(:func:`load_dataset`: ``lipcert certify``, ``lipcert bounds``, the worker), the service's upload check and the
+dataset builder (:mod:`certify.dataset_builder`), so all accept and refuse the same arrays with the same codes.
 
 Loading never unpickles (``allow_pickle=False``); the declared uncompressed sizes and every array header are checked
 before any array is read, so a small file cannot expand into a huge allocation.
@@ -8,13 +8,18 @@ before any array is read, so a small file cannot expand into a huge allocation.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import os
 import zipfile
 
 import numpy as np
 
+from certify.defaults import check_input_span
 from certify.errors import ModelRejected
+
+MAX_DATASET_BYTES = 1024**3  # the largest .npz the library reads from disk
 
 
 def _member_names(z: zipfile.ZipFile, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
@@ -101,3 +106,30 @@ def check_arrays(x: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
+def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
+
+    Read and checked as the service's upload is (:func:`read_npz`, :func:`check_arrays`), never unpickled; with
+    ``input_range`` (lo, hi), an ``x`` outside it is refused too (raw pixels in [0, 255] against the default [0, 1]
+    would make every eps meaningless). Returns the first ``samples`` rows and the dataset record
+    (sha256 of the exact file bytes, count).
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            if os.path.getsize(source) > MAX_DATASET_BYTES:
+                raise ModelRejected("dataset_too_large", f"dataset is over {MAX_DATASET_BYTES} bytes")
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelRejected("bad_dataset", f"cannot read dataset {source}: {e.strerror}") from None
+    x, y = read_npz(data, MAX_DATASET_BYTES)
+    check_arrays(x, y)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ModelRejected("dataset_model_mismatch", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
+                            f"{list(input_shape)}")
+    if input_range is not None:
+        check_input_span(float(x.min()), float(x.max()), input_range)
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
+    return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record

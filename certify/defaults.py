@@ -7,7 +7,16 @@ from __future__ import annotations
 from certify.errors import ModelRejected
 
 NORMS = ("l2", "linf")
-ATTACK_PRESETS = ("none", "quick", "standard", "thorough")
+# Each attack preset, weakest first: the attacks it runs as (name, parameters); certify.attacks builds them.
+ATTACK_PRESETS: dict[str, list[tuple[str, dict]]] = {
+    "none": [],
+    "quick": [("fgsm", {}), ("pgd", {"steps": 20})],
+    "standard": [("apgd-ce", {"steps": 100}), ("apgd-dlr", {"steps": 100}), ("square", {"queries": 1000})],
+}
+ATTACK_PRESETS["thorough"] = ATTACK_PRESETS["standard"] + [
+    ("pgd", {"steps": 100, "restarts": 5, "rel_step": 0.1, "schedule": "cosine"}), ("cw", {}), ("deepfool", {})]
+# The names certify.attacks registers (kept here so validating a config needs no torch; a test keeps them equal).
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "deepfool", "lbfgs")
 # "global": the Lipschitz certificate; the rest: certify.local.samples.METHODS (a test keeps them equal), so checking a
 # config needs no torch.
 CERTIFIERS = ("global", "ibp", "crown", "local-lipschitz", "alpha-crown")

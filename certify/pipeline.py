@@ -1,31 +1,29 @@
 """The one pipeline the CLI and the worker both run.
 
-load safely -> convert -> check the conversion against onnxruntime -> Lipschitz certificate -> attacks ->
-assemble the report -> evaluate policy -> sign. A stage that cannot run (no dataset, attacks switched off) is
-recorded as skipped with its reason, never faked.
+load safely -> convert -> check the conversion against onnxruntime -> Lipschitz certificate -> certified accuracy
+-> attacks (and transfer) -> analyses -> assemble the report -> evaluate policy -> sign. Each stage returns a typed
+result (:mod:`certify.results`); :func:`certify.report.body.report_body` turns them into the report. A stage that
+cannot run (no dataset, attacks switched off) is recorded as skipped with its reason, never faked. Progress,
+cancellation and the time budget go through one :class:`certify.tracker.Tracker`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from certify.config import check_input_span, job_warnings, load_config
+from certify.config import load_config
+from certify.datasets import load_dataset
 from certify.errors import ModelRejected
+from certify.results import Attacked, Bounds, Certified, Converted, Loaded, Results, Skipped
+from certify.tracker import Cancelled, DeadlineExceeded, ProgressFn, Tracker
 
-ProgressFn = Callable[[str, float, str], None]
+__all__ = ["STAGES", "Cancelled", "DeadlineExceeded", "PipelineResult", "ProgressFn", "run_pipeline"]
 
 STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "report")
-MAX_DATASET_BYTES = 1024**3
-
-
-class Cancelled(Exception):
-    """The job was cancelled; raised at the next progress point."""
+NO_DATASET = "no dataset was given"
 
 
 @dataclass
@@ -35,48 +33,22 @@ class PipelineResult:
     stages: list[dict] = field(default_factory=list)  # [{"stage", "status", "seconds", "reason"}]
 
 
-class _Run:
-    """Progress, cancellation, the time budget and per-stage timing for one pipeline run."""
+@dataclass
+class _Job:
+    """What every stage reads: the validated configuration, the device, the run's tracker."""
 
-    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None, budget_s: float):
-        self._progress = progress or (lambda stage, fraction, message: None)
-        self._cancelled = cancelled or (lambda: False)
-        self._deadline = time.monotonic() + budget_s
-        self._budget_s = budget_s
-        self.stages: list[dict] = []
-        self._started: dict[str, float] = {}
+    cfg: dict
+    device: str
+    run: Tracker
 
-    def tick(self, stage: str, fraction: float, message: str = "") -> None:
-        if self._cancelled():
-            raise Cancelled(f"cancelled during {stage}")
-        if time.monotonic() > self._deadline:
-            raise ModelRejected("time_budget_exceeded", f"the job ran past its time budget of {self._budget_s:g} s "
-                                f"during {stage}")
-        self._progress(stage, max(0.0, min(1.0, fraction)), message)
+    @property
+    def input_range(self) -> tuple:
+        return tuple(self.cfg["input_range"])
 
-    def start(self, stage: str, message: str) -> None:
-        self._started[stage] = time.perf_counter()
-        self.tick(stage, 0.0, message)
-
-    def finish(self, stage: str, status: str = "done", reason: str | None = None) -> None:
-        seconds = time.perf_counter() - self._started.get(stage, time.perf_counter())
-        self.stages.append({"stage": stage, "status": status, "seconds": round(seconds, 4), "reason": reason})
-        self.tick(stage, 1.0, reason or status)
-
-    def skip(self, stage: str, reason: str) -> dict:
-        from certify.report.statement import skipped
-
-        self._started[stage] = time.perf_counter()
-        self.finish(stage, "skipped", reason)
-        return skipped(reason)
-
-    def remaining(self) -> float:
-        """Seconds left of the job's time budget."""
-        return max(0.0, self._deadline - time.monotonic())
-
-    def part(self, stage: str, lo: float, hi: float):
-        """A progress function for a sub-task covering [lo, hi] of ``stage``."""
-        return lambda fraction, message="": self.tick(stage, lo + (hi - lo) * fraction, message)
+    def skip(self, stage: str, reason: str) -> Skipped:
+        """End a stage that cannot run; its report section says why."""
+        self.run.finish(stage, "skipped", reason)
+        return Skipped(reason)
 
 
 def _read_model(source) -> tuple[bytes, str]:
@@ -89,37 +61,6 @@ def _read_model(source) -> tuple[bytes, str]:
         raise ModelRejected("file_not_found", f"cannot read {source}: {e.strerror}") from None
 
 
-def load_dataset(source, input_shape: tuple, samples: int, input_range=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A ``.npz`` with ``x`` (float, batch first, matching the model input) and ``y`` (integer labels).
-
-    Read and checked by :mod:`certify.datasets` (the same checks and codes as the service's upload), never
-    unpickled; with ``input_range`` (lo, hi), an ``x`` outside it is refused too (raw pixels in [0, 255] against the
-    default [0, 1] would make every eps meaningless). Returns the first ``samples`` rows and the dataset record
-    (sha256 of the exact file bytes, count).
-    """
-    from certify.datasets import check_arrays, read_npz
-
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            if os.path.getsize(source) > MAX_DATASET_BYTES:
-                raise ModelRejected("dataset_too_large", f"dataset is over {MAX_DATASET_BYTES} bytes")
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelRejected("bad_dataset", f"cannot read dataset {source}: {e.strerror}") from None
-    x, y = read_npz(data, MAX_DATASET_BYTES)
-    check_arrays(x, y)
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ModelRejected("dataset_model_mismatch", f"x has per-sample shape {list(x.shape[1:])}, the model takes "
-                            f"{list(input_shape)}")
-    if input_range is not None:
-        check_input_span(float(x.min()), float(x.max()), input_range)
-    record = {"sha256": hashlib.sha256(data).hexdigest(), "samples": int(min(samples, len(y)))}
-    return x[:samples].astype(np.float32), y[:samples].astype(np.int64), record
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -130,105 +71,189 @@ def _device(name: str) -> str:
     return name
 
 
-def _validate_early(cfg: dict) -> None:
-    """Refuse a bad policy or attack list before any expensive stage."""
-    from certify.attacks import resolve_attacks
-    from certify.report.policy import PolicyError, load_policy
+def _input_shapes(model) -> list[tuple[int, ...]]:
+    """Each input's per-sample shape (batch dimension left out)."""
+    from certify.verify import input_specs
 
-    if cfg["policy"] is not None:
-        try:
-            load_policy(cfg["policy"])
-        except PolicyError as e:
-            raise ModelRejected("invalid_policy", str(e)) from None
-    if cfg["attacks"] != "none":
-        try:
-            resolve_attacks(cfg["attacks"])
-        except ValueError as e:
-            raise ModelRejected("invalid_config", f"attacks: {e}") from None
+    return [tuple(spec[1][1:]) for spec in input_specs(model, batch=1)]
 
 
-def _eps_key(eps: float) -> str:
-    return repr(float(eps))
+def _one_input_shape(model) -> tuple[int, ...]:
+    shapes = _input_shapes(model)
+    if len(shapes) != 1:
+        raise ModelRejected("unsupported_model", f"a classifier with one input is expected, this model has "
+                            f"{len(shapes)}")
+    return shapes[0]
 
 
-def _attack_section(result: dict, cfg: dict) -> dict:
-    """The robustness evaluation, in the report's shape."""
-    results, minimal = {}, {}
-    for norm, res in result["results"].items():
-        cells = {}
-        for i, eps in enumerate(res["epsilons"]):
-            cells[_eps_key(eps)] = {
-                "robust_accuracy": res["robust_accuracy"][i],
-                "success_rate": res["success_rate"][i],
-                "per_attack": {name: {"robust_accuracy": a["robust_accuracy"][i], "success_rate": a["success_rate"][i]}
-                               for name, a in res["per_attack"].items()},
-            }
-        results[norm] = cells
-        stats = res["minimal_perturbation"]
-        minimal[norm] = dict(stats, count=stats["n_found"])
-    return {
-        "preset": cfg["attacks"] if isinstance(cfg["attacks"], str) else None,
-        "attacks_run": sorted({r["attack"] for r in result["runs"]}) if result.get("runs") else
-        [a["name"] for a in result["attacks"]],
-        "attacks": result["attacks"],
-        "samples": result["n"],
-        "clean_accuracy": result["clean_accuracy"],
-        "results": results,
-        "minimal_perturbation": minimal,
-        "examples": {norm: res["examples"] for norm, res in result["results"].items()},
-        "sanity_checks": result["sanity_checks"],
-        "warnings": result["warnings"],
-        "skipped": result["skipped"],
-    }
+def _load(job: _Job, data: bytes, name: str, dataset) -> Loaded:
+    from certify import preprocess
+    from certify.load import load_onnx
+    from certify.summary import summarize
+
+    cfg = job.cfg
+    job.run.start("load", "parsing and checking the model")
+    model = preprocess.apply(load_onnx(data, input_shapes=cfg["input_shapes"]), cfg["preprocessing"],
+                             cfg["input_shapes"])
+    loaded = Loaded(data=data, name=name, model=model, summary=summarize(model), input_shape=_one_input_shape(model))
+    if dataset is not None:
+        x, y, loaded.dataset = load_dataset(dataset, loaded.input_shape, cfg["samples"], job.input_range)
+        loaded.samples = (x, y)
+    job.run.finish("load")
+    return loaded
 
 
-def _transfer(run: _Run, module, samples, targets, cfg: dict, input_shape: tuple, device: str) -> list[dict]:
+def _convert(job: _Job, loaded: Loaded) -> Converted:
+    from certify.convert import CONVERTER_VERSION, to_torch
+    from certify.report.statement import weights_sha256
+
+    job.run.start("convert", "converting to PyTorch")
+    module = to_torch(loaded.model)
+    converter = {"version": CONVERTER_VERSION, "weights_sha256": weights_sha256(module.state_dict().items())}
+    job.run.finish("convert")
+    return Converted(module, converter)
+
+
+def _check_conversion(job: _Job, loaded: Loaded, converted: Converted) -> dict:
+    from certify.verify import mismatch_message, verify_conversion
+
+    job.run.start("conversion_check", "comparing with onnxruntime")
+    conversion = verify_conversion(loaded.model, converted.module, input_range=job.input_range, seed=job.cfg["seed"])
+    if conversion["status"] == "mismatch":
+        raise ModelRejected("conversion_mismatch", mismatch_message(conversion))
+    job.run.finish("conversion_check")
+    return conversion
+
+
+def _bounds(job: _Job, loaded: Loaded, converted: Converted) -> Bounds:
+    from certify.lipschitz import certificate
+
+    cfg, run = job.cfg, job.run
+    run.start("bounds", "Lipschitz bounds per layer")
+    bounds = Bounds(norms=list(cfg["norms"]), certificates={})
+    for i, norm in enumerate(bounds.norms):
+        bounds.certificates[norm] = certificate(
+            converted.module, loaded.input_shape, dataset=loaded.samples, norm=norm, epsilons=cfg["epsilons"],
+            samples=cfg["samples"], seed=cfg["seed"], input_range=job.input_range,
+            on_analysis=lambda a, n=norm: bounds.analyses.__setitem__(n, a),
+            progress=run.part("bounds", i / len(bounds.norms), (i + 1) / len(bounds.norms)))
+    run.finish("bounds")
+    return bounds
+
+
+def _certify(job: _Job, loaded: Loaded, converted: Converted, bounds: Bounds) -> Certified | Skipped:
+    from certify import verdicts
+    from certify.lipschitz.network import pair_bounds
+
+    if loaded.samples is None:
+        return job.skip("certified", NO_DATASET)
+    cfg, run, norms = job.cfg, job.run, bounds.norms
+    run.start("certified", "certified accuracy")
+    by_norm = {}
+    for i, norm in enumerate(norms):
+        by_norm[norm] = verdicts.certify_norm(
+            converted.module, *loaded.samples, norm, cfg["epsilons"], cfg["certifiers"], bounds.certificates[norm],
+            job.input_range, device=job.device, time_budget=run.remaining() / 2,
+            global_pairs=pair_bounds(bounds.analyses[norm]),
+            progress=run.part("certified", i / len(norms), (i + 1) / len(norms)))
+    converted.module.to("cpu")
+    run.finish("certified")
+    return Certified(by_norm)
+
+
+def _attack(job: _Job, loaded: Loaded, converted: Converted, certified: Certified | Skipped,
+            transfer_to) -> Attacked | Skipped:
+    from certify.robustness import SoundnessError, evaluate
+
+    cfg, module = job.cfg, converted.module
+    if loaded.samples is None:
+        return job.skip("attacks", NO_DATASET)
+    if cfg["attacks"] == "none":
+        return job.skip("attacks", "attacks were switched off (attacks: none)")
+    job.run.start("attacks", "adversarial attacks")
+    try:
+        result = evaluate(module.to(job.device), *loaded.samples, norms=cfg["norms"], epsilons=cfg["epsilons"],
+                          attacks=cfg["attacks"], input_range=job.input_range, seed=cfg["seed"], device=job.device,
+                          tracker=job.run.span("attacks"), certified_radii=certified.radii())
+    except SoundnessError as e:
+        raise RuntimeError(f"soundness check failed: {e}") from e
+    finally:
+        module.to("cpu")
+    job.run.finish("attacks")
+    return Attacked(result, _transfer(job, loaded, module, transfer_to) if transfer_to else [])
+
+
+def _transfer(job: _Job, loaded: Loaded, module, targets) -> list[dict]:
     """Adversarial examples crafted on ``module`` (PGD), evaluated on each target model."""
     from certify.convert import to_torch
     from certify.load import load_onnx
     from certify.robustness import transfer
-    from certify.verify import input_specs
 
+    cfg, run = job.cfg, job.run
     run.start("transfer", "transfer to other models")
     out = []
     for i, source in enumerate(targets):
         data, name = _read_model(source)
         target_model = load_onnx(data, input_shapes=cfg["input_shapes"])
-        specs = input_specs(target_model, batch=1)
-        if len(specs) != 1 or tuple(specs[0][1][1:]) != tuple(input_shape):
+        if _input_shapes(target_model) != [loaded.input_shape]:
             raise ModelRejected("transfer_model_mismatch", f"transfer target {name} does not take inputs of shape "
-                                f"{list(input_shape)}")
+                                f"{list(loaded.input_shape)}")
         target = to_torch(target_model)
-        results = {}
-        for norm in cfg["norms"]:
-            results[norm] = transfer(
-                module, target, samples[0], samples[1], norm=norm, epsilons=cfg["epsilons"], attack="pgd",
-                input_range=tuple(cfg["input_range"]), seed=cfg["seed"], device=device,
-                progress=lambda stage, fraction, message="", i=i: run.tick(
-                    "transfer", (i + fraction) / len(targets), message))
+        span = run.span("transfer", i / len(targets), (i + 1) / len(targets))
+        results = {norm: transfer(module, target, *loaded.samples, norm=norm, epsilons=cfg["epsilons"],
+                                  attack="pgd", input_range=job.input_range, seed=cfg["seed"], device=job.device,
+                                  tracker=span)
+                   for norm in cfg["norms"]}
         out.append({"target": {"name": name, "sha256": hashlib.sha256(data).hexdigest()}, "results": results})
     run.finish("transfer")
     return out
 
 
-def _units(run: _Run, module, samples, cfg: dict) -> dict:
+def _units(job: _Job, loaded: Loaded, converted: Converted) -> dict | Skipped | None:
     """Szegedy et al.'s first finding, measured: are the last hidden layer's units more coherent than random
-    directions? Recorded under ``analyses.units``."""
+    directions? Recorded under ``analyses.units``; None when not asked for."""
     from certify.units import report_section, units_vs_random
 
-    if samples is None:
-        return run.skip("units", "no dataset was given")
-    run.start("units", "units versus random directions")
-    x, y = samples
+    if "units" not in job.cfg["analyses"]:
+        return None
+    if loaded.samples is None:
+        return job.skip("units", NO_DATASET)
+    job.run.start("units", "units versus random directions")
+    x, y = loaded.samples
     try:
-        result = units_vs_random(module, x, y, seed=cfg["seed"], top_n=min(8, len(x)), progress=run.part("units", 0, 1))
+        result = units_vs_random(converted.module, x, y, seed=job.cfg["seed"], top_n=min(8, len(x)),
+                                 progress=job.run.part("units"))
     except ModelRejected as e:  # no hidden layer, too few samples: recorded, not fatal
-        from certify.report.statement import skipped
-
-        run.finish("units", "skipped", e.message)
-        return skipped(e.message)
-    run.finish("units")
+        return job.skip("units", e.message)
+    job.run.finish("units")
     return report_section(result, x)
+
+
+def _measure(job: _Job, data: bytes, name: str, dataset, transfer_to) -> Results:
+    """Every measuring stage, in order."""
+    loaded = _load(job, data, name, dataset)
+    converted = _convert(job, loaded)
+    conversion = _check_conversion(job, loaded, converted)
+    bounds = _bounds(job, loaded, converted)
+    certified = _certify(job, loaded, converted, bounds)
+    attacks = _attack(job, loaded, converted, certified, transfer_to)
+    units = _units(job, loaded, converted)
+    return Results(config=job.cfg, device=job.device, loaded=loaded, converted=converted, conversion=conversion,
+                   bounds=bounds, certified=certified, attacks=attacks, units=units)
+
+
+def _report(job: _Job, results: Results, model_name: str | None) -> dict:
+    """The report stage: the predicate (with the policy's verdict) in an in-toto statement."""
+    from certify.report.body import report_body
+    from certify.report.statement import build_statement
+
+    job.run.start("report", "assembling the report")
+    predicate = report_body(results, job.run.stages)
+    job.run.finish("report")
+    predicate["timings"] = job.run.timings()
+    loaded = results.loaded
+    return build_statement(model_name=model_name or loaded.name, model_sha256=hashlib.sha256(loaded.data).hexdigest(),
+                           predicate=predicate)
 
 
 def run_pipeline(
@@ -247,155 +272,15 @@ def run_pipeline(
     (Szegedy et al.'s transfer finding); recorded under ``attacks.transfer``.
 
     ``progress(stage, fraction, message)`` is called at every progress point; ``cancelled()`` is checked there too
-    and raises :class:`Cancelled`. Refusals (bad model, dataset, config, policy, time budget) raise
-    ``ModelRejected``. With a ``signer`` the statement is signed into a DSSE envelope.
+    and raises :class:`Cancelled`. Refusals (bad model, dataset, config, policy) raise ``ModelRejected``; a run past
+    its time budget raises :class:`DeadlineExceeded` (a ``ModelRejected`` with code ``time_budget_exceeded``).
+    With a ``signer`` the statement is signed into a DSSE envelope.
     """
-    import torch
-
-    from certify import preprocess
-    from certify.convert import CONVERTER_VERSION, to_torch
-    from certify.lipschitz import certificate
-    from certify.load import load_onnx
     from certify.report.dsse import sign_statement
-    from certify.report.policy import evaluate_policy
-    from certify.report.statement import build_statement, environment, utc_now, validate_predicate, weights_sha256
-    from certify.robustness import SoundnessError, evaluate
-    from certify.summary import summarize
-    from certify.verify import input_specs, mismatch_message, verify_conversion
 
     cfg = load_config(config)
-    _validate_early(cfg)
-    device = _device(cfg["device"])
-    run = _Run(progress, cancelled, cfg["time_budget_s"])
-    data, default_name = _read_model(model_source)
-    input_range = tuple(cfg["input_range"])
-
-    run.start("load", "parsing and checking the model")
-    model = preprocess.apply(load_onnx(data, input_shapes=cfg["input_shapes"]), cfg["preprocessing"],
-                             cfg["input_shapes"])
-    summary = summarize(model)
-    specs = input_specs(model, batch=1)
-    if len(specs) != 1:
-        raise ModelRejected("unsupported_model",
-                            f"a classifier with one input is expected, this model has {len(specs)}")
-    input_shape = tuple(specs[0][1][1:])
-    samples = None
-    dataset_record = None
-    if dataset is not None:
-        x, y, dataset_record = load_dataset(dataset, input_shape, cfg["samples"], input_range)
-        samples = (x, y)
-    run.finish("load")
-
-    run.start("convert", "converting to PyTorch")
-    module = to_torch(model)
-    converter = {"version": CONVERTER_VERSION, "weights_sha256": weights_sha256(module.state_dict().items())}
-    run.finish("convert")
-
-    run.start("conversion_check", "comparing with onnxruntime")
-    conversion = verify_conversion(model, module, input_range=input_range, seed=cfg["seed"])
-    if conversion["status"] == "mismatch":
-        raise ModelRejected("conversion_mismatch", mismatch_message(conversion))
-    run.finish("conversion_check")
-
-    run.start("bounds", "Lipschitz bounds per layer")
-    certificates, lipschitz_analyses = {}, {}
-    norms = cfg["norms"]
-    for i, norm in enumerate(norms):
-        certificates[norm] = certificate(
-            module, input_shape, dataset=samples, norm=norm, epsilons=cfg["epsilons"], samples=cfg["samples"],
-            seed=cfg["seed"], input_range=input_range,
-            on_analysis=lambda a, n=norm: lipschitz_analyses.__setitem__(n, a),
-            progress=run.part("bounds", i / len(norms), (i + 1) / len(norms)))
-    first = certificates[norms[0]]
-    bounds = {"norm": norms[0], "input_shape": first["input_shape"], "layers": first["layers"],
-              "network": first["network"]}
-    if len(norms) > 1:
-        bounds["other_norms"] = {n: {"network": c["network"]} for n, c in certificates.items() if n != norms[0]}
-    run.finish("bounds")
-
-    if samples is None:
-        certified = run.skip("certified", "no dataset was given")
-    else:
-        run.start("certified", "certified accuracy")
-        from certify import verdicts
-        from certify.lipschitz.network import pair_bounds
-
-        by_norm = {}
-        for i, norm in enumerate(norms):
-            by_norm[norm] = verdicts.certify_norm(
-                module, samples[0], samples[1], norm, cfg["epsilons"], cfg["certifiers"], certificates[norm],
-                input_range, device=device, time_budget=run.remaining() / 2,
-                global_pairs=pair_bounds(lipschitz_analyses[norm]),
-                progress=run.part("certified", i / len(norms), (i + 1) / len(norms)))
-        module.to("cpu")
-        certified = {
-            "clean_accuracy": first["certified"]["clean_accuracy"],
-            "samples": first["certified"]["samples"],
-            "method": "best sound method per sample: global (per-pair margin, less the float forward error bound, / "
-                      "Lipschitz bound of the logit difference) or local bound propagation, less the same float error",
-            "certifiers": list(cfg["certifiers"]),
-            **verdicts.section(by_norm, cfg["epsilons"], _eps_key),
-            "radius": {n: c["certified"]["radius"] for n, c in certificates.items()},
-            "float_error": {n: {k: c["certified"]["float_error"][k] for k in ("max_at_sample", "max_growth")}
-                            for n, c in certificates.items()},
-        }
-        local_layers = verdicts.layer_rows(by_norm, _eps_key)
-        if any(local_layers.values()):
-            bounds["local_layers"] = local_layers
-        run.finish("certified")
-
-    if samples is None:
-        attacks = run.skip("attacks", "no dataset was given")
-    elif cfg["attacks"] == "none":
-        attacks = run.skip("attacks", "attacks were switched off (attacks: none)")
-    else:
-        run.start("attacks", "adversarial attacks")
-        radii = {n: by_norm[n].radii() for n in norms}
-        try:
-            result = evaluate(
-                module.to(device), samples[0], samples[1], norms=norms, epsilons=cfg["epsilons"],
-                attacks=cfg["attacks"], input_range=input_range, seed=cfg["seed"], device=device,
-                progress=lambda stage, fraction, message="": run.tick("attacks", fraction, message),
-                cancelled=cancelled, certified_radii=radii)
-        except SoundnessError as e:
-            raise RuntimeError(f"soundness check failed: {e}") from e
-        finally:
-            module.to("cpu")
-        attacks = _attack_section(result, cfg)
-        run.finish("attacks")
-        if transfer_to:
-            attacks["transfer"] = _transfer(run, module, samples, transfer_to, cfg, input_shape, device)
-
-    analyses = {"units": _units(run, module, samples, cfg)} if "units" in cfg["analyses"] else None
-    run.start("report", "assembling the report")
-    predicate = {
-        "created": utc_now(),
-        "model": summary,
-        "dataset": dataset_record,
-        "conversion": conversion,
-        "converter": converter,
-        "bounds": bounds,
-        "certified": certified,
-        "attacks": attacks,
-        "policy": None,
-        "config": cfg,
-        "environment": environment(device=device if torch.cuda.is_available() or device == "cpu" else "cpu",
-                                   seed=cfg["seed"]),
-        "timings": {},
-        "stages": run.stages,
-        "warnings": job_warnings(samples is not None),
-        "input": preprocess.describe(cfg["preprocessing"], input_range),
-    }
-    if analyses is not None:
-        predicate["analyses"] = analyses
-    if cfg["policy"] is not None:
-        predicate["policy"] = evaluate_policy(cfg["policy"], predicate)
-    run.finish("report")
-    predicate["timings"] = {s["stage"]: s["seconds"] for s in run.stages}
-    errors = validate_predicate(predicate)
-    if errors:
-        raise RuntimeError("the assembled report does not match its schema: " + "; ".join(errors[:5]))
-    statement = build_statement(model_name=model_name or default_name,
-                                model_sha256=hashlib.sha256(data).hexdigest(), predicate=predicate)
+    job = _Job(cfg, _device(cfg["device"]), Tracker(progress, cancelled, cfg["time_budget_s"]))
+    data, name = _read_model(model_source)
+    statement = _report(job, _measure(job, data, name, dataset, transfer_to), model_name)
     envelope = sign_statement(statement, signer) if signer is not None else None
-    return PipelineResult(statement=statement, envelope=envelope, stages=run.stages)
+    return PipelineResult(statement=statement, envelope=envelope, stages=job.run.stages)

@@ -15,6 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from certify.attacks import Attack, Box, resolve_attacks
 from certify.attacks.batching import AttackRunner
 from certify.attacks.box import check_norm, distances
 from certify.attacks.pgd import PGD
+from certify.tracker import ProgressFn, Steps, Tracker
 
-ProgressFn = Callable[[str, float, str], None]
 STAGE = "attacks"
 # A sample whose found adversarial distance is below its certified radius by more than this relative margin is a
 # soundness bug; closer than that it is within float32 rounding of the model evaluation and only warned about.
@@ -103,35 +104,6 @@ def _prepared(model, device: torch.device):
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-
-
-class _Progress:
-    """Progress reports and the cancellation check, called at every attack step."""
-
-    def __init__(self, progress: ProgressFn | None, cancelled: Callable[[], bool] | None, jobs: int):
-        self._progress = progress or (lambda stage, fraction, message: None)
-        self._cancelled = cancelled or (lambda: False)
-        self.jobs, self.done, self.message = max(jobs, 1), 0, ""
-
-    def step(self) -> None:
-        if self._cancelled():
-            from certify.pipeline import Cancelled
-
-            raise Cancelled(f"cancelled during {STAGE}")
-
-    def batch(self, done: int, total: int) -> None:
-        self.report((self.done + done / max(total, 1)) / self.jobs)
-
-    def start(self, message: str) -> None:
-        self.message = message
-        self.step()
-        self.report(self.done / self.jobs)
-
-    def finish_job(self) -> None:
-        self.done += 1
-
-    def report(self, fraction: float) -> None:
-        self._progress(STAGE, max(0.0, min(1.0, fraction)), self.message)
 
 
 def _setup(model, x, y, input_range, device, batch_size, seed):
@@ -301,7 +273,7 @@ def _as_radii(certified_radii, norms, n) -> dict[str, np.ndarray]:
 def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", input_range=(0.0, 1.0), seed: int = 0,
              batch_size: int | None = None, device=None, progress: ProgressFn | None = None,
              cancelled: Callable[[], bool] | None = None, certified_radii: dict | None = None, examples: int = 5,
-             large_eps_check: bool = True) -> dict:
+             large_eps_check: bool = True, tracker: Tracker | None = None) -> dict:
     """Attack ``model`` on ``(x, y)`` for every norm and eps; plain data out.
 
     The result holds ``clean_accuracy``; per norm under ``results``: ``robust_accuracy`` and ``success_rate`` per eps
@@ -311,8 +283,10 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
     ``skipped``, ``sanity_checks`` ([{name, passed, detail}]), ``warnings`` and ``timings``. ``epsilons`` come back
     sorted and without duplicates.
 
-    Raises ValueError for bad arguments, ``certify.pipeline.Cancelled`` when ``cancelled()`` turns true (checked at
-    every attack step) and :class:`SoundnessError` when a sample is broken inside its certified radius.
+    Progress goes to ``progress(stage, fraction, message)`` and ``cancelled()`` is checked at every attack step, or
+    both go through ``tracker`` (a pipeline run's). Raises ValueError for bad arguments,
+    ``certify.tracker.Cancelled`` when cancelled and :class:`SoundnessError` when a sample is broken inside its
+    certified radius.
     """
     started = time.perf_counter()
     norms = [check_norm(nm) for nm in (norms if not isinstance(norms, str) else [norms])]
@@ -324,66 +298,94 @@ def evaluate(model, x, y, *, norms=("l2",), epsilons=(0.1,), attacks="quick", in
         raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
     box, xt, yt, dev = _setup(model, x, y, input_range, device, batch_size, seed)
     radii = _as_radii(certified_radii, norms, xt.shape[0])
-    n = xt.shape[0]
     plan = [(a, nm) for nm in norms for a in built if nm in a.norms]
     skipped = [{"attack": a.name, "norm": nm, "reason": f"{a.name} supports only {', '.join(a.norms)}"}
                for nm in norms for a in built if nm not in a.norms]
     warnings: list[str] = [f"no attack supports the {nm} norm: its robust accuracy is the clean accuracy"
                            for nm in norms if not any(m == nm for _, m in plan)]
     jobs = sum(1 if a.minimal else len(epsilons) for a, _ in plan) + (len(norms) if large_eps_check else 0)
-    prog = _Progress(progress, cancelled, jobs)
+    prog = Steps(tracker or Tracker(progress, cancelled), STAGE, jobs)
     checks: list[dict] = []
-    runs: list[dict] = []
-
     with _prepared(model, dev):
         _logits_check(model, xt, yt, dev)
-        runner = AttackRunner(model, box, device=dev, seed=seed, batch_size=batch_size, step=prog.step,
-                              on_batch=prog.batch)
-        t0 = time.perf_counter()
-        clean_pred = runner.predict(xt).numpy()
-        clean_s = time.perf_counter() - t0
-        correct = clean_pred == yt.numpy()
-        n_correct = int(correct.sum())
-        attacked = torch.as_tensor(np.flatnonzero(correct))
-        results = {}
-        for nm in norms:
-            state = _NormState(xt, correct)
-            per_attack: dict[str, dict] = {}
-            kinds: dict[str, str] = {}
-            for attack, _ in [(a, m) for a, m in plan if m == nm]:
-                key = _unique_key(attack, per_attack)
-                kinds[key] = "gradient_free" if attack.gradient_free else "gradient"
-                broken = _run_attack(runner, attack, key, nm, epsilons, xt, yt, attacked, state, prog, runs)
-                per_attack[key] = {"robust_accuracy": [_rate(correct & ~b, n) for b in broken],
-                                   "success_rate": [_rate(correct & b, n_correct) for b in broken]}
-                if nm in radii:
-                    _raise_on_violation(nm, state, radii[nm], correct)
-            worst = [state.dist <= eps for eps in epsilons]
-            res = {"epsilons": epsilons,
-                   "robust_accuracy": [_rate(correct & ~b, n) for b in worst],
-                   "success_rate": [_rate(correct & b, n_correct) for b in worst],
-                   "per_attack": per_attack,
-                   "minimal_perturbation": _perturbation_stats(
-                       state.dist, (state.best - xt).numpy() if n_correct else None, correct),
-                   "examples": _examples(xt, state.best, yt.numpy(), clean_pred, state.adv_pred, state.dist,
-                                         state.source, examples)}
-            checks.append(_monotone_check(nm, epsilons, per_attack, n))
-            square = _square_check(nm, epsilons, per_attack, kinds, n)
-            if square:
-                checks.append(square)
-            if large_eps_check:
-                checks.append(_large_eps_check(runner, nm, box, xt, yt, attacked, prog, runs))
-            if nm in radii:
-                checks.append(_certificate_check(nm, state, radii[nm], correct, warnings))
-                res["certified_accuracy"] = [_rate(correct & (radii[nm] > eps), n) for eps in epsilons]
-            results[nm] = res
+        sweep = _Sweep(AttackRunner(model, box, device=dev, seed=seed, batch_size=batch_size, step=prog.step,
+                                    on_batch=prog.batch), box, xt, yt, epsilons, prog)
+        clean_s = sweep.classify()
+        results = {nm: _evaluate_norm(sweep, nm, [a for a, m in plan if m == nm], radii.get(nm), examples,
+                                      large_eps_check, checks, warnings) for nm in norms}
     warnings += [f"sanity check {c['name']} failed: {c['detail']}" for c in checks if not c["passed"]]
     prog.report(1.0)
-    return {"n": n, "n_correct": n_correct, "clean_accuracy": _rate(correct, n), "norms": norms,
+    n = sweep.n
+    return {"n": n, "n_correct": sweep.n_correct, "clean_accuracy": _rate(sweep.correct, n), "norms": norms,
             "epsilons": epsilons, "input_range": box.describe(), "seed": seed, "device": str(dev),
-            "batch_size": runner.batch_size, "attacks": [a.describe() for a in built], "skipped": skipped,
-            "runs": runs, "results": results, "sanity_checks": checks, "warnings": warnings,
+            "batch_size": sweep.runner.batch_size, "attacks": [a.describe() for a in built], "skipped": skipped,
+            "runs": sweep.runs, "results": results, "sanity_checks": checks, "warnings": warnings,
             "timings": {"clean_s": round(clean_s, 4), "total_s": round(time.perf_counter() - started, 4)}}
+
+
+@dataclass
+class _Sweep:
+    """What every attack of one evaluation shares: the runner, the data, the clean predictions, the log of runs."""
+
+    runner: AttackRunner
+    box: Box
+    xt: torch.Tensor
+    yt: torch.Tensor
+    epsilons: list[float]
+    prog: Steps
+    runs: list[dict] = field(default_factory=list)
+    clean_pred: np.ndarray = field(init=False)  # the rest is set by classify()
+    correct: np.ndarray = field(init=False)
+    attacked: torch.Tensor = field(init=False)  # the indices of the correctly classified samples
+    n: int = field(init=False)
+    n_correct: int = field(init=False)
+
+    def classify(self) -> float:
+        """Predict the clean inputs; the seconds it took."""
+        t0 = time.perf_counter()
+        self.clean_pred = self.runner.predict(self.xt).numpy()
+        self.correct = self.clean_pred == self.yt.numpy()
+        self.n, self.n_correct = int(self.xt.shape[0]), int(self.correct.sum())
+        self.attacked = torch.as_tensor(np.flatnonzero(self.correct))
+        return time.perf_counter() - t0
+
+
+def _evaluate_norm(sweep: _Sweep, nm: str, attacks: list[Attack], radii: np.ndarray | None, examples: int,
+                   large_eps_check: bool, checks: list[dict], warnings: list[str]) -> dict:
+    """Every attack for one norm; its results, with its sanity checks appended to ``checks``."""
+    xt, yt, epsilons = sweep.xt, sweep.yt, sweep.epsilons
+    correct, n, n_correct = sweep.correct, sweep.n, sweep.n_correct
+    state = _NormState(xt, correct)
+    per_attack: dict[str, dict] = {}
+    kinds: dict[str, str] = {}
+    for attack in attacks:
+        key = _unique_key(attack, per_attack)
+        kinds[key] = "gradient_free" if attack.gradient_free else "gradient"
+        broken = _run_attack(sweep.runner, attack, key, nm, epsilons, xt, yt, sweep.attacked, state, sweep.prog,
+                             sweep.runs)
+        per_attack[key] = {"robust_accuracy": [_rate(correct & ~b, n) for b in broken],
+                           "success_rate": [_rate(correct & b, n_correct) for b in broken]}
+        if radii is not None:
+            _raise_on_violation(nm, state, radii, correct)
+    worst = [state.dist <= eps for eps in epsilons]
+    res = {"epsilons": epsilons,
+           "robust_accuracy": [_rate(correct & ~b, n) for b in worst],
+           "success_rate": [_rate(correct & b, n_correct) for b in worst],
+           "per_attack": per_attack,
+           "minimal_perturbation": _perturbation_stats(state.dist, (state.best - xt).numpy() if n_correct else None,
+                                                       correct),
+           "examples": _examples(xt, state.best, yt.numpy(), sweep.clean_pred, state.adv_pred, state.dist,
+                                 state.source, examples)}
+    checks.append(_monotone_check(nm, epsilons, per_attack, n))
+    square = _square_check(nm, epsilons, per_attack, kinds, n)
+    if square:
+        checks.append(square)
+    if large_eps_check:
+        checks.append(_large_eps_check(sweep.runner, nm, sweep.box, xt, yt, sweep.attacked, sweep.prog, sweep.runs))
+    if radii is not None:
+        checks.append(_certificate_check(nm, state, radii, correct, warnings))
+        res["certified_accuracy"] = [_rate(correct & (radii > eps), n) for eps in epsilons]
+    return res
 
 
 def _unique_key(attack: Attack, taken: dict) -> str:
@@ -404,7 +406,7 @@ def _attack_rows(runner: AttackRunner, attack: Attack, norm: str, eps, xt, yt, a
     return x_adv, dist, pred != yt.numpy(), pred
 
 
-def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _NormState, prog: _Progress,
+def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _NormState, prog: Steps,
                 runs: list) -> list[np.ndarray]:
     """Run ``attack`` (once if minimal, else per eps); per eps, which samples it broke within eps."""
     broken = []
@@ -424,7 +426,7 @@ def _run_attack(runner, attack, key, norm, epsilons, xt, yt, attacked, state: _N
     return broken
 
 
-def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: _Progress, runs: list) -> dict:
+def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: Steps, runs: list) -> dict:
     """Carlini et al. 2019: at an eps covering the whole box an attack must (almost) always succeed."""
     eps = box.diameter(norm, tuple(xt.shape[1:]))
     subset = attacked[:LARGE_EPS_SAMPLES]
@@ -449,7 +451,7 @@ def _large_eps_check(runner, norm, box: Box, xt, yt, attacked, prog: _Progress, 
 # ------------------------------------------------------------------------------------------------------- transfer
 def transfer(model_a, model_b, x, y, *, norm: str = "linf", epsilons=(0.1,), attack="pgd", input_range=(0.0, 1.0),
              seed: int = 0, batch_size: int | None = None, device=None, progress: ProgressFn | None = None,
-             cancelled: Callable[[], bool] | None = None) -> dict:
+             cancelled: Callable[[], bool] | None = None, tracker: Tracker | None = None) -> dict:
     """Craft adversarial examples on ``model_a`` and evaluate them on ``model_b`` (Szegedy et al.'s second finding).
 
     Only samples both models classify correctly are attacked. Per eps: the success rate on A, the transfer rate
@@ -465,7 +467,7 @@ def transfer(model_a, model_b, x, y, *, norm: str = "linf", epsilons=(0.1,), att
     box, xt, yt, dev = _setup(model_a, x, y, input_range, device, batch_size, seed)
     if not isinstance(model_b, torch.nn.Module):
         raise ValueError("model_b must be a torch.nn.Module")
-    prog = _Progress(progress, cancelled, len(epsilons))
+    prog = Steps(tracker or Tracker(progress, cancelled), STAGE, len(epsilons))
     started = time.perf_counter()
     with _prepared(model_a, dev), _prepared(model_b, dev):
         _logits_check(model_a, xt, yt, dev)

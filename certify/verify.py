@@ -317,14 +317,7 @@ def verify_conversion(
     specs = input_specs(model, batch)
     feeds = {spec[0]: a for spec, a in zip(specs, arrays)}
     steps = list(module.steps())
-    types = _tensor_types(model)
-    # Only values that something reads can change a result (onnxruntime fills an unused Dropout mask with zeros).
-    read = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
-    exposed = {n: types[n] for n in _producers(model) if n in types and n in read}
-    try:
-        session = onnxruntime_session(_exposing(model, list(exposed), types))
-    except Exception:  # noqa: BLE001  (onnxruntime refuses some exposed intermediates: compare the outputs only)
-        session, exposed = onnxruntime_session(model), {}
+    session, exposed = _exposed_session(model)
     device = next((b.device for b in module.buffers()), torch.device("cpu"))
     tensors = [torch.from_numpy(a).to(device, TORCH_OF_ONNX.get(s[2], torch.float32)) for a, s in zip(arrays, specs)]
     output_names = list(module.output_names)
@@ -349,6 +342,25 @@ def verify_conversion(
     missing = [n for n in output_names if n not in reference]
     reference.update(zip(missing, session.run(missing, feeds) if missing else []))
     reference = {n: reference[n] for n in output_names}
+    return _record(state, got, reference, len(steps), batch=batch, seed=seed, input_range=input_range)
+
+
+def _exposed_session(model: onnx.ModelProto) -> tuple:
+    """An onnxruntime session that also returns every intermediate value something reads, and their types; where
+    onnxruntime refuses to expose them, a plain session and none."""
+    types = _tensor_types(model)
+    # Only values that something reads can change a result (onnxruntime fills an unused Dropout mask with zeros).
+    read = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+    exposed = {n: types[n] for n in _producers(model) if n in types and n in read}
+    try:
+        return onnxruntime_session(_exposing(model, list(exposed), types)), exposed
+    except Exception:  # noqa: BLE001  (onnxruntime refuses some exposed intermediates: compare the outputs only)
+        return onnxruntime_session(model), {}
+
+
+def _record(state: _Comparison, got: dict, reference: dict, nodes: int, *, batch: int, seed: int,
+            input_range) -> dict:
+    """The conversion check's record: the output differences and the status they and the node checks give."""
     max_abs, max_rel, tolerance, error = _final_differences(got, reference, state.tolerance)
     result = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "batch": batch, "seed": seed,
               "input_range": list(input_range)}
@@ -358,11 +370,11 @@ def verify_conversion(
         status = "mismatch"
     elif max_rel > tolerance:
         # Amplified rounding explains the difference only if every node was shown right on identical inputs.
-        status = "ill_conditioned" if state.checked == len(steps) else "mismatch"
+        status = "ill_conditioned" if state.checked == nodes else "mismatch"
     else:
         status = "ok"
     return {**result, "status": status, "tolerance": tolerance, "first_divergent": _finite(state.first_divergent),
-            "amplification": _finite(state.amplification) if status != "ok" else None, "nodes": len(steps),
+            "amplification": _finite(state.amplification) if status != "ok" else None, "nodes": nodes,
             "nodes_checked": state.checked, "unchecked": state.unchecked[:10],
             "max_local_error": _finite(state.worst_local)}
 

@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from certify.attacks import ATTACKS, PRESETS, Box, build_attack, resolve_attacks
 from certify.attacks.batching import AttackRunner, for_batches
 from certify.attacks.box import distances
-from certify.pipeline import Cancelled
+from certify.tracker import Cancelled
 
 
 def digits(n_train: int = 1000, n_test: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

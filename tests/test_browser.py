@@ -84,8 +84,9 @@ def drawn_charts(driver) -> list[dict]:
 
 
 def _example_report(signer) -> dict:
+    from report_example import example_predicate
+
     from certify.report.dsse import sign_statement
-    from certify.report.example import example_predicate
     from certify.report.statement import build_statement
 
     rng = np.random.default_rng(0)

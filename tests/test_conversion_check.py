@@ -12,11 +12,11 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from report_example import example_predicate
 
 import certify
 from certify.errors import ModelRejected
 from certify.pipeline import run_pipeline
-from certify.report.example import example_predicate
 from certify.report.policy import conversion_refusal
 from certify.verify import verify_conversion
 

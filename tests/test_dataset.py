@@ -9,7 +9,7 @@ from onnx_builders import relu_model
 from PIL import Image
 
 from certify.cli import main
-from certify.pipeline import load_dataset
+from certify.datasets import load_dataset
 
 
 def _folder(root, sizes=((12, 9), (5, 7), (20, 20))):
@@ -87,4 +87,18 @@ def test_refusals_have_codes(tmp_path, setup, code):
         args = ["--x", tmp_path / "x.npy", "--y", tmp_path / "y.npy"]
     r = _run(tmp_path / "out.npz", *args)
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {code}: "), r.output
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize(("x", "y", "words"), [
+    (np.array([[0.5, np.nan]]), np.array([0]), "NaN"),
+    (np.zeros((2, 2)), np.array([0, -1]), "negative labels"),
+    (np.zeros((2, 2)), np.array([0.0, 1.0]), "integer class labels"),
+])
+def test_npy_pairs_get_the_checks_every_dataset_gets(tmp_path, x, y, words):
+    """The builder refuses what lipcert certify and the service would refuse later, with the same code."""
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    r = _run(tmp_path / "out.npz", "--x", tmp_path / "x.npy", "--y", tmp_path / "y.npy")
+    assert r.exit_code == 2 and r.stderr.startswith("error: bad_dataset: ") and words in r.stderr, r.output
     assert not (tmp_path / "out.npz").exists()

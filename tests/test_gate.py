@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from report_example import example_predicate
 
 from certify.cli import main
 from certify.report.dsse import dump_envelope, sign_statement
-from certify.report.example import example_predicate
 from certify.report.keys import Signer, generate_private_key
 from certify.report.policy import PolicyError, evaluate_policy, load_policy, parse_age, read_policy
 from certify.report.statement import build_statement, skipped

@@ -90,24 +90,9 @@ def cycles() -> list[frozenset[str]]:
     return found
 
 
-# Cycles inside certify that are being removed (issue 16, items 2 and the config/policy validation); each is
-# checked on its own below, strictly: once it is gone, its mark must go too.
-KNOWN_CYCLES = {
-    "config-policy": frozenset({"certify.config", "certify.report.policy"}),
-    "pipeline-robustness": frozenset({"certify.pipeline", "certify.robustness"}),
-}
-
-
 def test_no_import_cycle_between_modules():
-    unexpected = [sorted(c) for c in cycles() if c not in KNOWN_CYCLES.values()]
-    assert not unexpected, f"import cycles: {unexpected}"
-
-
-@pytest.mark.parametrize("name", sorted(KNOWN_CYCLES))
-@pytest.mark.xfail(strict=True, reason="certify still has this cycle; it is removed with the progress/validation "
-                                       "changes of issue 16 (then delete this mark and KNOWN_CYCLES)")
-def test_known_cycle_is_gone(name):
-    assert not any(KNOWN_CYCLES[name] <= c for c in cycles())
+    found = [sorted(c) for c in cycles()]
+    assert not found, f"import cycles: {found}"
 
 
 def loaded(module: str) -> set[str]:

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from certify.datasets import load_dataset
 from certify.errors import ModelRejected
-from certify.pipeline import Cancelled, load_dataset, run_pipeline
+from certify.pipeline import Cancelled, run_pipeline
 from certify.report.keys import load_public_key, write_keypair
 from certify.report.verify import verify_report
 from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from report_example import example_predicate
 
 from certify.cli import main
 from certify.report.dsse import (
@@ -33,7 +34,6 @@ from certify.report.dsse import (
     sign_statement,
     verify_signatures,
 )
-from certify.report.example import example_predicate
 from certify.report.keys import (
     Signer,
     generate_private_key,
@@ -560,3 +560,12 @@ def test_the_documented_securesystemslib_recipe_verifies_a_report(files, monkeyp
     (files / "model.onnx").write_bytes(MODEL_BYTES + b"changed")
     with pytest.raises(AssertionError):
         exec(compile(recipe, "docs/verify.md", "exec"), {})
+
+
+def test_eps_keys_read_back_as_the_radius_they_stand_for():
+    from certify.report.schema import eps_key, eps_of
+
+    for eps in (0.1, 1 / 255, 8 / 255, 2.0, 1e-7):
+        assert eps_of(eps_key(eps)) == eps
+    assert eps_key(0.1) == "0.1" and eps_key(2) == "2.0"
+    assert eps_of("0.10") == 0.1 and eps_of("best") is None and eps_of(None) is None

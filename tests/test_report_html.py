@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from report_example import example_predicate
 
 from certify.report.dsse import sign_statement
-from certify.report.example import example_predicate
 from certify.report.html import (
     image_layout,
     lower_steps,

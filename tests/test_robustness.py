@@ -17,8 +17,8 @@ from test_attacks import (  # noqa: F401  (one_thread: the same autouse fixture)
     one_thread,
 )
 
-from certify.pipeline import Cancelled
 from certify.robustness import SoundnessError, evaluate, transfer
+from certify.tracker import Cancelled
 
 FAST = [("fgsm", {}), ("pgd", {"steps": 10})]
 EPS = (0.0, 0.05, 0.2, 0.5)

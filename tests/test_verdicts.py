@@ -8,8 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from certify.datasets import load_dataset
 from certify.errors import ModelRejected
-from certify.pipeline import load_dataset, run_pipeline
+from certify.pipeline import run_pipeline
 from certify.report.policy import PolicyError, evaluate_policy, load_policy
 from certify.report.statement import validate_predicate
 from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL

@@ -15,17 +15,13 @@ from certify.attacks.fgsm import FGSM
 from certify.attacks.lbfgs import LBFGS
 from certify.attacks.pgd import PGD
 from certify.attacks.square import Square
+from certify.defaults import ATTACK_PRESETS
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, Square, CarliniWagnerL2,
                                                                  DeepFool, LBFGS)}
 
-# Each preset is a list of (attack name, parameters); what ran is recorded from the built attacks.
-PRESETS: dict[str, list[tuple[str, dict]]] = {
-    "quick": [("fgsm", {}), ("pgd", {"steps": 20})],
-    "standard": [("apgd-ce", {"steps": 100}), ("apgd-dlr", {"steps": 100}), ("square", {"queries": 1000})],
-}
-PRESETS["thorough"] = PRESETS["standard"] + [
-    ("pgd", {"steps": 100, "restarts": 5, "rel_step": 0.1, "schedule": "cosine"}), ("cw", {}), ("deepfool", {})]
+# The presets that run attacks (defined with the job defaults); what ran is recorded from the built attacks.
+PRESETS: dict[str, list[tuple[str, dict]]] = {name: plan for name, plan in ATTACK_PRESETS.items() if plan}
 
 
 def build_attack(name: str, **params) -> Attack:

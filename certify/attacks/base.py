@@ -14,7 +14,7 @@ from certify.attacks.box import Feasible
 class AttackContext:
     """What one batch of an attack needs besides the model and data.
 
-    ``step()`` is called once per attack iteration; it raises ``certify.pipeline.Cancelled`` when the run is
+    ``step()`` is called once per attack iteration; it raises ``certify.tracker.Cancelled`` when the run is
     cancelled, so a cancelled run stops within one step.
     """
 

@@ -68,13 +68,13 @@ def _verdicts(module, dataset, norm, epsilons, certifiers, result, input_range, 
     ``accuracy``: the best sound one) and the local layer rows, as the pipeline reports them."""
     from certify import verdicts
     from certify.lipschitz.network import pair_bounds
+    from certify.report.schema import eps_key
 
     by_norm = {norm: verdicts.certify_norm(
         module, *dataset, norm, epsilons, certifiers, result, input_range, global_pairs=pair_bounds(analysis),
         progress=lambda fraction, message: progress("certified", fraction, message))}
-    key = lambda eps: str(float(eps))  # noqa: E731  (the certificate's eps keys)
-    return {"verdicts": verdicts.section(by_norm, epsilons, key),
-            "local_layers": verdicts.layer_rows(by_norm, key)[norm]}
+    return {"verdicts": verdicts.section(by_norm, epsilons, eps_key),
+            "local_layers": verdicts.layer_rows(by_norm, eps_key)[norm]}
 
 
 def _print_verdicts(result: dict) -> None:
@@ -134,7 +134,7 @@ def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_rang
     declared = (1, *declared[1:])  # one sample; the batch dimension may be dynamic
     dataset = None
     if data:
-        from certify.pipeline import load_dataset
+        from certify.datasets import load_dataset
 
         x, y, _ = load_dataset(data, tuple(declared[1:]), samples, input_range or DEFAULTS["input_range"])
         dataset = (x, y)

@@ -31,10 +31,9 @@ from certify.errors import ModelRejected
 @attacks_option
 @input_range_option
 @preprocessing_options
-@click.option("--samples", default=DEFAULTS["samples"], show_default=True, type=int,
-              help="Samples of the dataset to use.")
-@click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=int)
-@click.option("--device", default=DEFAULTS["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--samples", type=int, help=f"Samples of the dataset to use. [default: {DEFAULTS['samples']}]")
+@click.option("--seed", type=int, help=f"[default: {DEFAULTS['seed']}]")
+@click.option("--device", help=f"auto, cpu, cuda or cuda:N. [default: {DEFAULTS['device']}]")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
 @click.option("--transfer-to", multiple=True, type=click.Path(dir_okay=False),
               help="Another ONNX model to evaluate this model's adversarial examples on (repeatable).")
@@ -51,9 +50,9 @@ def certify_command(model, data, norms, epsilons, certifiers, attacks, input_ran
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks,
              "input_range": input_range, "preprocessing": preprocessing(scale, mean, std, channels_last),
-             "analyses": analyses}
-    config = {k: v for k, v in given.items() if v is not None}
-    config.update(samples=samples, seed=seed, device=device, input_shapes=parse_input_shapes(input_shape))
+             "analyses": analyses, "samples": samples, "seed": seed, "device": device}
+    config = {k: v for k, v in given.items() if v is not None}  # the job configuration fills in the defaults
+    config["input_shapes"] = parse_input_shapes(input_shape)
     from certify.config import load_config
 
     load_config(config)  # refuse a bad configuration before the pipeline imports torch

@@ -44,7 +44,7 @@ def dataset(output, images, x_path, y_path, model, shape):
     Images are converted to the model's channels (1: grey, 3: RGB), resized to its height and width, scaled to
     [0, 1], and labelled by their sub-folder's position in sorted order.
     """
-    from certify.dataset import from_arrays, from_image_folder, write_npz
+    from certify.dataset_builder import from_arrays, from_image_folder, write_npz
 
     if bool(images) == bool(x_path or y_path):
         raise ModelRejected("bad_argument", "give --images DIR, or --x X.npy and --y Y.npy")

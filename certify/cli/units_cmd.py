@@ -32,8 +32,8 @@ from certify.errors import ModelRejected
 def units(model, data, node, directions, top_n, unit_choice, permutations, samples, seed, input_shape, as_json):
     """Top inputs of MODEL's hidden units and of random directions, and whether units are more coherent."""
     from certify.convert import to_torch
+    from certify.datasets import load_dataset
     from certify.load import load_onnx
-    from certify.pipeline import load_dataset
     from certify.report.render import units_lines
     from certify.units import units_vs_random
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from certify.report.render import fmt, local_layer_table, method_table
+from certify.report.schema import fields
 
 PAGE_CSS = """
 :root { --ink: #1d2330; --muted: #5b6475; --line: #d9dde5; --upper: #2f5597; --lower: #e0902f;
@@ -512,8 +513,9 @@ def _bounds_section(p: dict) -> str:
              "estimate, as the method column says. The gap between them is how much the bound could be "
              "loose.</p>"]
     parts.append(bar_chart_log(rows, f"Lipschitz bounds per layer{norm}, log scale"))
-    keys = ["node", "op", "lower", "upper", "ratio", "method", "exact", "fused_into", "reason"]
-    parts.append(_table(keys, [[row.get(k) for k in keys] for row in layers], numeric=(2, 3, 4)))
+    keys = [k for k in fields("layer") if k not in ("shape", "ms")]  # the chart above shows the sizes
+    parts.append(_table(keys, [[row.get(k) for k in keys] for row in layers],
+                        numeric=tuple(keys.index(k) for k in ("lower", "upper", "ratio"))))
     parts.append(_kv([("network upper bound (guaranteed)", n.get("upper")),
                       ("product of the layer bounds", n.get("product")), ("network lower bound", n.get("lower")),
                       ("method", n.get("method"))] + ([("note", n["reason"])] if n.get("reason") else [])))
@@ -716,9 +718,9 @@ def _checks_section(p: dict) -> str:
             parts.append("<h3>Attack sanity checks</h3>" + _table(["result", "check", "detail"], rows, verdicts=True))
         parts += [f'<p class="banner warn">warning: {_e(w)}</p>' for w in a.get("warnings") or []]
     stages = [s for s in p.get("stages") or [] if isinstance(s, dict)]
-    parts.append("<h3>Stages</h3>" + _table(["stage", "status", "seconds", "reason"],
-                                            [[s.get("stage"), s.get("status"), s.get("seconds"), s.get("reason")]
-                                             for s in stages], numeric=(2,)))
+    keys = fields("stage")
+    parts.append("<h3>Stages</h3>" + _table(keys, [[s.get(k) for k in keys] for s in stages],
+                                            numeric=(keys.index("seconds"),)))
     env = p.get("environment") or {}
     parts.append("<h3>Environment</h3>" + _kv(list(env.items())))
     return "".join(parts)

@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from certify.config import ATTACK_PRESETS, CERTIFIERS, NORMS
-from certify.report.schema import parse_created
+from certify.defaults import ATTACK_PRESETS, CERTIFIERS, NORMS
+from certify.report.schema import eps_of, parse_created
 
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -190,24 +190,15 @@ def _number(value, what: str) -> float:
 
 
 def _at_eps(table, eps: float, what: str):
+    """The cell for ``eps``; keys are matched as numbers (a report written elsewhere may spell 0.1 as 0.10)."""
     if not isinstance(table, dict):
         raise _Missing(f"{what}: not in the report")
     for key, value in table.items():
-        try:
-            if math.isclose(float(key), eps, rel_tol=1e-9, abs_tol=0.0):
-                return value
-        except (TypeError, ValueError):
-            continue
-    have = ", ".join(sorted(table, key=lambda k: float(k) if _is_number(k) else math.inf)) or "none"
+        radius = eps_of(key)
+        if radius is not None and math.isclose(radius, eps, rel_tol=1e-9, abs_tol=0.0):
+            return value
+    have = ", ".join(sorted(table, key=lambda k: math.inf if eps_of(k) is None else eps_of(k))) or "none"
     raise _Missing(f"{what}: eps={eps:g} was not evaluated (evaluated: {have})")
-
-
-def _is_number(text) -> bool:
-    try:
-        float(text)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _clean_accuracy(predicate: dict) -> tuple[float, str]:

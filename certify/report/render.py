@@ -1,6 +1,11 @@
-"""A report as text for people: plain tables that read well in a terminal and in a CI log."""
+"""A report as text for people: plain tables that read well in a terminal and in a CI log.
+
+The columns of the per-record tables (layers, minimal perturbations, stages) are the schema's fields.
+"""
 
 from __future__ import annotations
+
+from certify.report.schema import fields
 
 
 def fmt(value) -> str:
@@ -76,7 +81,7 @@ def _bounds_lines(p: dict) -> list[str]:
     if _skipped(b):
         return ["Lipschitz bounds", "  " + _skipped(b)]
     title = "Lipschitz bounds" + (f" ({b['norm']})" if b.get("norm") else "")
-    keys = ["node", "op", "shape", "lower", "upper", "ratio", "method", "exact", "ms", "fused_into", "reason"]
+    keys = fields("layer")
     rows = [[row.get(k) for k in keys] for row in b.get("layers") or []]
     n = b.get("network") or {}
     network = (f"  network: upper {fmt(n.get('upper'))} (guaranteed), product of layers {fmt(n.get('product'))}, "
@@ -146,9 +151,9 @@ def _attack_lines(p: dict) -> list[str]:
     minimal = a.get("minimal_perturbation") or {}
     if minimal:
         lines.append("  minimal perturbation found (an upper bound on the distance to the nearest misclassification)")
-        rows = [[norm, s.get("attack"), s.get("count"), s.get("min"), s.get("median"), s.get("mean"), s.get("max")]
-                for norm, s in minimal.items()]
-        lines.append(format_table(["norm", "attack", "count", "min", "median", "mean", "max"], rows, "    "))
+        keys = fields("perturbationStats")
+        rows = [[norm, *(s.get(k) for k in keys)] for norm, s in minimal.items()]
+        lines.append(format_table(["norm", *keys], rows, "    "))
     checks = a.get("sanity_checks") or []
     lines.append("  sanity checks" + ("" if checks else ": none"))
     lines += [f"    {'PASS' if c.get('passed') else 'FAIL'}  {c.get('name')}"
@@ -169,9 +174,10 @@ def policy_lines(result: dict | None, title: str = "Policy") -> list[str]:
 
 
 def _stage_lines(p: dict) -> list[str]:
-    rows = [[s.get("stage"), s.get("status"), s.get("seconds"), s.get("reason")] for s in p.get("stages") or []]
+    keys = fields("stage")
+    rows = [[s.get(k) for k in keys] for s in p.get("stages") or []]
     env = p.get("environment") or {}
-    return ["Stages", format_table(["stage", "status", "seconds", "reason"], rows),
+    return ["Stages", format_table(keys, rows),
             "Environment", "  " + ", ".join(f"{k} {fmt(v)}" for k, v in env.items())]
 
 

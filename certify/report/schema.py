@@ -1,4 +1,5 @@
-"""The predicate's JSON Schema (``predicate.schema.json``, published as ``docs/report-schema.json``) and its checks.
+"""The predicate's JSON Schema (``predicate.schema.json``, published as ``docs/report-schema.json`` by
+``make schema-docs``; a test keeps the two equal), its checks, and what is derived from it.
 
 Errors are short lines naming the field (``predicate.bounds.layers[2].upper: ...``). Where a section may be either
 ``{"status": "skipped", ...}`` or the real section, the errors shown are those of the branch the section meant to be.
@@ -24,6 +25,12 @@ def predicate_schema() -> dict:
     schema = json.loads(resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return schema
+
+
+def fields(definition: str) -> list[str]:
+    """The properties of one of the schema's ``$defs`` in the schema's order: the columns of a table of them, so a
+    field added to the schema shows in ``lipcert show`` and the HTML report without another edit."""
+    return list(predicate_schema()["$defs"][definition]["properties"])
 
 
 @functools.cache
@@ -69,6 +76,20 @@ def _non_finite(value, parts=()) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [m for i, v in enumerate(value) for m in _non_finite(v, (*parts, i))]
     return []
+
+
+def eps_key(eps: float) -> str:
+    """How a radius keys the report's per-eps tables: the shortest text that reads back as the same float
+    (``0.1`` -> ``"0.1"``)."""
+    return repr(float(eps))
+
+
+def eps_of(key) -> float | None:
+    """The radius a per-eps table's key stands for; None for a key that is not a number."""
+    try:
+        return float(key)
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_created(text: str) -> datetime:

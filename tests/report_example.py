@@ -1,4 +1,4 @@
-"""An illustrative predicate with made-up numbers, for the documentation and the tests.
+"""An illustrative predicate with made-up numbers, for the tests.
 
 It satisfies the schema and has the shape the pipeline produces: a small convolutional classifier with every stage
 run, or (``skipped_stages=True``) one where the data-dependent stages could not run.
