@@ -35,6 +35,18 @@ class PreprocessingSchema(Schema):
         "description": "the input axis that holds the channels: 1 (channels first, the default) or -1 (last)"})
 
 
+class PropertyEntrySchema(Schema):
+    """A VNN-LIB property to decide on the job's model: its name and the file's text."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.\-]{1,128}$", error="1-128 letters, "
+                                                                  "digits, '_', '.' or '-'"))
+    vnnlib = fields.String(required=True, validate=validate.Length(min=1, max=16 * 2**20),
+                           metadata={"description": "the .vnnlib file's text"})
+
+
 class JobConfigSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -63,6 +75,11 @@ class JobConfigSchema(Schema):
     preprocessing = fields.Nested(PreprocessingSchema, load_default=None, allow_none=True,
                                   metadata={"description": "prepended to the model; eps and input_range are then "
                                                            "in raw (e.g. pixel) units"})
+    properties = fields.List(fields.Nested(PropertyEntrySchema), load_default=list,
+                             metadata={"description": "VNN-LIB properties to decide on the model as uploaded, each "
+                                                      "holds / violated / unknown in the report (docs/vnnlib.md)"})
+    property_timeout_s = fields.Float(load_default=60.0, validate=validate.Range(min=0.1, max=24 * 3600),
+                                      metadata={"description": "time budget per property, within time_budget_s"})
     analyses = fields.List(fields.String(), load_default=list,
                            validate=validate.Length(max=len(ANALYSES)),
                            metadata={"description": "optional analyses, e.g. units (units versus random directions)"})
@@ -79,6 +96,13 @@ class JobConfigSchema(Schema):
                 load_policy(data["policy"])
             except PolicyError as e:
                 raise ValidationError(str(e), "policy") from None
+        if data["properties"]:
+            from certify.properties import parse_specs
+
+            try:
+                parse_specs(data["properties"])
+            except ModelRejected as e:
+                raise ValidationError(e.message, "properties") from None
         if unknown := [a for a in data["analyses"] if a not in ANALYSES]:
             raise ValidationError(f"unknown analysis {unknown[0]!r}; one of {', '.join(ANALYSES)}", "analyses")
         attacks = data["attacks"]

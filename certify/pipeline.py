@@ -1,10 +1,10 @@
 """The one pipeline the CLI and the worker both run.
 
 load safely -> convert -> check the conversion against onnxruntime -> Lipschitz certificate -> certified accuracy
--> attacks (and transfer) -> analyses -> assemble the report -> evaluate policy -> sign. Each stage returns a typed
-result (:mod:`certify.results`); :func:`certify.report.body.report_body` turns them into the report. A stage that
-cannot run (no dataset, attacks switched off) is recorded as skipped with its reason, never faked. Progress,
-cancellation and the time budget go through one :class:`certify.tracker.Tracker`.
+-> attacks (and transfer) -> analyses -> VNN-LIB properties -> assemble the report -> evaluate policy -> sign. Each
+stage returns a typed result (:mod:`certify.results`); :func:`certify.report.body.report_body` turns them into the
+report. A stage that cannot run (no dataset, attacks switched off) is recorded as skipped with its reason, never
+faked. Progress, cancellation and the time budget go through one :class:`certify.tracker.Tracker`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from certify.tracker import Cancelled, DeadlineExceeded, ProgressFn, Tracker
 
 __all__ = ["STAGES", "Cancelled", "DeadlineExceeded", "PipelineResult", "ProgressFn", "run_pipeline"]
 
-STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "report")
+STAGES = ("load", "convert", "conversion_check", "bounds", "certified", "attacks", "transfer", "units", "properties",
+          "report")
 NO_DATASET = "no dataset was given"
 
 
@@ -229,6 +230,24 @@ def _units(job: _Job, loaded: Loaded, converted: Converted) -> dict | Skipped | 
     return report_section(result, x)
 
 
+def _properties(job: _Job, loaded: Loaded) -> list | None:
+    """Decide the job's VNN-LIB properties on the model as uploaded; None when the job asked for none."""
+    import time
+
+    from certify.properties import decide_properties, parse_specs
+
+    if not job.cfg["properties"]:
+        return None
+    specs = parse_specs(job.cfg["properties"])
+    job.run.start("properties", f"deciding {len(specs)} VNN-LIB properties")
+    part = job.run.part("properties")
+    results = decide_properties(loaded.data, specs, job.cfg["property_timeout_s"], seed=job.cfg["seed"],
+                                deadline=time.monotonic() + job.run.remaining(),
+                                on_property=lambda k, n: part(k / n, f"{k} of {n} properties decided"))
+    job.run.finish("properties")
+    return results
+
+
 def _measure(job: _Job, data: bytes, name: str, dataset, transfer_to) -> Results:
     """Every measuring stage, in order."""
     loaded = _load(job, data, name, dataset)
@@ -238,8 +257,9 @@ def _measure(job: _Job, data: bytes, name: str, dataset, transfer_to) -> Results
     certified = _certify(job, loaded, converted, bounds)
     attacks = _attack(job, loaded, converted, certified, transfer_to)
     units = _units(job, loaded, converted)
+    properties = _properties(job, loaded)
     return Results(config=job.cfg, device=job.device, loaded=loaded, converted=converted, conversion=conversion,
-                   bounds=bounds, certified=certified, attacks=attacks, units=units)
+                   bounds=bounds, certified=certified, attacks=attacks, units=units, properties=properties)
 
 
 def _report(job: _Job, results: Results, model_name: str | None) -> dict:

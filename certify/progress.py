@@ -15,7 +15,7 @@ import time
 # Rough share of a job's time per pipeline stage: attacks and bounds dominate. Weighting the overall fraction by
 # them keeps a quick load/convert from promising an early end that the attacks then take back.
 STAGE_WEIGHTS = {"load": 1, "convert": 1, "conversion_check": 1, "bounds": 4, "certified": 1, "attacks": 10,
-                 "transfer": 3, "report": 1}
+                 "transfer": 3, "properties": 2, "report": 1}
 
 
 def overall_fraction(stages, index: int, fraction: float) -> float:

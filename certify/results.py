@@ -79,3 +79,4 @@ class Results:
     certified: Certified | Skipped
     attacks: Attacked | Skipped
     units: dict | Skipped | None = None  # certify.units' report section; None: not asked for
+    properties: list | None = None  # certify.properties.PropertyResult per asked property; None: none asked for

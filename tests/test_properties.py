@@ -75,3 +75,54 @@ def test_a_property_that_does_not_fit_the_model_is_refused(sample):
     with pytest.raises(ModelRejected) as info:
         decide_properties(MODEL, specs, 5)
     assert info.value.code == "property_mismatch" and info.value.message.startswith("property short:")
+
+
+def test_the_signed_report_carries_each_verdict_and_the_policy_requires_them(sample, tmp_path):
+    from click.testing import CliRunner
+
+    from certify.cli import main
+    from certify.pipeline import run_pipeline
+    from certify.report.render import render_report
+
+    x, label = sample
+    tiny, huge = robustness_property(x, label, 0.001), robustness_property(x, label, 1.0)
+    cfg = {"attacks": "none", "samples": 20, "epsilons": [0.05], "property_timeout_s": 20,
+           "properties": [{"name": "tiny", "vnnlib": tiny}, {"name": "huge", "vnnlib": huge}],
+           "policy": {"version": 1, "require_properties": ["tiny"]}}
+    statement = run_pipeline(MODEL, cfg, dataset=DATA).statement
+    p = statement["predicate"]
+    assert [(r["name"], r["result"]) for r in p["properties"]["results"]] == [("tiny", "holds"), ("huge", "violated")]
+    assert p["config"]["properties"] == [{"name": "tiny", "sha256": hashlib.sha256(tiny.encode()).hexdigest()},
+                                         {"name": "huge", "sha256": hashlib.sha256(huge.encode()).hexdigest()}]
+    (check,) = p["policy"]["checks"]
+    assert (check["name"], check["verdict"], check["detail"]) == ("require_properties", "pass", "1 of 1 hold")
+    assert "properties" in [s["stage"] for s in p["stages"]]
+    text = render_report(statement, "not verified")
+    assert "VNN-LIB properties" in text and "violated" in text
+
+    from certify.report.policy import evaluate_policy
+
+    every = evaluate_policy({"version": 1, "require_properties": True}, p)
+    assert every["verdict"] == "fail" and every["checks"][0]["value"] == ["huge (violated)"]
+    none = evaluate_policy({"version": 1, "require_properties": True}, {**p, "properties": None})
+    assert none["verdict"] == "fail" and "no properties section" in none["checks"][0]["detail"]
+
+    prop = tmp_path / "near.vnnlib"
+    prop.write_text(tiny)
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["certify", MODEL, "--attacks", "none", "--eps", "0.05", "--quiet",
+                                       "--property", str(prop), "--property-timeout", "20", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    missing = CliRunner().invoke(main, ["certify", MODEL, "--property", str(tmp_path / "nope.vnnlib")])
+    assert missing.exit_code == 2 and "--property" in missing.output
+
+
+def test_a_bad_property_is_refused_with_the_configuration():
+    from certify.config import load_config
+
+    with pytest.raises(ModelRejected) as info:
+        load_config({"properties": [{"name": "p", "vnnlib": "(declare-const X_0 Real)(assert (<= Y_3 1))"}]})
+    assert info.value.code == "invalid_config" and "properties" in info.value.message
+    with pytest.raises(ModelRejected) as info:
+        load_config({"properties": [{"name": "bad name!", "vnnlib": "x"}]})
+    assert "properties" in info.value.message

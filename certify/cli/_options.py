@@ -197,3 +197,33 @@ analyses_option = click.option(
     "--analysis", "analyses", multiple=True, callback=lambda ctx, param, value: list(value) or None,
     metavar="NAME", help="An optional analysis to add to the report (repeatable): units (units versus random "
                          "directions, docs/units.md).")
+
+
+def _read_properties(ctx, param, paths) -> list[dict] | None:
+    """``--property FILE`` (repeatable): each VNN-LIB file's text, named by its file name without the extension."""
+    import os
+
+    entries, names = [], set()
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            refuse(f"--property {path}: cannot read it: {getattr(e, 'strerror', None) or e}")
+        name = os.path.splitext(os.path.basename(path))[0] or "property"
+        name, base, k = name, name, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.add(name)
+        entries.append({"name": name, "vnnlib": text})
+    return entries or None
+
+
+def properties_options(f):
+    """``--property FILE`` (repeatable) and ``--property-timeout S``: VNN-LIB properties decided in the job."""
+    f = click.option("--property-timeout", "property_timeout", type=float, default=None, metavar="S",
+                     help="Time budget per property in seconds (default 60), within the job's budget.")(f)
+    return click.option("--property", "properties", multiple=True, callback=_read_properties, metavar="FILE",
+                        help="A VNN-LIB property to decide on the model (repeatable); the report records holds / "
+                             "violated / unknown for each (docs/vnnlib.md).")(f)

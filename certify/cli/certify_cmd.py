@@ -17,6 +17,7 @@ from certify.cli._options import (
     norms_option,
     preprocessing,
     preprocessing_options,
+    properties_options,
 )
 from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
@@ -42,15 +43,17 @@ from certify.errors import ModelRejected
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the report (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's predicate as JSON.")
 @analyses_option
+@properties_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress display on stderr.")
 @refusals_exit_2
 def certify_command(model, data, norms, epsilons, certifiers, attacks, input_range, scale, mean, std, channels_last,
                     samples, seed, device, input_shape, transfer_to, policy_path, key_path, output, as_json, quiet,
-                    analyses):
+                    analyses, properties, property_timeout):
     """Certify MODEL: conversion check, Lipschitz bounds, certified and attacked accuracy, a signed report."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks,
              "input_range": input_range, "preprocessing": preprocessing(scale, mean, std, channels_last),
-             "analyses": analyses, "samples": samples, "seed": seed, "device": device}
+             "analyses": analyses, "samples": samples, "seed": seed, "device": device, "properties": properties,
+             "property_timeout_s": property_timeout}
     config = {k: v for k, v in given.items() if v is not None}  # the job configuration fills in the defaults
     config["input_shapes"] = parse_input_shapes(input_shape)
     from certify.config import load_config

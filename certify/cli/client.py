@@ -23,6 +23,7 @@ from certify.cli._options import (
     norms_option,
     preprocessing,
     preprocessing_options,
+    properties_options,
 )
 from certify.defaults import DEFAULTS
 from certify.errors import ModelRejected
@@ -122,14 +123,16 @@ def _finish(job: dict, as_json: bool) -> None:
 @click.option("--time-budget", type=float, default=None, help="Seconds before the job is stopped.")
 @click.option("--wait/--no-wait", default=False, help="Poll with a progress bar until the job ends.")
 @analyses_option
+@properties_options
 @click.option("--json", "as_json", is_flag=True)
 @_connection
 def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, input_range, scale, mean, std,
-           channels_last, time_budget, wait, as_json, url, token, analyses):
+           channels_last, time_budget, wait, as_json, url, token, analyses, properties, property_timeout):
     """Upload MODEL (and --data), create a job and print its id."""
     given = {"norms": norms, "epsilons": epsilons, "certifiers": certifiers, "attacks": attacks, "samples": samples,
              "seed": seed, "time_budget_s": time_budget, "input_range": input_range,
-             "preprocessing": preprocessing(scale, mean, std, channels_last), "analyses": analyses}
+             "preprocessing": preprocessing(scale, mean, std, channels_last), "analyses": analyses,
+             "properties": properties, "property_timeout_s": property_timeout}
     config = {k: v for k, v in given.items() if v is not None}
     from certify.config import load_config
 

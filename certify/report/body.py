@@ -29,7 +29,7 @@ def report_body(results: Results, stages: list[dict]) -> dict:
         "certified": _or_skipped(results.certified, lambda c: certified_section(c, results.bounds, cfg)),
         "attacks": _or_skipped(results.attacks, lambda a: attacks_section(a, cfg)),
         "policy": None,
-        "config": cfg,
+        "config": recorded_config(cfg),
         "environment": environment(device=results.device, seed=cfg["seed"]),
         "timings": {},
         "stages": stages,
@@ -38,9 +38,23 @@ def report_body(results: Results, stages: list[dict]) -> dict:
     }
     if results.units is not None:
         predicate["analyses"] = {"units": _or_skipped(results.units, lambda section: section)}
+    if results.properties is not None:
+        predicate["properties"] = {"timeout_s": cfg["property_timeout_s"],
+                                   "results": [r.to_dict() for r in results.properties]}
     if cfg["policy"] is not None:
         predicate["policy"] = evaluate_policy(cfg["policy"], predicate)
     return predicate
+
+
+def recorded_config(cfg: dict) -> dict:
+    """The configuration as the report records it: a property's text is named by its hash (the ``properties``
+    section), not copied."""
+    if not cfg.get("properties"):
+        return cfg
+    import hashlib
+
+    return dict(cfg, properties=[{"name": e["name"], "sha256": hashlib.sha256(e["vnnlib"].encode()).hexdigest()}
+                                 for e in cfg["properties"]])
 
 
 def _or_skipped(result, section) -> dict:

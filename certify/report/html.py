@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from certify.report.render import fmt, local_layer_table, method_table
+from certify.report.render import fmt, local_layer_table, method_table, property_table
 from certify.report.schema import fields
 
 PAGE_CSS = """
@@ -811,6 +811,16 @@ def _units_section(p: dict) -> str:
     return page
 
 
+def _properties_section(p: dict) -> str:
+    section = p.get("properties")
+    if _skipped(section):
+        return _skipped_note(_skipped(section))
+    intro = (f'<p class="muted">Each VNN-LIB property decided on the model as uploaded, within '
+             f"{_e(fmt(section.get('timeout_s')))} s: holds = proved (the bounds include the float32 evaluation "
+             "error), violated = a counterexample confirmed in onnxruntime, unknown = not decided in time.</p>")
+    return intro + _table(*property_table(p), numeric=(3,))
+
+
 def _statement_and_keyids(document: dict) -> tuple[dict, list[str], bool]:
     """(statement, signature key ids, signed?) from a DSSE envelope or a bare statement. Signatures are NOT checked."""
     from certify.report.dsse import VerificationError, peek_statement
@@ -862,6 +872,8 @@ def render_report_html(envelope_or_statement: dict, *, verified_keyid: str | Non
         _section("Adversarial examples", "examples", lambda: _examples_section(p)),
         *([_section("Units versus random directions", "units", lambda: _units_section(p))]
           if "units" in (p.get("analyses") or {}) else []),
+        *([_section("VNN-LIB properties", "properties", lambda: _properties_section(p))]
+          if "properties" in p else []),
         _section("Policy verdict", "policy", lambda: _policy_section(p)),
         _section("Verify this report", "verify",
                  lambda: _verify_section(subject, [verified_keyid] if verified_keyid else keyids, verified_keyid,

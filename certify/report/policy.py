@@ -87,6 +87,8 @@ class PolicySchema(Schema):
     required_attack_preset = fields.String(validate=validate.OneOf([p for p in ATTACK_PRESETS if p != "none"]))
     max_age = fields.String()
     require_sanity_checks = fields.Raw()
+    require_properties = fields.Raw(metadata={"description": "true: every VNN-LIB property of the job holds; or a "
+                                                             "list of property names that must hold"})
     trusted_keys = fields.List(fields.String(validate=validate.Regexp(r"^[0-9a-f]{64}$", error="a key id is 64 "
                                                                       "lowercase hex digits (sha256 of the key)")),
                                validate=validate.Length(min=1))
@@ -98,11 +100,11 @@ class PolicySchema(Schema):
                 parse_age(data["max_age"])
             except ValueError as e:
                 raise ValidationError(str(e), "max_age") from None
-        required = data.get("require_sanity_checks")
-        if required is not None and not isinstance(required, bool):
-            if not (isinstance(required, list) and required and all(isinstance(n, str) and n for n in required)):
-                raise ValidationError("true, false, or a non-empty list of sanity check names",
-                                      "require_sanity_checks")
+        for key, what in (("require_sanity_checks", "sanity check"), ("require_properties", "property")):
+            required = data.get(key)
+            if required is not None and not isinstance(required, bool):
+                if not (isinstance(required, list) and required and all(isinstance(n, str) and n for n in required)):
+                    raise ValidationError(f"true, false, or a non-empty list of {what} names", key)
 
 
 def _flatten_messages(messages, path: str = "") -> list[str]:
@@ -286,6 +288,21 @@ def _sanity_failures(predicate: dict, required) -> tuple[list[str], str]:
     return failing, f"{len(names) - len(failing)} of {len(names)} passed"
 
 
+def _property_failures(predicate: dict, required) -> tuple[list[str], str]:
+    """The required properties that were not proved to hold (violated, unknown, or not in the report)."""
+    section = _section(predicate, "properties")
+    results = section.get("results")
+    if not isinstance(results, list):
+        raise _Missing(f"the properties were not decided: {section.get('reason', 'no results')}")
+    verdicts = {r.get("name"): r.get("result") for r in results if isinstance(r, dict)}
+    if required is True and not verdicts:
+        raise _Missing("the report decides no property")
+    names = sorted(verdicts) if required is True else list(required)
+    failing = [f"{n} ({verdicts[n]})" if n in verdicts else f"{n} (missing)" for n in names
+               if verdicts.get(n) != "holds"]
+    return failing, f"{len(names) - len(failing)} of {len(names)} hold"
+
+
 def conversion_refusal(predicate: dict) -> str | None:
     """Why a report cannot be deployed whatever the policy: its conversion check found (or could not rule out) a
     converted node that disagrees with onnxruntime. None when the check passed (``ok`` or ``ill_conditioned``).
@@ -309,7 +326,7 @@ def check_cells(check: dict) -> tuple:
     value, threshold = check.get("value"), check.get("threshold")
     if check.get("name") == "max_age" and isinstance(value, (int, float)):
         value = f"{value:g}s" if value < 60 else f"{value:g}s ({_age_text(value)})"
-    elif check.get("name") == "require_sanity_checks":
+    elif check.get("name") in ("require_sanity_checks", "require_properties"):
         if isinstance(value, list):
             value = "all passed" if not value else "failing: " + ", ".join(map(str, value))
         threshold = "all" if threshold is True else threshold
@@ -373,6 +390,10 @@ def evaluate_policy(policy: dict, predicate: dict, now: datetime | None = None, 
     required = policy.get("require_sanity_checks", False)
     if required is not False:
         checks.append(_check("require_sanity_checks", required, lambda: _sanity_failures(p, required),
+                             lambda failing: not failing))
+    required = policy.get("require_properties", False)
+    if required is not False:
+        checks.append(_check("require_properties", required, lambda: _property_failures(p, required),
                              lambda failing: not failing))
     if "trusted_keys" in policy and keyid is not None:
         t = policy["trusted_keys"]

@@ -206,6 +206,24 @@ def _analysis_lines(p: dict) -> list[str]:
     return ["Units versus random directions (Szegedy et al. 2013)", *units_lines(analyses["units"], False)]
 
 
+def property_table(p: dict) -> tuple[list[str], list[list]]:
+    """The VNN-LIB properties' verdicts: one row per property."""
+    results = (p.get("properties") or {}).get("results") or []
+    rows = [[r.get("name"), r.get("result"), r.get("method"), r.get("seconds"), r.get("reason") or ""]
+            for r in results if isinstance(r, dict)]
+    return ["property", "result", "method", "seconds", "reason"], rows
+
+
+def _property_lines(p: dict) -> list[str]:
+    section = p.get("properties")
+    if section is None:
+        return []
+    if skipped := _skipped(section):
+        return ["VNN-LIB properties", f"  {skipped}"]
+    return [f"VNN-LIB properties (at most {fmt(section.get('timeout_s'))} s each; holds = proved, float32 error "
+            "included; violated = counterexample confirmed in onnxruntime)", format_table(*property_table(p))]
+
+
 def render_report(statement: dict, verification: str) -> str:
     """The whole report as text; ``verification`` is one line saying whether (and by whom) it was verified."""
     p = statement.get("predicate") or {}
@@ -223,6 +241,7 @@ def render_report(statement: dict, verification: str) -> str:
         _bounds_lines(p),
         _certified_lines(p),
         _attack_lines(p),
+        _property_lines(p),
         policy_lines(p.get("policy"), "Policy embedded at creation"),
         _stage_lines(p),
         _analysis_lines(p),
