@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from certify.lipschitz import constants
+from certify.lipschitz import LipschitzContext, constants
+from certify.ops import registry
+from certify.ops.base import NodeView
 
 D = torch.float64
 GRID = torch.linspace(-12.0, 12.0, 120_001, dtype=D)
@@ -34,7 +36,6 @@ ACTIVATIONS = [
     ("Celu", {"alpha": 0.5}, lambda x: F.celu(x, 0.5)),
     ("Gelu", {}, F.gelu),
     ("Gelu", {"approximate": "tanh"}, lambda x: F.gelu(x, approximate="tanh")),
-    ("Silu", {}, F.silu),
     ("Mish", {}, F.mish),
     ("HardSwish", {}, F.hardswish),
     ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, lambda x: torch.clamp(0.2 * x + 0.5, 0, 1)),
@@ -45,11 +46,26 @@ ACTIVATIONS = [
 ]
 
 
+def operator(op: str, opset: int = 20, **attrs):
+    """The converted operator ``op`` with ``attrs`` (Clip with its constant bounds -1, 1)."""
+    constants_ = {"lo": np.float32(-1.0), "hi": np.float32(1.0)} if op == "Clip" else {}
+    inputs = ["x", "lo", "hi"] if op == "Clip" else ["x"]
+    node = NodeView("n", op, opset, attrs, inputs, ["y"], constants=constants_)
+    return registry.lookup(op, opset)(node)
+
+
+def activation_rule(op: str, **attrs):
+    """The operator's own rule on a 1-D input of 3 entries (an ``Activation``: slope range and bound)."""
+    ctx = LipschitzContext(norm="l2", node="n", op_type=op, input_shapes=[(3,)], output_shapes=[(3,)],
+                           constants=[None])
+    return operator(op, **attrs).lipschitz(ctx)
+
+
 @pytest.mark.parametrize(("op", "attrs", "fn"), ACTIVATIONS, ids=[f"{a[0]}{a[1]}" for a in ACTIVATIONS])
 def test_activation_constant_is_sound_and_tight(op, attrs, fn):
     slopes = sampled_slopes(fn)
-    slope = constants.activation_slope(op, **attrs)
-    bound = constants.activation_bound(op, **attrs)
+    rule = activation_rule(op, **attrs)
+    slope, bound = rule.slope, rule.bound
     assert bound.upper == slope.lipschitz
     assert float(slopes.abs().max()) <= bound.upper
     assert float(slopes.min()) >= slope.lo and float(slopes.max()) <= slope.hi
@@ -62,15 +78,24 @@ def test_named_constants_match_the_literature():
     assert constants.GELU_SLOPE.lipschitz == pytest.approx(1.1289, abs=1e-4)
     assert constants.SILU_SLOPE.lipschitz == pytest.approx(1.0998, abs=1e-4)
     assert constants.MISH_SLOPE.lipschitz == pytest.approx(1.0885, abs=1e-4)
-    assert constants.activation_slope("HardSwish").lipschitz == 1.5
-    assert constants.activation_slope("LeakyRelu", alpha=0.01).lipschitz == 1.0
-    assert constants.activation_slope("PRelu", slope=np.array([0.2, -1.5])).lipschitz == 1.5
+    assert activation_rule("HardSwish").slope.lipschitz == 1.5
+    assert activation_rule("LeakyRelu", alpha=0.01).slope.lipschitz == 1.0
+    ctx = LipschitzContext(norm="l2", node="n", op_type="PRelu", input_shapes=[(2,), (2,)], output_shapes=[(2,)],
+                           constants=[None, torch.tensor([0.2, -1.5])])
+    assert operator("PRelu").lipschitz(ctx).slope.lipschitz == 1.5
+
+
+def test_silu_slope_is_sound_and_tight():
+    """SiLU has no ONNX operator; its exported form ``x * sigmoid(x)`` is recognised with this range."""
+    slopes = sampled_slopes(F.silu)
+    assert constants.SILU_SLOPE.lo <= float(slopes.min()) and float(slopes.max()) <= constants.SILU_SLOPE.hi
+    assert float(slopes.abs().max()) >= 0.99 * constants.SILU_SLOPE.lipschitz
 
 
 def test_not_lipschitz_activations_are_unbounded_with_a_reason():
-    for op in ("Exp", "Log", "Sqrt", "Reciprocal", "ThresholdedRelu"):
-        bound = constants.activation_bound(op)
-        assert bound.upper is None and bound.reason
+    for op in ("Exp", "Log", "Sqrt", "Reciprocal"):
+        rule = activation_rule(op)
+        assert rule.slope is None and rule.bound.upper is None and rule.bound.reason
 
 
 def jacobian_norm(fn, x: torch.Tensor) -> float:

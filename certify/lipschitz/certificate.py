@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from certify.lipschitz import empirical, rounding
-from certify.lipschitz.network import Analysis, analyse, numel, pair_bounds
+from certify.lipschitz.network import Analysis, analyse, pair_bounds
+from certify.lipschitz.rules import numel
 
 DEFAULT_EPSILONS = (0.1,)
 

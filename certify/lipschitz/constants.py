@@ -6,7 +6,9 @@ and every returned ``upper`` is guaranteed: closed forms are evaluated in float6
 the layer attains (or approaches), so ``upper / lower`` is the honest slack of each row.
 
 Scalar activations act elementwise, so their Jacobian is ``diag(f'(x_i))`` whose L2 and L-inf operator norms are
-both ``max_i |f'(x_i)|``: the constant is ``sup_t |f'(t)|`` in either norm, and it is attained or approached.
+both ``max_i |f'(x_i)|``: the constant is ``sup_t |f'(t)|`` in either norm, and it is attained or approached. Each
+activation declares its own slope range beside its forward (``certify.ops``); the ranges found by a search live
+here.
 """
 
 from __future__ import annotations
@@ -136,86 +138,6 @@ SILU_SLOPE = Slope(*reversed(_sup_abs_derivative(_silu_prime)))
 MISH_SLOPE = Slope(*reversed(_sup_abs_derivative(_mish_prime)))
 #: GELU with the tanh approximation (opset 20 ``approximate="tanh"``).
 GELU_TANH_SLOPE = Slope(*reversed(_sup_abs_derivative(_gelu_tanh_prime)))
-
-
-def activation_slope(op_type: str, **attrs) -> Slope | None:
-    """Slope range of a scalar activation (ONNX attribute names and defaults), or None if not Lipschitz.
-
-    Derivations (f' on each piece; sup over the pieces):
-    - Relu: 0 | 1.  LeakyRelu(a): a | 1 -> max(1, |a|).  PRelu: the same with the largest |slope|.
-    - Sigmoid: s(1-s) in (0, 1/4], max at 0.  Tanh: 1 - tanh^2 in (0, 1].  Softplus: s(t) in (0, 1).
-    - Elu(a): 1 | a e^t (between 0 and a) -> max(1, |a|) for any sign of a.
-    - Celu(a): 1 | e^(t/a) for t < 0: <= 1 when a > 0; when a < 0, e^(t/a) grows without bound as t -> -inf,
-      and a = 0 divides by zero: not Lipschitz.
-    - Selu(a, g): g | g a e^t -> g max(1, a).  HardSigmoid(a, b): clip(a t + b, 0, 1) -> |a| on the ramp.
-    - HardSwish: t relu6(t+3)/6 -> (2t+3)/6 on (-3, 3), in [-1/2, 3/2].  Clip / Relu6: 0 | 1.  Softsign:
-      1/(1+|t|)^2 <= 1.  Erf: 2/sqrt(pi) e^(-t^2).  Sin, Cos, Atan, Abs, Neg: <= 1.
-    - Gelu, Silu (Sigmoid*x), Mish: smooth; see the module constants above.
-    ThresholdedRelu (a jump of height ``alpha``) is not Lipschitz unless alpha is 0.
-    """
-    for name, value in attrs.items():
-        if isinstance(value, (int, float, np.ndarray)) and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
-            raise NonFiniteBound(f"{op_type}: attribute {name} is not finite ({value})")
-    if op_type in ("Relu", "Clip", "Relu6"):
-        return Slope(0.0, 1.0)
-    if op_type == "LeakyRelu":
-        a = float(attrs.get("alpha", 0.01))
-        return Slope(min(a, 1.0), max(a, 1.0))
-    if op_type == "PRelu":
-        slopes = np.asarray(attrs["slope"], dtype=np.float64).reshape(-1)
-        return Slope(min(float(slopes.min()), 1.0), max(float(slopes.max()), 1.0))
-    if op_type == "Sigmoid":
-        return Slope(0.0, 0.25)
-    if op_type in ("Tanh", "Softplus"):
-        return Slope(0.0, 1.0)
-    if op_type == "Elu":
-        a = float(attrs.get("alpha", 1.0))
-        return Slope(min(a, 0.0), max(a, 1.0))
-    if op_type == "Celu":
-        return Slope(0.0, 1.0) if float(attrs.get("alpha", 1.0)) > 0 else None
-    if op_type == "Selu":
-        a = float(attrs.get("alpha", 1.67326319217681884765625))
-        g = float(attrs.get("gamma", 1.05070102214813232421875))
-        ends = (g, g * a, 0.0)
-        return Slope(min(ends), max(ends))
-    if op_type == "HardSigmoid":
-        a = float(attrs.get("alpha", 0.2))
-        return Slope(min(a, 0.0), max(a, 0.0))
-    if op_type == "HardSwish":
-        return Slope(-0.5, 1.5)
-    if op_type == "Softsign":
-        return Slope(0.0, 1.0)
-    if op_type == "Erf":
-        return Slope(0.0, round_up(2 / math.sqrt(math.pi)))
-    if op_type in ("Sin", "Cos", "Neg", "Abs", "Atan"):
-        return Slope(-1.0, 1.0)
-    if op_type == "Gelu":
-        return GELU_TANH_SLOPE if attrs.get("approximate", "none") == "tanh" else GELU_SLOPE
-    if op_type == "Silu":
-        return SILU_SLOPE
-    if op_type == "Mish":
-        return MISH_SLOPE
-    if op_type == "ThresholdedRelu":
-        return Slope(0.0, 1.0) if float(attrs.get("alpha", 1.0)) == 0.0 else None
-    return None
-
-
-def activation_bound(op_type: str, norm: str = "l2", **attrs) -> LayerBound:
-    """Bound of an elementwise activation (the same in L2 and L-inf: the Jacobian is diagonal)."""
-    started = time.perf_counter()
-    slope = activation_slope(op_type, **attrs)
-    if slope is None:
-        if op_type == "ThresholdedRelu":
-            return unbounded("ThresholdedRelu jumps by alpha at t = alpha: not Lipschitz", norm)
-        if op_type == "Celu":
-            return unbounded(f"Celu with alpha={attrs.get('alpha')} <= 0: alpha (exp(t / alpha) - 1) grows like "
-                             "exp(|t / alpha|) (or divides by zero): not Lipschitz", norm)
-        return unbounded(f"{op_type}: no global Lipschitz constant", norm)
-    smooth_search = op_type in ("Silu", "Mish") or (op_type == "Gelu" and attrs.get("approximate") == "tanh")
-    value = slope.lipschitz
-    lower = value - 2 * SEARCH_MARGIN if smooth_search else value
-    return LayerBound(upper=value, lower=lower, method="constant", exact=True, norm=norm,
-                      ms=(time.perf_counter() - started) * 1e3)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -296,14 +296,14 @@ def examples(op_type: str, seed: int):
 @contextlib.contextmanager
 def large_segment_path():
     """No segment is small enough to materialise: the fusion code without explicit matrices runs."""
-    from certify.lipschitz import network
+    from certify.lipschitz import segments
 
-    saved = network.EXPLICIT_MAX_INPUTS, network.EXPLICIT_MAX_ENTRIES
-    network.EXPLICIT_MAX_INPUTS = network.EXPLICIT_MAX_ENTRIES = 0
+    saved = segments.EXPLICIT_MAX_INPUTS, segments.EXPLICIT_MAX_ENTRIES
+    segments.EXPLICIT_MAX_INPUTS = segments.EXPLICIT_MAX_ENTRIES = 0
     try:
         yield
     finally:
-        network.EXPLICIT_MAX_INPUTS, network.EXPLICIT_MAX_ENTRIES = saved
+        segments.EXPLICIT_MAX_INPUTS, segments.EXPLICIT_MAX_ENTRIES = saved
 
 
 #: Rows of the table beyond the operators: name -> (instance family, context the analysis runs in).

@@ -147,6 +147,14 @@ class OnnxOp(nn.Module):
 
     foldable = True
     versions: tuple[int, int | None] = (1, None)
+    #: How the float forward pass rounds (``certify.lipschitz.rounding``): ``"exact"`` (copies and selections: the
+    #: float result is the exact one), ``"nonnegative"`` (affine with nonnegative coefficients), ``"elementwise"``
+    #: (one library call per entry) or None (a library function of the whole input).
+    float_rounding: str | None = None
+    #: Gated activations (``certify.lipschitz.gated``): ``gate_product``, the node multiplies its two inputs;
+    #: ``gate_step``, a scalar elementwise op that may compute the gate ``g(x)`` of ``x * g(x)``.
+    gate_product = False
+    gate_step = False
 
     def __init__(self, node: NodeView):
         super().__init__()
@@ -166,6 +174,10 @@ class OnnxOp(nn.Module):
     def lipschitz(self, ctx):
         """This operator's Lipschitz bound rule (see ``certify.lipschitz``). Default: none, reported unbounded."""
         return None
+
+    def promote_float32(self) -> None:
+        """Make this operator's own float32 arithmetic float64 (the soundness harness's reference evaluation):
+        nothing for most operators, whose precision follows their inputs."""
 
     def extra_repr(self) -> str:
         return f"onnx_name={self.onnx_name!r}"

@@ -84,9 +84,13 @@ class BatchNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """Per-channel scale gamma / sqrt(var + eps), fused into a preceding conv."""
-        from certify.lipschitz import network
+        from certify.lipschitz import constants, rules
 
-        return network.batchnorm(ctx, self.epsilon)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "its parameters depend on the input")
+        factor = constants.batchnorm_scale(ctx.const(1), ctx.const(4), self.epsilon)
+        channel_shape = (-1,) + (1,) * (len(ctx.in_shape) - 1) if factor.ndim <= 1 else factor.shape
+        return rules.scale(ctx, torch.from_numpy(factor).reshape(channel_shape))
 
 
 @register("InstanceNormalization", versions=(1, None))
@@ -110,9 +114,7 @@ class InstanceNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("LayerNormalization", versions=(17, None))
@@ -149,9 +151,7 @@ class LayerNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("GroupNormalization", versions=(18, None))
@@ -195,9 +195,7 @@ class GroupNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("LRN", versions=(1, None))
@@ -269,9 +267,22 @@ class LpNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """x / ||x|| is not Lipschitz near 0."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")
+        return rules.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")
+
+
+def normalization_rule(ctx, epsilon: float):
+    """Layer / instance / group normalisation: max|gamma| / sqrt(eps) (see ``constants.layernorm_bound``)."""
+    from certify.lipschitz import constants, rules
+
+    if ctx.varying_inputs != [0]:
+        return rules.unbounded(ctx, "its scale depends on the input")
+    if sum(s is not None for s in ctx.output_shapes) > 1:
+        return rules.unbounded(ctx, "its statistics outputs (mean, inverse std) are used")
+    gamma = ctx.const(1)
+    gamma = None if gamma is None else gamma.double().numpy()
+    return constants.layernorm_bound(rules.numel(ctx.in_shape), gamma, epsilon, ctx.norm)
 
 
 def _relaxations() -> None:

@@ -51,6 +51,13 @@ class _Pool(SlidingWindow, OnnxOp):
             raise ModelRejected("invalid_attribute", f"{node.op_type} {node.name}: kernel_shape is required")
         self.read_window_attributes(node, kernel_shape)
 
+    def pool_geometry(self, ctx) -> tuple:
+        """``(input shape, output shape, kernel, strides, pads, dilations)`` the pooling bounds read."""
+        in_spatial = ctx.in_shape[1:]
+        nd = len(in_spatial)
+        return (ctx.in_shape, ctx.out_shape, self.kernel_shape, self.axis_strides(nd), self.resolved_pads(in_spatial),
+                self.axis_dilations(nd))
+
 
 def _lowest(dtype: torch.dtype) -> float | int:
     return float("-inf") if dtype.is_floating_point else torch.iinfo(dtype).min
@@ -89,6 +96,8 @@ class MaxPool(_Pool):
     row-major, or column-major with ``storage_order=1``.
     """
 
+    float_rounding = "exact"
+
     def __init__(self, node):
         super().__init__(node)
         self.storage_order = int(node.attr("storage_order", 0))
@@ -109,14 +118,16 @@ class MaxPool(_Pool):
 
     def lipschitz(self, ctx):
         """sqrt(max number of windows reading one input)."""
-        from certify.lipschitz import network
+        from certify.lipschitz import constants
 
-        return network.pooling(ctx, self, "max")
+        return constants.maxpool_bound(*self.pool_geometry(ctx), norm=ctx.norm)
 
 
 @register("AveragePool", versions=(1, None))
 class AveragePool(_Pool):
     """Mean over each window. Extra field: ``count_include_pad`` (explicit pads count, ceil_mode's extra never)."""
+
+    float_rounding = "nonnegative"
 
     def __init__(self, node):
         super().__init__(node)
@@ -164,14 +175,17 @@ class AveragePool(_Pool):
 
     def lipschitz(self, ctx):
         """Linear: Kronecker product of 1-D averaging matrices."""
-        from certify.lipschitz import network
+        from certify.lipschitz import constants, rules
 
-        return network.pooling(ctx, self, "average", bool(self.count_include_pad))
+        return rules.Linear("bounded", bound=constants.avgpool_bound(
+            *self.pool_geometry(ctx), count_include_pad=bool(self.count_include_pad), norm=ctx.norm))
 
 
 @register("GlobalAveragePool", versions=(1, None))
 class GlobalAveragePool(OnnxOp):
     """Mean over all spatial axes, keeping them as size 1."""
+
+    float_rounding = "nonnegative"
 
     @classmethod
     def example(cls, op_type, rng):
@@ -182,14 +196,16 @@ class GlobalAveragePool(OnnxOp):
 
     def lipschitz(self, ctx):
         """Linear: 1/sqrt(spatial size)."""
-        from certify.lipschitz import constants, network
+        from certify.lipschitz import constants, rules
 
-        return network.Linear("bounded", bound=constants.global_avgpool_bound(ctx.in_shape, ctx.norm))
+        return rules.Linear("bounded", bound=constants.global_avgpool_bound(ctx.in_shape, ctx.norm))
 
 
 @register("GlobalMaxPool", versions=(1, None))
 class GlobalMaxPool(OnnxOp):
     """Max over all spatial axes, keeping them as size 1."""
+
+    float_rounding = "exact"
 
     @classmethod
     def example(cls, op_type, rng):
