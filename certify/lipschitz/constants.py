@@ -14,7 +14,6 @@ here.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,46 +140,7 @@ GELU_TANH_SLOPE = Slope(*reversed(_sup_abs_derivative(_gelu_tanh_prime)))
 
 
 # --------------------------------------------------------------------------------------------------------------
-# softmax family
-
-
-def softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
-    """Softmax along an axis: constant 1/2 in L2 and in L-inf.
-
-    Gao & Pavel (2017, "On the properties of the softmax function", Prop. 4) show softmax is 1-Lipschitz; the
-    exact constant is 1/2. The Jacobian is ``J = diag(p) - p p^T`` (symmetric PSD) and for a unit ``v``,
-    ``v^T J v = Var_p(v) <= (max v - min v)^2 / 4 <= 2 (max v^2 + min v^2)/4 <= 1/2`` (Popoviciu), approached by
-    ``p -> (1/2, 1/2, 0, ...)``, ``v = (1, -1, 0, ...)/sqrt 2``. In L-inf the row sums are
-    ``2 p_i (1 - p_i) <= 1/2``. Slices along the axis are independent (block-diagonal Jacobian): the same constant.
-    """
-    if axis_size <= 1:
-        return exact_constant(0.0, norm=norm)
-    return exact_constant(0.5, norm=norm)
-
-
-def log_softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
-    """LogSoftmax: Jacobian ``I - 1 p^T``, an oblique projection whose L2 norm is ``||1|| ||p|| <= sqrt(n)``
-    (approached as p -> a vertex); L-inf row sums ``2 (1 - p_i) <= 2``."""
-    n = max(int(axis_size), 1)
-    if n == 1:
-        return exact_constant(0.0, norm=norm)
-    return exact_constant(math.sqrt(n) if norm == "l2" else 2.0, norm=norm)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# pooling and data movement
-
-
-def _window_counts(size: int, out: int, kernel: int, stride: int, pad_begin: int, dilation: int) -> np.ndarray:
-    """For every input position along one axis, how many pooling windows read it (padding excluded)."""
-    counts = np.zeros(size, dtype=np.int64)
-    for o in range(out):
-        start = o * stride - pad_begin
-        for t in range(kernel):
-            p = start + t * dilation
-            if 0 <= p < size:
-                counts[p] += 1
-    return counts
+# data movement and diagonal maps
 
 
 def selection_bound(multiplicity: int, norm: str = "l2", method: str = "selection") -> LayerBound:
@@ -194,81 +154,6 @@ def selection_bound(multiplicity: int, norm: str = "l2", method: str = "selectio
     return exact_constant(math.sqrt(multiplicity), method=method, norm=norm)
 
 
-def _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
-    spatial = list(input_shape[1:])
-    nd = len(spatial)
-    strides = list(strides or [1] * nd)
-    dilations = list(dilations or [1] * nd)
-    pads = list(pads or [0] * (2 * nd))
-    out = list(output_shape[1:])
-    return [(spatial[i], out[i], int(kernel[i]), int(strides[i]), int(pads[i]), int(dilations[i])) for i in range(nd)]
-
-
-def maxpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
-                  norm: str = "l2") -> LayerBound:
-    """Max-pooling: ``sqrt(max number of windows reading one input)``; for stride <= kernel without padding or
-    dilation that is ``sqrt(prod ceil(k_i / s_i))``. Overlapping windows (3x3 stride 2: 2 windows per axis) give 2,
-    not 1: the input that is the maximum of all its windows moves all of those outputs at once. Exact.
-
-    ``input_shape`` / ``output_shape`` are per-sample ``(C, *spatial)``.
-    """
-    started = time.perf_counter()
-    multiplicity = 1
-    for size, out, k, s, pb, d in _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
-        multiplicity *= int(_window_counts(size, out, k, s, pb, d).max(initial=0))
-    bound = selection_bound(multiplicity, norm, method="max-pool multiplicity")
-    bound.ms = (time.perf_counter() - started) * 1e3
-    return bound
-
-
-def _average_matrix(size: int, out: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
-                    count_include_pad: bool) -> np.ndarray:
-    """The 1-D averaging matrix of one axis (PyTorch/ONNX divisor rules: with ``count_include_pad`` the divisor
-    counts positions inside the padded range, else only real inputs)."""
-    a = np.zeros((out, size))
-    for o in range(out):
-        start = o * stride - pad_begin
-        positions = [start + t * dilation for t in range(kernel)]
-        inside = [p for p in positions if 0 <= p < size]
-        if count_include_pad:
-            divisor = sum(1 for p in positions if -pad_begin <= p < size + pad_end)
-        else:
-            divisor = len(inside)
-        for p in inside:
-            a[o, p] += 1.0 / max(divisor, 1)
-    return a
-
-
-def avgpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
-                  count_include_pad: bool = False, norm: str = "l2") -> LayerBound:
-    """Average pooling is linear and separable: per channel it is the Kronecker product of one 1-D averaging
-    matrix per spatial axis, so its norm is the product of the 1-D norms (exact, from small SVDs; L-inf: the
-    product of the max row sums). The lower bound is attained by the Kronecker product of the top singular
-    vectors."""
-    started = time.perf_counter()
-    nd = len(input_shape) - 1
-    pads_list = list(pads or [0] * (2 * nd))
-    upper = lower = 1.0
-    for i, (size, out, k, s, pb, d) in enumerate(
-            _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations)):
-        a = _average_matrix(size, out, k, s, pb, pads_list[i + nd], d, count_include_pad)
-        value = float(np.abs(a).sum(axis=1).max()) if norm == "linf" else float(np.linalg.norm(a, 2))
-        upper *= round_up(value, 1e-12 * (size + out))
-        lower *= value
-    return LayerBound(upper=round_up(upper), lower=lower * (1 - 1e-12), method="kronecker-svd", exact=True,
-                      norm=norm, ms=(time.perf_counter() - started) * 1e3)
-
-
-def global_avgpool_bound(input_shape, norm: str = "l2") -> LayerBound:
-    """Mean over all spatial positions of each channel: ``1/sqrt(HW...)`` in L2 (row vectors of 1/n), 1 in L-inf."""
-    n = int(np.prod(input_shape[1:])) if len(input_shape) > 1 else 1
-    return exact_constant(1.0 if norm == "linf" else 1.0 / math.sqrt(max(n, 1)), method="constant", norm=norm)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# normalisation
-
-
 def scale_bound(scale, norm: str = "l2") -> LayerBound:
     """A diagonal map ``x -> s * x`` (BatchNorm at inference, Mul/Div by a constant): max |s|, exact, the same in
     both norms (diagonal Jacobian)."""
@@ -277,63 +162,3 @@ def scale_bound(scale, norm: str = "l2") -> LayerBound:
         raise NonFiniteBound("a scale factor is NaN (a NaN constant, or BatchNorm with var + epsilon < 0)")
     value = float(values.max()) if values.size else 0.0
     return exact_constant(value, method="diagonal", norm=norm)
-
-
-def batchnorm_scale(gamma, var, eps: float) -> np.ndarray:
-    """Per-channel slope ``gamma / sqrt(var + eps)`` of inference BatchNorm (float64 from the stored params)."""
-    gamma = np.asarray(gamma, dtype=np.float64)
-    var = np.asarray(var, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):  # var + eps <= 0 is reported by the bound, not warned
-        return gamma / np.sqrt(var + float(eps))
-
-
-def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
-    """BatchNorm when it is not fused into the preceding convolution: max |gamma| / sqrt(var + eps)."""
-    return scale_bound(batchnorm_scale(gamma, var, eps), norm)
-
-
-def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2") -> LayerBound:
-    """Local response normalisation ``y_c = x_c / S_c^beta``, ``S_c = k + (alpha/n) sum_{j in N(c)} x_j^2``.
-
-    Derivation of a guaranteed bound on ``sup ||J||`` (k = bias > 0, beta > 0, alpha > 0, n = size, channel
-    windows N(c) of n channels). With ``w = sqrt(alpha/n) x`` and ``t_c = sum_{N(c)} w_j^2 = S_c - k``::
-
-        J = D - 2 beta E,  D = diag(S_c^-beta),  E_cj = S_c^(-beta-1) w_c w_j [j in N(c)].
-
-    ``||D|| <= k^-beta``. For unit v, Cauchy-Schwarz gives ``|(E v)_c| <= S_c^(-beta-1) |w_c| sqrt(t_c) ||v_N(c)||
-    <= g(S_c) ||v_N(c)||`` with ``g(S) = (S - k) S^(-beta-1)`` (as ``w_c^2 <= t_c``), and ``g`` peaks at
-    ``S = k (beta+1)/beta`` with ``g* = k^-beta beta^beta / (beta+1)^(beta+1)``. Every channel lies in at most n
-    windows, so ``||E v||^2 <= g*^2 n``. Hence::
-
-        ||J|| <= k^-beta (1 + 2 sqrt(n) (beta / (beta+1))^(beta+1)).
-
-    The same bound holds for the L-inf row sums (``|w_c| sum_{N(c)} |w_j| <= sqrt(n) t_c``). At x = 0 the Jacobian
-    is ``k^-beta I``: that is the lower bound. For AlexNet (n=5, beta=0.75, k=1) the bound is about 2.015.
-    """
-    if bias > 0 and beta == 0:
-        return exact_constant(1.0, method="lrn (identity)", norm=norm)
-    if not (bias > 0 and beta > 0 and alpha >= 0 and size >= 1):  # alpha < 0: S_c reaches 0 at finite x
-        return unbounded(f"LRN with alpha={alpha}, bias={bias}, beta={beta}: the denominator can vanish", norm)
-    if beta * math.log(1.0 / bias) > 700:  # k^-beta beyond float64
-        return unbounded(f"LRN with bias={bias}, beta={beta}: the slope bias^-beta overflows", norm)
-    if alpha == 0:  # y = x / k^beta
-        return exact_constant(bias**-beta, method="lrn (scale)", norm=norm)
-    base = bias**-beta
-    value = base * (1 + 2 * math.sqrt(size) * (beta / (beta + 1)) ** (beta + 1))
-    return LayerBound(upper=round_up(value), lower=base, method="lrn closed form", norm=norm)
-
-
-def layernorm_bound(axis_size: int, scale, eps: float, norm: str = "l2") -> LayerBound:
-    """LayerNorm ``y = gamma (x - mean) / sqrt(var + eps)``: its Jacobian at centred x with variance ~0 is
-    ``gamma (I - 11^T/n) / sqrt(eps)``, so ``max|gamma| / sqrt(eps)`` is approached; a guaranteed bound is
-    ``max|gamma| / sqrt(eps)`` (the projection has norm 1 and the normalisation only shrinks it further:
-    ``J = (gamma/sigma) (P - u u^T)`` with ``P`` the centring projection, ``u`` the normalised centred x, and
-    ``||P - uu^T|| <= 1``). Tiny eps makes it useless; below 1e-12 it is reported as unbounded."""
-    if eps <= 1e-12:
-        return unbounded(f"LayerNorm with eps={eps}: slope 1/sqrt(eps) is effectively unbounded", norm)
-    gamma = np.abs(np.asarray(scale if scale is not None else 1.0, dtype=np.float64))
-    value = float(gamma.max()) / math.sqrt(eps)
-    if norm == "linf":  # ||P||_inf <= 2 and ||c u u^T||_inf <= max|u_i| ||u||_1 <= sqrt(n)
-        return LayerBound(upper=round_up(value * (2.0 + math.sqrt(axis_size))), lower=None,
-                          method="layernorm closed form", norm=norm)
-    return LayerBound(upper=round_up(value), lower=value, method="layernorm closed form", exact=True, norm=norm)

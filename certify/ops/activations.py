@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from certify.lipschitz import constants
-from certify.lipschitz.constants import Slope
+from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.constants import Slope, exact_constant
 from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.elementwise import Pointwise
@@ -291,7 +292,7 @@ class Normalize(OnnxOp):
         return examples.unary(op_type, rng, f"opset {opset}", opset=opset, per_sample=per_sample, axis=axis)
 
     def lipschitz(self, ctx):
-        """Softmax 1/2, LogSoftmax sqrt(n) (see ``constants.softmax_bound``) along ``axis`` of the batch-1 tensor
+        """Softmax 1/2, LogSoftmax sqrt(n) (see ``softmax_bound``) along ``axis`` of the batch-1 tensor
         (the whole trailing block before opset 13)."""
         full = (1, *ctx.in_shape)
         axis = self.axis + len(full) if self.axis < 0 else self.axis
@@ -302,13 +303,46 @@ class Normalize(OnnxOp):
 @register("Softmax", versions=(1, None))
 class Softmax(Normalize):
     fn = staticmethod(torch.softmax)
-    bound = staticmethod(constants.softmax_bound)
+
+    @staticmethod
+    def bound(axis_size: int, norm: str):
+        return softmax_bound(axis_size, norm)
 
 
 @register("LogSoftmax", versions=(1, None))
 class LogSoftmax(Normalize):
     fn = staticmethod(torch.log_softmax)
-    bound = staticmethod(constants.log_softmax_bound)
+
+    @staticmethod
+    def bound(axis_size: int, norm: str):
+        return log_softmax_bound(axis_size, norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bounds (Lipschitz constants of this family; ``certify.lipschitz`` composes them)
+
+
+def softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
+    """Softmax along an axis: constant 1/2 in L2 and in L-inf.
+
+    Gao & Pavel (2017, "On the properties of the softmax function", Prop. 4) show softmax is 1-Lipschitz; the
+    exact constant is 1/2. The Jacobian is ``J = diag(p) - p p^T`` (symmetric PSD) and for a unit ``v``,
+    ``v^T J v = Var_p(v) <= (max v - min v)^2 / 4 <= 2 (max v^2 + min v^2)/4 <= 1/2`` (Popoviciu), approached by
+    ``p -> (1/2, 1/2, 0, ...)``, ``v = (1, -1, 0, ...)/sqrt 2``. In L-inf the row sums are
+    ``2 p_i (1 - p_i) <= 1/2``. Slices along the axis are independent (block-diagonal Jacobian): the same constant.
+    """
+    if axis_size <= 1:
+        return exact_constant(0.0, norm=norm)
+    return exact_constant(0.5, norm=norm)
+
+
+def log_softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
+    """LogSoftmax: Jacobian ``I - 1 p^T``, an oblique projection whose L2 norm is ``||1|| ||p|| <= sqrt(n)``
+    (approached as p -> a vertex); L-inf row sums ``2 (1 - p_i) <= 2``."""
+    n = max(int(axis_size), 1)
+    if n == 1:
+        return exact_constant(0.0, norm=norm)
+    return exact_constant(math.sqrt(n) if norm == "l2" else 2.0, norm=norm)
 
 
 def _relaxations() -> None:
