@@ -142,6 +142,12 @@ class NodeView:
 class OnnxOp(nn.Module):
     """Base of every converted operator. Subclasses implement ``forward(*inputs)``.
 
+    Everything lipcert knows about an operator is declared on its class, so adding one touches one file: its
+    conversion and ``forward``, its instance generator (:meth:`example`, for the soundness harness), its global bound
+    rule (:meth:`lipschitz`, in L2 and L-inf; a ``Pointwise`` activation declares only its slope range), its local
+    relaxation (``relaxation``, ``certify.local.rules``) and the flags below. ``certify.lipschitz`` composes the
+    rules and names no operator.
+
     ``foldable``: when all inputs are constants, the node is evaluated once at conversion time.
     """
 
