@@ -2,7 +2,8 @@
 
 The first test keeps it so: a string literal equal to a registered op type, or a comparison with an ``op_type``, in
 ``certify/lipschitz/`` would be a rule keyed on an operator's name outside its class. The second shows what that
-buys: an operator defined in one place (here, in the test) is bounded and composed with no other change.
+buys: an operator defined in one place (here, in the test) is bounded and composed with no other change. The last
+keeps the pattern matching of exported gated activations working from the operators' flags.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from certify.convert import to_torch
-from certify.lipschitz import network_bound
+from certify.lipschitz import constants, network_bound
 from certify.load import load_onnx
 from certify.ops import registry
 from certify.ops.elementwise import Pointwise
@@ -77,3 +78,35 @@ def test_an_operator_declared_in_one_place_is_bounded_and_composed(monkeypatch):
         assert sin.bound.upper == 1.0 and sin.rule.slope.lo == -1.0
         assert analysis.composed[analysis.output_name] == pytest.approx(3.0, rel=1e-9)
         assert analysis.composed[analysis.output_name] >= 3.0
+
+
+def _exported(nodes, initializers=()) -> bytes:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def _scalar(name: str, value: float):
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+GATED = {
+    "SiLU": (_exported([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]),
+             constants.SILU_SLOPE.lipschitz),
+    "GELU": (_exported([helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                        helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                        helper.make_node("Mul", ["m", "half"], ["y"])],
+                       [_scalar("r2", 1.4142135), _scalar("one", 1.0), _scalar("half", 0.5)]),
+             constants.GELU_SLOPE.lipschitz),
+    "Mish": (_exported([helper.make_node("Softplus", ["x"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
+                        helper.make_node("Mul", ["t", "x"], ["y"])]), constants.MISH_SLOPE.lipschitz),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATED))
+def test_exported_gated_activations_are_recognised_through_the_operators_flags(name):
+    """``x * g(x)`` is found from ``gate_product`` / ``gate_step`` on the operator classes, not from op names."""
+    model, slope = GATED[name]
+    analysis = network_bound(to_torch(load_onnx(model)), (4,))
+    assert any(r.bound.method.startswith(f"constant: {name}") for r in analysis.records if r.varying)
+    assert slope <= analysis.composed["y"] <= slope * (1 + 1e-6) + 1e-6
