@@ -22,7 +22,7 @@ from torch import nn
 
 import certify
 from certify.lipschitz import network_bound
-from certify.lipschitz.network import eclipse_fast
+from certify.lipschitz.eclipse import eclipse_fast
 
 SIZES = {
     "10-64-64-5": [10, 64, 64, 5],

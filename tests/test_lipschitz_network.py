@@ -18,8 +18,8 @@ from torch import nn
 import certify
 from certify.lipschitz import certificate, certified_radii, network_bound, pair_bounds
 from certify.lipschitz.certificate import layer_rows
+from certify.lipschitz.eclipse import eclipse_fast
 from certify.lipschitz.empirical import jacobian_norms
-from certify.lipschitz.network import eclipse_fast
 
 
 def convert(model: nn.Module, shape, fold: bool = True) -> certify.OnnxGraph:

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import certify
 from certify.errors import ModelRejected
-from certify.lipschitz import certified_radii, network, network_bound
+from certify.lipschitz import certified_radii, network_bound, segments
 from certify.lipschitz.empirical import jacobian_norms
 
 
@@ -109,7 +109,7 @@ def test_conv_scale_fold_checks_the_broadcast_axis(monkeypatch, scale, norm):
     graph = _conv_scale(scale)
     truth = exact_linear_norm(graph, (1, 6, 4), norm)
     fused = upper(graph, (1, 6, 4), norm)  # materialised segment
-    monkeypatch.setattr(network, "EXPLICIT_MAX_INPUTS", 1)  # the large-segment path: fold or product
+    monkeypatch.setattr(segments, "EXPLICIT_MAX_INPUTS", 1)  # the large-segment path: fold or product
     folded = upper(graph, (1, 6, 4), norm)
     assert fused >= truth * (1 - 1e-6) and folded >= truth * (1 - 1e-6), (fused, folded, truth)  # float32 truth
     if scale.ndim == 3 or scale.size == 1:  # a true per-channel scale still folds exactly

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certify.errors import ModelRejected
-from certify.lipschitz import network, soundness
+from certify.lipschitz import segments, soundness
 from certify.ops import registry
 from certify.ops.base import OnnxOp
 
@@ -83,8 +83,8 @@ def test_fused_segments_are_sound(seed, lowered):
     code (no explicit matrix) runs instead."""
     with pytest.MonkeyPatch.context() as mp:
         if lowered:
-            mp.setattr(network, "EXPLICIT_MAX_INPUTS", 0)
-            mp.setattr(network, "EXPLICIT_MAX_ENTRIES", 0)
+            mp.setattr(segments, "EXPLICIT_MAX_INPUTS", 0)
+            mp.setattr(segments, "EXPLICIT_MAX_ENTRIES", 0)
         assert_sound("fused", seed, lowered)
 
 
@@ -113,8 +113,8 @@ def test_formerly_unsound_family_is_sound(k):
     assert seeds, f"the generator never draws the family of issue row {k.row}"
     with pytest.MonkeyPatch.context() as mp:
         if lowered:
-            mp.setattr(network, "EXPLICIT_MAX_INPUTS", 0)
-            mp.setattr(network, "EXPLICIT_MAX_ENTRIES", 0)
+            mp.setattr(segments, "EXPLICIT_MAX_INPUTS", 0)
+            mp.setattr(segments, "EXPLICIT_MAX_ENTRIES", 0)
         for seed in seeds:
             assert_sound(k.op_type, seed, lowered, only_known=k)
 

@@ -2,7 +2,8 @@
 
 from certify.lipschitz.bound import LayerBound
 from certify.lipschitz.certificate import certificate, certified_radii, network_bound
-from certify.lipschitz.network import Activation, Combine, Linear, LipschitzContext, pair_bounds
+from certify.lipschitz.network import pair_bounds
+from certify.lipschitz.rules import Activation, Combine, Linear, LipschitzContext
 
 __all__ = [
     "Activation",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from certify.lipschitz import empirical, rounding
-from certify.lipschitz.network import Analysis, analyse, numel, pair_bounds
+from certify.lipschitz.network import Analysis, analyse, pair_bounds
+from certify.lipschitz.rules import numel
 
 DEFAULT_EPSILONS = (0.1,)
 
@@ -200,6 +201,35 @@ def _random_points(shape, count: int, seed: int, input_range) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand((count, *shape), generator=gen)
 
 
+def certified_summary(module, x: np.ndarray, y: np.ndarray, analysis: Analysis, l2_analysis: Analysis | None,
+                      epsilons) -> dict:
+    """The ``certified`` part of a certificate: radii of the samples ``(x, y)``, certified accuracy per epsilon,
+    and the float error subtracted from every margin."""
+    errors = float_errors(module, x, l2_analysis or analysis)
+    radii = certified_radii(module, x, y, analysis, l2_bounds=l2_analysis, errors=errors)
+    logits = empirical.outputs(module, torch.as_tensor(x, dtype=module.input_dtype())).numpy()
+    correct = logits.argmax(axis=1) == np.asarray(y).reshape(-1)
+    finite = radii[correct]
+    return {
+        "norm": analysis.norm,
+        "samples": int(len(y)),
+        "clean_accuracy": float(correct.mean()) if len(y) else None,
+        "certified_accuracy": {str(float(e)): float(np.mean(correct & (radii > float(e)))) for e in epsilons},
+        "radius": {
+            "mean": _number(finite.mean()) if finite.size else None,
+            "median": _number(np.median(finite)) if finite.size else None,
+            "max": _number(finite.max()) if finite.size else None,
+        },
+        "radii": [_number(r) for r in radii],
+        "float_error": {
+            "method": "forward error analysis of the float forward pass (certify.lipschitz.rounding)",
+            "max_at_sample": _number(errors[:, 0].max()) if len(errors) else None,
+            "max_growth": _number(errors[:, 1].max()) if len(errors) else None,
+            "per_sample": [_number(a) for a in errors[:, 0]],
+        },
+    }
+
+
 def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DEFAULT_EPSILONS,
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
                 input_range=(0.0, 1.0), ascent_steps: int = 10,
@@ -225,9 +255,7 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
         on_analysis(analysis)
     l2_analysis = analyse(module, shape, norm="l2") if norm == "linf" else None
     if dataset is not None:
-        x, y = dataset
-        x = np.asarray(x)[:samples]
-        y = np.asarray(y)[:samples]
+        x, y = (np.asarray(a)[:samples] for a in dataset)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"dataset inputs have shape {list(x.shape[1:])}, the model takes {list(shape)}")
         points = torch.as_tensor(x, dtype=module.input_dtype())
@@ -238,28 +266,6 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     result = {"input_shape": list(shape), "layers": layer_rows(analysis), "network": network_summary(analysis, lower)}
     if dataset is not None:
         report(0.9, "certified radii")
-        errors = float_errors(module, x, l2_analysis or analysis)
-        radii = certified_radii(module, x, y, analysis, l2_bounds=l2_analysis, errors=errors)
-        logits = empirical.outputs(module, points).numpy()
-        correct = logits.argmax(axis=1) == np.asarray(y).reshape(-1)
-        finite = radii[correct]
-        result["certified"] = {
-            "norm": norm,
-            "samples": int(len(y)),
-            "clean_accuracy": float(correct.mean()) if len(y) else None,
-            "certified_accuracy": {str(float(e)): float(np.mean(correct & (radii > float(e)))) for e in epsilons},
-            "radius": {
-                "mean": _number(finite.mean()) if finite.size else None,
-                "median": _number(np.median(finite)) if finite.size else None,
-                "max": _number(finite.max()) if finite.size else None,
-            },
-            "radii": [_number(r) for r in radii],
-            "float_error": {
-                "method": "forward error analysis of the float forward pass (certify.lipschitz.rounding)",
-                "max_at_sample": _number(errors[:, 0].max()) if len(errors) else None,
-                "max_growth": _number(errors[:, 1].max()) if len(errors) else None,
-                "per_sample": [_number(a) for a in errors[:, 0]],
-            },
-        }
+        result["certified"] = certified_summary(module, x, y, analysis, l2_analysis, epsilons)
     report(1.0, "done")
     return result

@@ -6,13 +6,14 @@ and every returned ``upper`` is guaranteed: closed forms are evaluated in float6
 the layer attains (or approaches), so ``upper / lower`` is the honest slack of each row.
 
 Scalar activations act elementwise, so their Jacobian is ``diag(f'(x_i))`` whose L2 and L-inf operator norms are
-both ``max_i |f'(x_i)|``: the constant is ``sup_t |f'(t)|`` in either norm, and it is attained or approached.
+both ``max_i |f'(x_i)|``: the constant is ``sup_t |f'(t)|`` in either norm, and it is attained or approached. Each
+activation declares its own slope range beside its forward (``certify.ops``); the ranges found by a search live
+here.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,127 +139,8 @@ MISH_SLOPE = Slope(*reversed(_sup_abs_derivative(_mish_prime)))
 GELU_TANH_SLOPE = Slope(*reversed(_sup_abs_derivative(_gelu_tanh_prime)))
 
 
-def activation_slope(op_type: str, **attrs) -> Slope | None:
-    """Slope range of a scalar activation (ONNX attribute names and defaults), or None if not Lipschitz.
-
-    Derivations (f' on each piece; sup over the pieces):
-    - Relu: 0 | 1.  LeakyRelu(a): a | 1 -> max(1, |a|).  PRelu: the same with the largest |slope|.
-    - Sigmoid: s(1-s) in (0, 1/4], max at 0.  Tanh: 1 - tanh^2 in (0, 1].  Softplus: s(t) in (0, 1).
-    - Elu(a): 1 | a e^t (between 0 and a) -> max(1, |a|) for any sign of a.
-    - Celu(a): 1 | e^(t/a) for t < 0: <= 1 when a > 0; when a < 0, e^(t/a) grows without bound as t -> -inf,
-      and a = 0 divides by zero: not Lipschitz.
-    - Selu(a, g): g | g a e^t -> g max(1, a).  HardSigmoid(a, b): clip(a t + b, 0, 1) -> |a| on the ramp.
-    - HardSwish: t relu6(t+3)/6 -> (2t+3)/6 on (-3, 3), in [-1/2, 3/2].  Clip / Relu6: 0 | 1.  Softsign:
-      1/(1+|t|)^2 <= 1.  Erf: 2/sqrt(pi) e^(-t^2).  Sin, Cos, Atan, Abs, Neg: <= 1.
-    - Gelu, Silu (Sigmoid*x), Mish: smooth; see the module constants above.
-    ThresholdedRelu (a jump of height ``alpha``) is not Lipschitz unless alpha is 0.
-    """
-    for name, value in attrs.items():
-        if isinstance(value, (int, float, np.ndarray)) and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
-            raise NonFiniteBound(f"{op_type}: attribute {name} is not finite ({value})")
-    if op_type in ("Relu", "Clip", "Relu6"):
-        return Slope(0.0, 1.0)
-    if op_type == "LeakyRelu":
-        a = float(attrs.get("alpha", 0.01))
-        return Slope(min(a, 1.0), max(a, 1.0))
-    if op_type == "PRelu":
-        slopes = np.asarray(attrs["slope"], dtype=np.float64).reshape(-1)
-        return Slope(min(float(slopes.min()), 1.0), max(float(slopes.max()), 1.0))
-    if op_type == "Sigmoid":
-        return Slope(0.0, 0.25)
-    if op_type in ("Tanh", "Softplus"):
-        return Slope(0.0, 1.0)
-    if op_type == "Elu":
-        a = float(attrs.get("alpha", 1.0))
-        return Slope(min(a, 0.0), max(a, 1.0))
-    if op_type == "Celu":
-        return Slope(0.0, 1.0) if float(attrs.get("alpha", 1.0)) > 0 else None
-    if op_type == "Selu":
-        a = float(attrs.get("alpha", 1.67326319217681884765625))
-        g = float(attrs.get("gamma", 1.05070102214813232421875))
-        ends = (g, g * a, 0.0)
-        return Slope(min(ends), max(ends))
-    if op_type == "HardSigmoid":
-        a = float(attrs.get("alpha", 0.2))
-        return Slope(min(a, 0.0), max(a, 0.0))
-    if op_type == "HardSwish":
-        return Slope(-0.5, 1.5)
-    if op_type == "Softsign":
-        return Slope(0.0, 1.0)
-    if op_type == "Erf":
-        return Slope(0.0, round_up(2 / math.sqrt(math.pi)))
-    if op_type in ("Sin", "Cos", "Neg", "Abs", "Atan"):
-        return Slope(-1.0, 1.0)
-    if op_type == "Gelu":
-        return GELU_TANH_SLOPE if attrs.get("approximate", "none") == "tanh" else GELU_SLOPE
-    if op_type == "Silu":
-        return SILU_SLOPE
-    if op_type == "Mish":
-        return MISH_SLOPE
-    if op_type == "ThresholdedRelu":
-        return Slope(0.0, 1.0) if float(attrs.get("alpha", 1.0)) == 0.0 else None
-    return None
-
-
-def activation_bound(op_type: str, norm: str = "l2", **attrs) -> LayerBound:
-    """Bound of an elementwise activation (the same in L2 and L-inf: the Jacobian is diagonal)."""
-    started = time.perf_counter()
-    slope = activation_slope(op_type, **attrs)
-    if slope is None:
-        if op_type == "ThresholdedRelu":
-            return unbounded("ThresholdedRelu jumps by alpha at t = alpha: not Lipschitz", norm)
-        if op_type == "Celu":
-            return unbounded(f"Celu with alpha={attrs.get('alpha')} <= 0: alpha (exp(t / alpha) - 1) grows like "
-                             "exp(|t / alpha|) (or divides by zero): not Lipschitz", norm)
-        return unbounded(f"{op_type}: no global Lipschitz constant", norm)
-    smooth_search = op_type in ("Silu", "Mish") or (op_type == "Gelu" and attrs.get("approximate") == "tanh")
-    value = slope.lipschitz
-    lower = value - 2 * SEARCH_MARGIN if smooth_search else value
-    return LayerBound(upper=value, lower=lower, method="constant", exact=True, norm=norm,
-                      ms=(time.perf_counter() - started) * 1e3)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# softmax family
-
-
-def softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
-    """Softmax along an axis: constant 1/2 in L2 and in L-inf.
-
-    Gao & Pavel (2017, "On the properties of the softmax function", Prop. 4) show softmax is 1-Lipschitz; the
-    exact constant is 1/2. The Jacobian is ``J = diag(p) - p p^T`` (symmetric PSD) and for a unit ``v``,
-    ``v^T J v = Var_p(v) <= (max v - min v)^2 / 4 <= 2 (max v^2 + min v^2)/4 <= 1/2`` (Popoviciu), approached by
-    ``p -> (1/2, 1/2, 0, ...)``, ``v = (1, -1, 0, ...)/sqrt 2``. In L-inf the row sums are
-    ``2 p_i (1 - p_i) <= 1/2``. Slices along the axis are independent (block-diagonal Jacobian): the same constant.
-    """
-    if axis_size <= 1:
-        return exact_constant(0.0, norm=norm)
-    return exact_constant(0.5, norm=norm)
-
-
-def log_softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
-    """LogSoftmax: Jacobian ``I - 1 p^T``, an oblique projection whose L2 norm is ``||1|| ||p|| <= sqrt(n)``
-    (approached as p -> a vertex); L-inf row sums ``2 (1 - p_i) <= 2``."""
-    n = max(int(axis_size), 1)
-    if n == 1:
-        return exact_constant(0.0, norm=norm)
-    return exact_constant(math.sqrt(n) if norm == "l2" else 2.0, norm=norm)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# pooling and data movement
-
-
-def _window_counts(size: int, out: int, kernel: int, stride: int, pad_begin: int, dilation: int) -> np.ndarray:
-    """For every input position along one axis, how many pooling windows read it (padding excluded)."""
-    counts = np.zeros(size, dtype=np.int64)
-    for o in range(out):
-        start = o * stride - pad_begin
-        for t in range(kernel):
-            p = start + t * dilation
-            if 0 <= p < size:
-                counts[p] += 1
-    return counts
+# data movement and diagonal maps
 
 
 def selection_bound(multiplicity: int, norm: str = "l2", method: str = "selection") -> LayerBound:
@@ -272,81 +154,6 @@ def selection_bound(multiplicity: int, norm: str = "l2", method: str = "selectio
     return exact_constant(math.sqrt(multiplicity), method=method, norm=norm)
 
 
-def _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
-    spatial = list(input_shape[1:])
-    nd = len(spatial)
-    strides = list(strides or [1] * nd)
-    dilations = list(dilations or [1] * nd)
-    pads = list(pads or [0] * (2 * nd))
-    out = list(output_shape[1:])
-    return [(spatial[i], out[i], int(kernel[i]), int(strides[i]), int(pads[i]), int(dilations[i])) for i in range(nd)]
-
-
-def maxpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
-                  norm: str = "l2") -> LayerBound:
-    """Max-pooling: ``sqrt(max number of windows reading one input)``; for stride <= kernel without padding or
-    dilation that is ``sqrt(prod ceil(k_i / s_i))``. Overlapping windows (3x3 stride 2: 2 windows per axis) give 2,
-    not 1: the input that is the maximum of all its windows moves all of those outputs at once. Exact.
-
-    ``input_shape`` / ``output_shape`` are per-sample ``(C, *spatial)``.
-    """
-    started = time.perf_counter()
-    multiplicity = 1
-    for size, out, k, s, pb, d in _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
-        multiplicity *= int(_window_counts(size, out, k, s, pb, d).max(initial=0))
-    bound = selection_bound(multiplicity, norm, method="max-pool multiplicity")
-    bound.ms = (time.perf_counter() - started) * 1e3
-    return bound
-
-
-def _average_matrix(size: int, out: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
-                    count_include_pad: bool) -> np.ndarray:
-    """The 1-D averaging matrix of one axis (PyTorch/ONNX divisor rules: with ``count_include_pad`` the divisor
-    counts positions inside the padded range, else only real inputs)."""
-    a = np.zeros((out, size))
-    for o in range(out):
-        start = o * stride - pad_begin
-        positions = [start + t * dilation for t in range(kernel)]
-        inside = [p for p in positions if 0 <= p < size]
-        if count_include_pad:
-            divisor = sum(1 for p in positions if -pad_begin <= p < size + pad_end)
-        else:
-            divisor = len(inside)
-        for p in inside:
-            a[o, p] += 1.0 / max(divisor, 1)
-    return a
-
-
-def avgpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
-                  count_include_pad: bool = False, norm: str = "l2") -> LayerBound:
-    """Average pooling is linear and separable: per channel it is the Kronecker product of one 1-D averaging
-    matrix per spatial axis, so its norm is the product of the 1-D norms (exact, from small SVDs; L-inf: the
-    product of the max row sums). The lower bound is attained by the Kronecker product of the top singular
-    vectors."""
-    started = time.perf_counter()
-    nd = len(input_shape) - 1
-    pads_list = list(pads or [0] * (2 * nd))
-    upper = lower = 1.0
-    for i, (size, out, k, s, pb, d) in enumerate(
-            _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations)):
-        a = _average_matrix(size, out, k, s, pb, pads_list[i + nd], d, count_include_pad)
-        value = float(np.abs(a).sum(axis=1).max()) if norm == "linf" else float(np.linalg.norm(a, 2))
-        upper *= round_up(value, 1e-12 * (size + out))
-        lower *= value
-    return LayerBound(upper=round_up(upper), lower=lower * (1 - 1e-12), method="kronecker-svd", exact=True,
-                      norm=norm, ms=(time.perf_counter() - started) * 1e3)
-
-
-def global_avgpool_bound(input_shape, norm: str = "l2") -> LayerBound:
-    """Mean over all spatial positions of each channel: ``1/sqrt(HW...)`` in L2 (row vectors of 1/n), 1 in L-inf."""
-    n = int(np.prod(input_shape[1:])) if len(input_shape) > 1 else 1
-    return exact_constant(1.0 if norm == "linf" else 1.0 / math.sqrt(max(n, 1)), method="constant", norm=norm)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# normalisation
-
-
 def scale_bound(scale, norm: str = "l2") -> LayerBound:
     """A diagonal map ``x -> s * x`` (BatchNorm at inference, Mul/Div by a constant): max |s|, exact, the same in
     both norms (diagonal Jacobian)."""
@@ -355,63 +162,3 @@ def scale_bound(scale, norm: str = "l2") -> LayerBound:
         raise NonFiniteBound("a scale factor is NaN (a NaN constant, or BatchNorm with var + epsilon < 0)")
     value = float(values.max()) if values.size else 0.0
     return exact_constant(value, method="diagonal", norm=norm)
-
-
-def batchnorm_scale(gamma, var, eps: float) -> np.ndarray:
-    """Per-channel slope ``gamma / sqrt(var + eps)`` of inference BatchNorm (float64 from the stored params)."""
-    gamma = np.asarray(gamma, dtype=np.float64)
-    var = np.asarray(var, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):  # var + eps <= 0 is reported by the bound, not warned
-        return gamma / np.sqrt(var + float(eps))
-
-
-def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
-    """BatchNorm when it is not fused into the preceding convolution: max |gamma| / sqrt(var + eps)."""
-    return scale_bound(batchnorm_scale(gamma, var, eps), norm)
-
-
-def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2") -> LayerBound:
-    """Local response normalisation ``y_c = x_c / S_c^beta``, ``S_c = k + (alpha/n) sum_{j in N(c)} x_j^2``.
-
-    Derivation of a guaranteed bound on ``sup ||J||`` (k = bias > 0, beta > 0, alpha > 0, n = size, channel
-    windows N(c) of n channels). With ``w = sqrt(alpha/n) x`` and ``t_c = sum_{N(c)} w_j^2 = S_c - k``::
-
-        J = D - 2 beta E,  D = diag(S_c^-beta),  E_cj = S_c^(-beta-1) w_c w_j [j in N(c)].
-
-    ``||D|| <= k^-beta``. For unit v, Cauchy-Schwarz gives ``|(E v)_c| <= S_c^(-beta-1) |w_c| sqrt(t_c) ||v_N(c)||
-    <= g(S_c) ||v_N(c)||`` with ``g(S) = (S - k) S^(-beta-1)`` (as ``w_c^2 <= t_c``), and ``g`` peaks at
-    ``S = k (beta+1)/beta`` with ``g* = k^-beta beta^beta / (beta+1)^(beta+1)``. Every channel lies in at most n
-    windows, so ``||E v||^2 <= g*^2 n``. Hence::
-
-        ||J|| <= k^-beta (1 + 2 sqrt(n) (beta / (beta+1))^(beta+1)).
-
-    The same bound holds for the L-inf row sums (``|w_c| sum_{N(c)} |w_j| <= sqrt(n) t_c``). At x = 0 the Jacobian
-    is ``k^-beta I``: that is the lower bound. For AlexNet (n=5, beta=0.75, k=1) the bound is about 2.015.
-    """
-    if bias > 0 and beta == 0:
-        return exact_constant(1.0, method="lrn (identity)", norm=norm)
-    if not (bias > 0 and beta > 0 and alpha >= 0 and size >= 1):  # alpha < 0: S_c reaches 0 at finite x
-        return unbounded(f"LRN with alpha={alpha}, bias={bias}, beta={beta}: the denominator can vanish", norm)
-    if beta * math.log(1.0 / bias) > 700:  # k^-beta beyond float64
-        return unbounded(f"LRN with bias={bias}, beta={beta}: the slope bias^-beta overflows", norm)
-    if alpha == 0:  # y = x / k^beta
-        return exact_constant(bias**-beta, method="lrn (scale)", norm=norm)
-    base = bias**-beta
-    value = base * (1 + 2 * math.sqrt(size) * (beta / (beta + 1)) ** (beta + 1))
-    return LayerBound(upper=round_up(value), lower=base, method="lrn closed form", norm=norm)
-
-
-def layernorm_bound(axis_size: int, scale, eps: float, norm: str = "l2") -> LayerBound:
-    """LayerNorm ``y = gamma (x - mean) / sqrt(var + eps)``: its Jacobian at centred x with variance ~0 is
-    ``gamma (I - 11^T/n) / sqrt(eps)``, so ``max|gamma| / sqrt(eps)`` is approached; a guaranteed bound is
-    ``max|gamma| / sqrt(eps)`` (the projection has norm 1 and the normalisation only shrinks it further:
-    ``J = (gamma/sigma) (P - u u^T)`` with ``P`` the centring projection, ``u`` the normalised centred x, and
-    ``||P - uu^T|| <= 1``). Tiny eps makes it useless; below 1e-12 it is reported as unbounded."""
-    if eps <= 1e-12:
-        return unbounded(f"LayerNorm with eps={eps}: slope 1/sqrt(eps) is effectively unbounded", norm)
-    gamma = np.abs(np.asarray(scale if scale is not None else 1.0, dtype=np.float64))
-    value = float(gamma.max()) / math.sqrt(eps)
-    if norm == "linf":  # ||P||_inf <= 2 and ||c u u^T||_inf <= max|u_i| ||u||_1 <= sqrt(n)
-        return LayerBound(upper=round_up(value * (2.0 + math.sqrt(axis_size))), lower=None,
-                          method="layernorm closed form", norm=norm)
-    return LayerBound(upper=round_up(value), lower=value, method="layernorm closed form", exact=True, norm=norm)

@@ -28,16 +28,11 @@ import math
 import numpy as np
 import torch
 
-from certify.lipschitz import network
+from certify.lipschitz import network, rules
+from certify.lipschitz.segments import NodeRecord
 
 #: Accuracy assumed of a float library function, in ulps of max(|input|, |output|) (see the module docstring).
 LIBRARY_ULPS = 16.0
-#: Operators whose float result equals the exact one on the same float inputs (copies and selections).
-EXACT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Slice", "Gather",
-             "Pad", "Tile", "Expand", "Concat", "Split", "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max",
-             "Min", "Where", "Relu", "Neg", "Abs", "Clip", "Cast", "Shape", "Size"}
-#: Affine operators with nonnegative coefficients (|A| = A, so |||A||| is the node's own L2 bound).
-NONNEGATIVE_OPS = {"AveragePool", "GlobalAveragePool", "ReduceSum", "ReduceMean"}
 
 
 def gamma(n: float, u: float) -> float:
@@ -59,15 +54,16 @@ class ForwardError:
         self.graph, self.analysis = graph, analysis
         self.models = [self._model(record) for record in analysis.records]
 
-    def _model(self, record: network.NodeRecord):
+    def _model(self, record: NodeRecord):
         """``(kind, n, |||A|||, ||c||)`` for the node's local rounding (see :meth:`_local`)."""
         rule, ctx = record.rule, record.ctx
-        if not record.varying or ctx.op_type in EXACT_OPS:
+        rounding = getattr(record.module, "float_rounding", None)  # ``OnnxOp.float_rounding``
+        if not record.varying or rounding == "exact":  # the float result is the exact one on the same inputs
             return ("exact", 0, 0.0, 0.0)
-        if isinstance(rule, network.Combine):
+        if isinstance(rule, rules.Combine):
             return ("sum", len(ctx.varying_inputs) + (rule.scale != 1.0), 0.0, 0.0)
-        if isinstance(rule, network.Linear) and len(record.varying) == 1:
-            n_in = network.numel(ctx.in_shape)
+        if isinstance(rule, rules.Linear) and len(record.varying) == 1:
+            n_in = rules.numel(ctx.in_shape)
             if rule.kind == "dense":
                 w = rule.weight.abs()
                 return ("affine", w.shape[1], _abs_norm(w.sum(dim=1), w.sum(dim=0)), self._offset(record))
@@ -78,12 +74,13 @@ class ForwardError:
                         self._offset(record))
             if rule.kind in ("scale", "isometry"):  # up to 4 roundings (BatchNorm: subtract, scale, shift)
                 return ("affine", 4, record.bound.upper, self._offset(record))
-            spread = 1.0 if ctx.op_type in NONNEGATIVE_OPS else math.sqrt(min(n_in, network.numel(ctx.out_shape)))
+            # nonnegative coefficients: |A| = A, so |||A||| is the node's own L2 bound
+            spread = 1.0 if rounding == "nonnegative" else math.sqrt(min(n_in, rules.numel(ctx.out_shape)))
             return ("affine", n_in, (record.bound.upper or 0.0) * spread, self._offset(record))
-        size = max(network.numel(ctx.in_shape), 1) if ctx.op_type not in _ELEMENTWISE else 1
+        size = max(rules.numel(ctx.in_shape), 1) if rounding != "elementwise" else 1
         return ("library", size, record.bound.upper or 0.0, 0.0)
 
-    def _offset(self, record: network.NodeRecord) -> float:
+    def _offset(self, record: NodeRecord) -> float:
         """``||c||`` of an affine node: its output at a zero varying input (bias, added constants)."""
         env = {n: t for n, t in zip(record.inputs, record.ctx.constants)}
         args = [torch.zeros((1, *record.ctx.input_shapes[i]), dtype=record.ctx.input_dtypes[i] or torch.float32)
@@ -112,7 +109,7 @@ class ForwardError:
         for record, (kind, n, abs_norm, offset) in zip(analysis.records, self.models):
             if not record.varying:
                 continue
-            moved = (network._propagate(record, a), network._propagate(record, b))
+            moved = (network.propagate(record, a), network.propagate(record, b))
             moved = tuple(math.inf if v is None else v for v in moved)
             out = next((o for o in record.outputs if o), None)
             u = unit_roundoff(env[out].dtype) if isinstance(env.get(out), torch.Tensor) else 0.0
@@ -129,7 +126,7 @@ class ForwardError:
             return 0.0, 0.0
         ins = [magnitude(record.inputs[i]) for i in record.ctx.varying_inputs]
         if kind == "sum":  # a sum of k broadcast terms (and a division for Mean)
-            factors = [network._broadcast_factor(record.ctx, i) for i in record.ctx.varying_inputs]
+            factors = [network.broadcast_factor(record.ctx, i) for i in record.ctx.varying_inputs]
             g = gamma(n, u)
             return g * sum(f * m0 for f, (m0, _) in zip(factors, ins)), g * sum(f * m1 for f, (_, m1) in zip(factors,
                                                                                                             ins))
@@ -145,11 +142,6 @@ class ForwardError:
 def _times(a: float, b: float) -> float:
     """``a * b`` with ``0 * inf = 0`` (a zero operator adds no error, however large its input may grow)."""
     return 0.0 if a == 0 or b == 0 else a * b
-
-
-#: Library operators applied entry by entry (one function evaluation per output).
-_ELEMENTWISE = {"Sigmoid", "Tanh", "Softplus", "Softsign", "Elu", "Selu", "Celu", "LeakyRelu", "PRelu", "HardSigmoid",
-                "HardSwish", "Gelu", "Mish", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Pow", "Mul", "Div"}
 
 
 def _abs_norm(row_sums: torch.Tensor, col_sums: torch.Tensor) -> float:

@@ -11,6 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from certify.lipschitz import constants
+from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.constants import Slope, exact_constant
 from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.elementwise import Pointwise
@@ -20,6 +23,8 @@ from certify.ops.registry import register
 @register("Relu", versions=(6, None))
 class Relu(Pointwise):
     fn = staticmethod(torch.relu)
+    fixed_slope = (0.0, 1.0)
+    float_rounding = "exact"
 
 
 @register("LeakyRelu", versions=(6, None))
@@ -29,10 +34,16 @@ class LeakyRelu(Pointwise):
     def fn(self, x):
         return F.leaky_relu(x, self.alpha)
 
+    def slope(self):
+        """alpha | 1: the range between them."""
+        return Slope(min(self.alpha, 1.0), max(self.alpha, 1.0))
+
 
 @register("PRelu", versions=(7, None))
 class PRelu(OnnxOp):
     """``slope * x`` where ``x < 0``, else ``x``; ``slope`` broadcasts to ``x``."""
+
+    float_rounding = "elementwise"
 
     @classmethod
     def example(cls, op_type, rng):
@@ -46,9 +57,15 @@ class PRelu(OnnxOp):
 
     def lipschitz(self, ctx):
         """Slope in [min(slope, 1), max(slope, 1)] with the constant slope input."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.prelu(ctx)
+        if ctx.varying_inputs != [0]:
+            return rules.product_of_varying(ctx)
+        slopes = ctx.const(1).double().numpy()
+        rules.finite_attributes(self.op_type, {"slope": slopes})
+        slopes = slopes.reshape(-1)
+        slope = Slope(min(float(slopes.min()), 1.0), max(float(slopes.max()), 1.0))
+        return rules.activation(ctx, slope, f"{self.op_type}: no global Lipschitz constant")
 
 
 @register("Elu", versions=(6, None))
@@ -58,6 +75,10 @@ class Elu(Pointwise):
     def fn(self, x):
         return F.elu(x, self.alpha)
 
+    def slope(self):
+        """1 | alpha e^t (between 0 and alpha): max(1, |alpha|) for any sign of alpha."""
+        return Slope(min(self.alpha, 0.0), max(self.alpha, 1.0))
+
 
 @register("Selu", versions=(6, None))
 class Selu(Pointwise):
@@ -65,6 +86,11 @@ class Selu(Pointwise):
 
     def fn(self, x):
         return self.gamma * F.elu(x, self.alpha)
+
+    def slope(self):
+        """gamma | gamma alpha e^t: between 0, gamma and gamma alpha."""
+        ends = (self.gamma, self.gamma * self.alpha, 0.0)
+        return Slope(min(ends), max(ends))
 
 
 @register("Celu", versions=(12, None))
@@ -74,10 +100,21 @@ class Celu(Pointwise):
     def fn(self, x):
         return F.celu(x, self.alpha)
 
+    def slope(self):
+        """1 | e^(t/alpha) for t < 0: <= 1 when alpha > 0; when alpha < 0, e^(t/alpha) grows without bound as
+        t -> -inf, and alpha = 0 divides by zero: not Lipschitz."""
+        return Slope(0.0, 1.0) if self.alpha > 0 else None
+
+    def unbounded_reason(self) -> str:
+        return (f"Celu with alpha={self.alpha} <= 0: alpha (exp(t / alpha) - 1) grows like exp(|t / alpha|) (or "
+                "divides by zero): not Lipschitz")
+
 
 @register("Sigmoid", versions=(6, None))
 class Sigmoid(Pointwise):
     fn = staticmethod(torch.sigmoid)
+    fixed_slope = (0.0, 0.25)  # s(1 - s), largest at 0
+    gate_step = True
 
 
 @register("HardSigmoid", versions=(6, None))
@@ -89,17 +126,24 @@ class HardSigmoid(Pointwise):
     def fn(self, x):
         return torch.clamp(self.alpha * x + self.beta, 0.0, 1.0)
 
+    def slope(self):
+        """alpha on the ramp, 0 outside."""
+        return Slope(min(self.alpha, 0.0), max(self.alpha, 0.0))
+
 
 @register("HardSwish", versions=(14, None))
 class HardSwish(Pointwise):
     """``x * clamp(x / 6 + 1/2, 0, 1)``."""
 
     fn = staticmethod(F.hardswish)
+    fixed_slope = (-0.5, 1.5)  # (2t + 3) / 6 on (-3, 3)
 
 
 @register("Tanh", versions=(6, None))
 class Tanh(Pointwise):
     fn = staticmethod(torch.tanh)
+    fixed_slope = (0.0, 1.0)  # 1 - tanh^2
+    gate_step = True
 
 
 @register("Softplus", versions=(1, None))
@@ -107,11 +151,14 @@ class Softplus(Pointwise):
     """``log(1 + exp(x))`` (torch returns ``x`` itself above 20, where they agree to float precision)."""
 
     fn = staticmethod(F.softplus)
+    fixed_slope = (0.0, 1.0)  # the sigmoid
+    gate_step = True
 
 
 @register("Softsign", versions=(1, None))
 class Softsign(Pointwise):
     fn = staticmethod(F.softsign)
+    fixed_slope = (0.0, 1.0)  # 1 / (1 + |t|)^2
 
 
 @register("Gelu", versions=(20, None))
@@ -127,16 +174,18 @@ class Gelu(Pointwise):
     def fn(self, x):
         return F.gelu(x, approximate=self.approximate)
 
+    def slope(self):
+        """See ``constants.GELU_SLOPE`` (closed form) and ``GELU_TANH_SLOPE`` (grid search)."""
+        return constants.GELU_TANH_SLOPE if self.approximate == "tanh" else constants.GELU_SLOPE
+
+    @property
+    def searched(self) -> bool:
+        return self.approximate == "tanh"
+
     @classmethod
     def example(cls, op_type, rng):
         approximate = examples.pick(rng, ["none", "tanh"])
         return examples.unary(op_type, rng, approximate, opset=20, approximate=approximate)
-
-    def lipschitz(self, ctx):
-        """GELU's slope range (exact or tanh form)."""
-        from certify.lipschitz import network
-
-        return network.activation("Gelu", ctx, approximate=self.approximate)
 
 
 @register("Mish", versions=(18, None))
@@ -144,6 +193,11 @@ class Mish(Pointwise):
     """``x * tanh(softplus(x))``."""
 
     fn = staticmethod(F.mish)
+    searched = True
+
+    def slope(self):
+        """See ``constants.MISH_SLOPE`` (grid search)."""
+        return constants.MISH_SLOPE
 
 
 @register("Clip", versions=(6, None))
@@ -153,6 +207,8 @@ class Clip(OnnxOp):
     ``min``/``max`` are the bounds known at conversion (floats; None: unbounded or computed at run time). As in
     ONNX (and torch), when ``min > max`` every value becomes ``max``.
     """
+
+    float_rounding = "exact"
 
     def __init__(self, node):
         super().__init__(node)
@@ -193,10 +249,12 @@ class Clip(OnnxOp):
         return torch.clamp(x, lo, hi)
 
     def lipschitz(self, ctx):
-        """Slope in [0, 1]."""
-        from certify.lipschitz import network
+        """Slope in [0, 1]; with input-dependent bounds, 1 jointly (min and max are 1-Lipschitz)."""
+        from certify.lipschitz import constants, rules
 
-        return network.clip(ctx)
+        if ctx.varying_inputs != [0]:
+            return constants.exact_constant(1.0, method="clip (joint)", norm=ctx.norm)
+        return rules.activation(ctx, Slope(0.0, 1.0), "")
 
 
 class Normalize(OnnxOp):
@@ -234,20 +292,57 @@ class Normalize(OnnxOp):
         return examples.unary(op_type, rng, f"opset {opset}", opset=opset, per_sample=per_sample, axis=axis)
 
     def lipschitz(self, ctx):
-        """Softmax 1/2, LogSoftmax sqrt(n) (see ``constants.softmax_bound``)."""
-        from certify.lipschitz import network
-
-        return network.softmax(ctx, self.axis, self.flatten_to_2d, log=self.op_type == "LogSoftmax")
+        """Softmax 1/2, LogSoftmax sqrt(n) (see ``softmax_bound``) along ``axis`` of the batch-1 tensor
+        (the whole trailing block before opset 13)."""
+        full = (1, *ctx.in_shape)
+        axis = self.axis + len(full) if self.axis < 0 else self.axis
+        size = math.prod(full[axis:]) if self.flatten_to_2d else full[axis]
+        return self.bound(size, ctx.norm)
 
 
 @register("Softmax", versions=(1, None))
 class Softmax(Normalize):
     fn = staticmethod(torch.softmax)
 
+    @staticmethod
+    def bound(axis_size: int, norm: str):
+        return softmax_bound(axis_size, norm)
+
 
 @register("LogSoftmax", versions=(1, None))
 class LogSoftmax(Normalize):
     fn = staticmethod(torch.log_softmax)
+
+    @staticmethod
+    def bound(axis_size: int, norm: str):
+        return log_softmax_bound(axis_size, norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bounds (Lipschitz constants of this family; ``certify.lipschitz`` composes them)
+
+
+def softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
+    """Softmax along an axis: constant 1/2 in L2 and in L-inf.
+
+    Gao & Pavel (2017, "On the properties of the softmax function", Prop. 4) show softmax is 1-Lipschitz; the
+    exact constant is 1/2. The Jacobian is ``J = diag(p) - p p^T`` (symmetric PSD) and for a unit ``v``,
+    ``v^T J v = Var_p(v) <= (max v - min v)^2 / 4 <= 2 (max v^2 + min v^2)/4 <= 1/2`` (Popoviciu), approached by
+    ``p -> (1/2, 1/2, 0, ...)``, ``v = (1, -1, 0, ...)/sqrt 2``. In L-inf the row sums are
+    ``2 p_i (1 - p_i) <= 1/2``. Slices along the axis are independent (block-diagonal Jacobian): the same constant.
+    """
+    if axis_size <= 1:
+        return exact_constant(0.0, norm=norm)
+    return exact_constant(0.5, norm=norm)
+
+
+def log_softmax_bound(axis_size: int, norm: str = "l2") -> LayerBound:
+    """LogSoftmax: Jacobian ``I - 1 p^T``, an oblique projection whose L2 norm is ``||1|| ||p|| <= sqrt(n)``
+    (approached as p -> a vertex); L-inf row sums ``2 (1 - p_i) <= 2``."""
+    n = max(int(axis_size), 1)
+    if n == 1:
+        return exact_constant(0.0, norm=norm)
+    return exact_constant(math.sqrt(n) if norm == "l2" else 2.0, norm=norm)
 
 
 def _relaxations() -> None:

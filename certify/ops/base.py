@@ -142,11 +142,25 @@ class NodeView:
 class OnnxOp(nn.Module):
     """Base of every converted operator. Subclasses implement ``forward(*inputs)``.
 
+    Everything lipcert knows about an operator is declared on its class, so adding one touches one file: its
+    conversion and ``forward``, its instance generator (:meth:`example`, for the soundness harness), its global bound
+    rule (:meth:`lipschitz`, in L2 and L-inf; a ``Pointwise`` activation declares only its slope range), its local
+    relaxation (``relaxation``, ``certify.local.rules``) and the flags below. ``certify.lipschitz`` composes the
+    rules and names no operator.
+
     ``foldable``: when all inputs are constants, the node is evaluated once at conversion time.
     """
 
     foldable = True
     versions: tuple[int, int | None] = (1, None)
+    #: How the float forward pass rounds (``certify.lipschitz.rounding``): ``"exact"`` (copies and selections: the
+    #: float result is the exact one), ``"nonnegative"`` (affine with nonnegative coefficients), ``"elementwise"``
+    #: (one library call per entry) or None (a library function of the whole input).
+    float_rounding: str | None = None
+    #: Gated activations (``certify.lipschitz.gated``): ``gate_product``, the node multiplies its two inputs;
+    #: ``gate_step``, a scalar elementwise op that may compute the gate ``g(x)`` of ``x * g(x)``.
+    gate_product = False
+    gate_step = False
 
     def __init__(self, node: NodeView):
         super().__init__()
@@ -166,6 +180,10 @@ class OnnxOp(nn.Module):
     def lipschitz(self, ctx):
         """This operator's Lipschitz bound rule (see ``certify.lipschitz``). Default: none, reported unbounded."""
         return None
+
+    def promote_float32(self) -> None:
+        """Make this operator's own float32 arithmetic float64 (the soundness harness's reference evaluation):
+        nothing for most operators, whose precision follows their inputs."""
 
     def extra_repr(self) -> str:
         return f"onnx_name={self.onnx_name!r}"

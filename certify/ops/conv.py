@@ -202,9 +202,17 @@ class Conv(SlidingWindow, OnnxOp):
 
     def lipschitz(self, ctx):
         """Linear: this kernel with the resolved strides, pads and dilations."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.convolution(ctx, self, self.group)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "the kernel depends on the input")
+        weight = ctx.const(1).detach().double()
+        in_spatial = ctx.in_shape[1:]
+        nd = len(in_spatial)
+        pads = self.resolved_pads(in_spatial, list(weight.shape[2:]))
+        return rules.Linear("conv", weight=weight, conv={"stride": list(self.axis_strides(nd)), "padding": list(pads),
+                                                         "dilation": list(self.axis_dilations(nd)),
+                                                         "groups": int(self.group)})
 
 
 @register("ConvTranspose", versions=(1, None))
@@ -278,10 +286,26 @@ class ConvTranspose(SlidingWindow, OnnxOp):
         return y
 
     def lipschitz(self, ctx):
-        """Linear: the adjoint of the strided convolution with this kernel."""
-        from certify.lipschitz import network
+        """Linear: the adjoint of the strided convolution with the same kernel read on the uncropped output (same
+        norm); cropping (pads) and zero-extension (output_padding) never increase it. In L-inf the bound is the max
+        row sum of |A|: per OUTPUT entry, the sum over the inputs it reads."""
+        from certify.lipschitz import linear_norms, rules
 
-        return network.convolution(ctx, self, self.group, transposed=True)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "the kernel depends on the input")
+        weight = ctx.const(1).detach().double()
+        nd = weight.dim() - 2
+        geometry = {"stride": list(self.axis_strides(nd)), "padding": [0] * (2 * nd),
+                    "dilation": list(self.axis_dilations(nd)), "groups": int(self.group)}
+        if ctx.norm == "linf":
+            bound = linear_norms.conv_bound(weight, ctx.in_shape, **geometry, transposed=True, norm="linf")
+        else:
+            full = (weight.shape[1] * int(self.group),
+                    *[int(f) for f in self.full_spatial_shape(ctx.in_shape[1:], list(weight.shape[2:]))])
+            bound = linear_norms.conv_bound(weight, full, **geometry, norm="l2")
+        bound.lower = None
+        bound.exact = False
+        return rules.Linear("bounded", bound=bound)
 
 
 def _conv_example(op_type: str, rng, transposed: bool):

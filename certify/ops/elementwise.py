@@ -7,6 +7,7 @@ numpy (ONNX multidirectional broadcasting is numpy's), which torch implements as
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from onnx import TensorProto
@@ -25,6 +26,11 @@ class Pointwise(OnnxOp):
     """
 
     attributes: dict[str, float] = {}
+    float_rounding = "elementwise"
+    #: The range ``(lo, hi)`` of ``f'`` when it depends on no attribute (None: see :meth:`slope`).
+    fixed_slope: tuple[float, float] | None = None
+    #: The slope range came from a grid search (``constants``): the attained lower bound keeps the search margin.
+    searched = False
 
     def __init__(self, node):
         super().__init__(node)
@@ -48,11 +54,22 @@ class Pointwise(OnnxOp):
         fields = "".join(f", {name}={getattr(self, name)!r}" for name in self.attributes)
         return super().extra_repr() + fields
 
-    def lipschitz(self, ctx):
-        """The activation's slope range from its op type and attributes (``constants.activation_slope``)."""
-        from certify.lipschitz import network
+    def slope(self):
+        """The range of ``f'`` over the real line (``constants.Slope``), or None when ``f`` is not Lipschitz. Its
+        Jacobian is ``diag(f'(x_i))``, so the constant is ``sup |f'|`` in L2 and L-inf alike."""
+        from certify.lipschitz.constants import Slope
 
-        return network.activation(self.op_type, ctx, **{name: getattr(self, name) for name in self.attributes})
+        return None if self.fixed_slope is None else Slope(*self.fixed_slope)
+
+    def unbounded_reason(self) -> str:
+        return f"{self.op_type}: no global Lipschitz constant"
+
+    def lipschitz(self, ctx):
+        """The activation's slope range (:meth:`slope`), for ECLipsE chains and as its own bound."""
+        from certify.lipschitz import rules
+
+        rules.finite_attributes(self.op_type, {name: getattr(self, name) for name in self.attributes})
+        return rules.activation(ctx, self.slope(), self.unbounded_reason(), self.searched)
 
 
 class Binary(OnnxOp):
@@ -89,38 +106,59 @@ class Variadic(OnnxOp):
             raise ValueError(f"{self.op_type} {self.onnx_name}: needs at least one input")
         return functools.reduce(self.fn, present)
 
+    @staticmethod
+    def combine(ctx, kind: str, count: int):
+        """Sum / Mean (``kind="sum"``, Mean divides by ``count``) and Max / Min (``kind="max"``: elementwise max is
+        1-Lipschitz in the concatenated inputs) over several inputs."""
+        from certify.lipschitz import constants, rules
+
+        if len(ctx.varying_inputs) > 1:
+            return rules.Combine(kind, scale=1.0 / count if count > 1 else 1.0)
+        if kind == "max":
+            if rules.numel(ctx.out_shape) == rules.numel(ctx.in_shape):
+                return rules.Activation(constants.Slope(0.0, 1.0), constants.exact_constant(1.0, norm=ctx.norm))
+            return rules.translation(ctx)
+        if count > 1:
+            return rules.scale(ctx, torch.tensor(1.0 / count))
+        return rules.translation(ctx)
+
 
 @register("Add", versions=(7, None))
 class Add(Binary):
     fn = staticmethod(torch.add)
 
+    gate_step = True
+
     def lipschitz(self, ctx):
         """A residual sum of varying tensors, or a translation."""
-        from certify.lipschitz import network
-
-        return network.add(ctx)
+        return add_rule(ctx)
 
 
 @register("Sub", versions=(7, None))
 class Sub(Binary):
     fn = staticmethod(torch.sub)
 
+    gate_step = True
+
     def lipschitz(self, ctx):
         """A difference of varying tensors, or a translation / negation."""
-        from certify.lipschitz import network
-
-        return network.add(ctx, subtract=True)
+        return add_rule(ctx, subtract=True)
 
 
 @register("Mul", versions=(7, None))
 class Mul(Binary):
     fn = staticmethod(torch.mul)
 
+    float_rounding = "elementwise"
+    gate_step = gate_product = True
+
     def lipschitz(self, ctx):
         """A constant scale; two varying factors are unbounded."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.mul(ctx)
+        if len(ctx.varying_inputs) > 1:
+            return rules.product_of_varying(ctx)
+        return rules.scale(ctx, ctx.const(1 - ctx.varying_inputs[0]))
 
 
 @register("Div", versions=(7, None))
@@ -133,11 +171,19 @@ class Div(Binary):
             return torch.div(a, b)
         return torch.div(a, b, rounding_mode="trunc")
 
+    float_rounding = "elementwise"
+    gate_step = True
+
     def lipschitz(self, ctx):
         """Division by a constant; a varying divisor is unbounded."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.div(ctx)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "division by an input-dependent tensor has no global Lipschitz constant")
+        denominator = ctx.const(1).double()
+        if bool((denominator == 0).any()):
+            return rules.unbounded(ctx, "division by zero")
+        return rules.scale(ctx, 1.0 / denominator)
 
 
 @register("Pow", versions=(7, None))
@@ -151,21 +197,27 @@ class Pow(Binary):
         # integer base, fractional exponent: compute in float64, then truncate back like a C cast
         return torch.pow(x.to(torch.float64), y.to(torch.float64)).to(x.dtype)
 
+    float_rounding = "elementwise"
+
     def lipschitz(self, ctx):
         """No global constant."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "powers are not globally Lipschitz")
+        return rules.unbounded(ctx, "powers are not globally Lipschitz")
 
 
 @register("Neg", versions=(6, None))
 class Neg(Pointwise):
     fn = staticmethod(torch.neg)
+    fixed_slope = (-1.0, 1.0)
+    float_rounding = "exact"
 
 
 @register("Abs", versions=(6, None))
 class Abs(Pointwise):
     fn = staticmethod(torch.abs)
+    fixed_slope = (-1.0, 1.0)
+    float_rounding = "exact"
 
 
 @register("Sqrt", versions=(6, None))
@@ -191,28 +243,33 @@ class Reciprocal(Pointwise):
 @register("Erf", versions=(9, None))
 class Erf(Pointwise):
     fn = staticmethod(torch.erf)
+    gate_step = True
+
+    def slope(self):
+        """``2/sqrt(pi) e^(-t^2)``: in (0, 2/sqrt(pi)]."""
+        from certify.lipschitz.constants import Slope, round_up
+
+        return Slope(0.0, round_up(2 / math.sqrt(math.pi)))
 
 
 @register("Max", versions=(6, None))
 class Max(Variadic):
     fn = staticmethod(torch.maximum)
+    float_rounding = "exact"
 
     def lipschitz(self, ctx):
         """Elementwise max: 1-Lipschitz in the concatenated inputs."""
-        from certify.lipschitz import network
-
-        return network.variadic(ctx, "max", 1)
+        return self.combine(ctx, "max", 1)
 
 
 @register("Min", versions=(6, None))
 class Min(Variadic):
     fn = staticmethod(torch.minimum)
+    float_rounding = "exact"
 
     def lipschitz(self, ctx):
         """Elementwise min: 1-Lipschitz in the concatenated inputs."""
-        from certify.lipschitz import network
-
-        return network.variadic(ctx, "max", 1)
+        return self.combine(ctx, "max", 1)
 
 
 @register("Sum", versions=(6, None))
@@ -221,9 +278,7 @@ class Sum(Variadic):
 
     def lipschitz(self, ctx):
         """A sum of the inputs' bounds."""
-        from certify.lipschitz import network
-
-        return network.variadic(ctx, "sum", 1)
+        return self.combine(ctx, "sum", 1)
 
 
 @register("Mean", versions=(6, None))
@@ -235,13 +290,13 @@ class Mean(Variadic):
 
     def lipschitz(self, ctx):
         """The sum divided by the number of inputs."""
-        from certify.lipschitz import network
-
-        return network.variadic(ctx, "sum", len(ctx.input_shapes))
+        return self.combine(ctx, "sum", len(ctx.input_shapes))
 
 
 @register("Where", versions=(9, None))
 class Where(OnnxOp):
+    float_rounding = "exact"
+
     @classmethod
     def example(cls, op_type, rng):
         """A constant or input-dependent condition choosing between x and a constant or function of x."""
@@ -261,14 +316,18 @@ class Where(OnnxOp):
 
     def lipschitz(self, ctx):
         """A selection with a constant condition; a varying condition jumps."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.where(ctx)
+        if ctx.varying(0):
+            return rules.unbounded(ctx, "an input-dependent condition makes the output jump")
+        return rules.Combine("max")
 
 
 @register("Cast", versions=(6, None))
 class Cast(OnnxOp):
     """Convert to the dtype ``to``. Float to integer truncates toward zero; nonzero becomes True."""
+
+    float_rounding = "exact"
 
     def __init__(self, node):
         super().__init__(node)
@@ -292,10 +351,38 @@ class Cast(OnnxOp):
         return super().extra_repr() + f", dtype={self.dtype}"
 
     def lipschitz(self, ctx):
-        """Float casts are isometries; casts to integers round."""
-        from certify.lipschitz import network
+        """A cast to a float type at least as precise as its input is exact (an isometry); any other cast rounds,
+        and rounding is not Lipschitz (two inputs closer than a rounding step can land a whole step apart)."""
+        from certify.lipschitz import rules
 
-        return network.cast(ctx, self.dtype)
+        source, dtype = (ctx.input_dtypes[0] if ctx.input_dtypes else None), self.dtype
+        finer = source is not None and source.is_floating_point and dtype.is_floating_point and (
+            torch.finfo(dtype).eps <= torch.finfo(source).eps and torch.finfo(dtype).max >= torch.finfo(source).max)
+        if finer:
+            return rules.Linear("isometry")
+        return rules.unbounded(ctx, rounding_reason(f"casting {source} to {dtype}"))
+
+    def promote_float32(self) -> None:
+        """A cast to float32 is the model's own working precision, not a rounding of it."""
+        if self.dtype == torch.float32:
+            self.dtype = torch.float64
+
+
+def add_rule(ctx, subtract: bool = False):
+    """Add / Sub: a residual sum of two varying tensors, or a translation (a negation for ``c - x``)."""
+    from certify.lipschitz import rules
+
+    if len(ctx.varying_inputs) > 1:
+        return rules.Combine("sum")
+    if subtract and ctx.varying_inputs == [1]:
+        return rules.scale(ctx, torch.tensor(-1.0))
+    return rules.translation(ctx)
+
+
+def rounding_reason(what: str) -> str:
+    """Why a rounding operator gets no bound (one wording for every such operator)."""
+    return (f"{what} rounds to a coarser grid: not Lipschitz (inputs closer than one rounding step can land a whole "
+            "step apart), so no certificate covers it")
 
 
 def onnx_type_name(elem_type: int) -> str:

@@ -66,9 +66,12 @@ class Gemm(OnnxOp):
 
     def lipschitz(self, ctx):
         """Dense: the weight alpha * B'^T."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.gemm(ctx, self.alpha, self.trans_a, self.trans_b)
+        if ctx.varying_inputs != [0] or self.trans_a:
+            return rules.unbounded(ctx, "the weight depends on the input (or A is transposed across the batch)")
+        b = ctx.const(1).double()
+        return rules.dense(ctx, self.alpha * (b if self.trans_b else b.T))
 
 
 @register("MatMul", versions=(1, None))
@@ -97,10 +100,21 @@ class MatMul(OnnxOp):
         return torch.matmul(a, b)
 
     def lipschitz(self, ctx):
-        """Dense with the constant operand."""
-        from certify.lipschitz import network
+        """One constant operand: ``x @ B`` acts on the last axis (norm ||B||), ``A @ x`` on the second to last (norm
+        ||A||: L2 its spectral norm, L-inf its largest row sum)."""
+        from certify.lipschitz import constants, linear_norms, rules
 
-        return network.matmul(ctx)
+        if ctx.varying_inputs == [0] and ctx.const(1).dim() == 2:
+            return rules.dense(ctx, ctx.const(1).double().T)
+        if ctx.varying_inputs == [1] and ctx.const(0).dim() == 2 and len(ctx.input_shapes[1]) >= 2:
+            a = ctx.const(0).double()
+            if ctx.norm == "l2":
+                return rules.Linear("bounded", bound=linear_norms.dense_bound(a, norm=ctx.norm))
+            value = float(a.abs().sum(dim=1).max())
+            return rules.Linear("bounded", bound=constants.exact_constant(value, method="row sums", norm="linf"))
+        if len(ctx.varying_inputs) > 1:
+            return rules.product_of_varying(ctx)
+        return rules.unbounded(ctx, "batched constant operand not supported")
 
 
 def _relaxations() -> None:

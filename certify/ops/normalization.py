@@ -6,10 +6,15 @@ Scales, biases and statistics arrive as forward inputs (``graph.constant(name)``
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.constants import exact_constant, round_up, scale_bound, unbounded
 from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.registry import register, schema_version
@@ -84,9 +89,13 @@ class BatchNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """Per-channel scale gamma / sqrt(var + eps), fused into a preceding conv."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.batchnorm(ctx, self.epsilon)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "its parameters depend on the input")
+        factor = batchnorm_scale(ctx.const(1), ctx.const(4), self.epsilon)
+        channel_shape = (-1,) + (1,) * (len(ctx.in_shape) - 1) if factor.ndim <= 1 else factor.shape
+        return rules.scale(ctx, torch.from_numpy(factor).reshape(channel_shape))
 
 
 @register("InstanceNormalization", versions=(1, None))
@@ -109,10 +118,8 @@ class InstanceNormalization(OnnxOp):
         return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
 
     def lipschitz(self, ctx):
-        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        """max |gamma| / sqrt(eps) (``layernorm_bound``)."""
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("LayerNormalization", versions=(17, None))
@@ -148,10 +155,8 @@ class LayerNormalization(OnnxOp):
         return y, mean, inv_std
 
     def lipschitz(self, ctx):
-        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        """max |gamma| / sqrt(eps) (``layernorm_bound``)."""
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("GroupNormalization", versions=(18, None))
@@ -194,10 +199,8 @@ class GroupNormalization(OnnxOp):
         return normalized * per_channel(scale, x.dim()) + per_channel(bias, x.dim())
 
     def lipschitz(self, ctx):
-        """max |gamma| / sqrt(eps) (``constants.layernorm_bound``)."""
-        from certify.lipschitz import network
-
-        return network.normalization(ctx, self.epsilon)
+        """max |gamma| / sqrt(eps) (``layernorm_bound``)."""
+        return normalization_rule(ctx, self.epsilon)
 
 
 @register("LRN", versions=(1, None))
@@ -239,10 +242,9 @@ class LRN(OnnxOp):
         return x / (self.bias + self.alpha / self.size * square_sum) ** self.beta
 
     def lipschitz(self, ctx):
-        """The closed-form bound of ``constants.lrn_bound``."""
-        from certify.lipschitz import constants
+        """The closed-form bound of ``lrn_bound``."""
 
-        return constants.lrn_bound(self.size, self.alpha, self.beta, self.bias, ctx.norm)
+        return lrn_bound(self.size, self.alpha, self.beta, self.bias, ctx.norm)
 
 
 @register("LpNormalization", versions=(1, None))
@@ -269,9 +271,86 @@ class LpNormalization(OnnxOp):
 
     def lipschitz(self, ctx):
         """x / ||x|| is not Lipschitz near 0."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")
+        return rules.unbounded(ctx, "x / ||x|| has no Lipschitz constant near 0")
+
+
+def normalization_rule(ctx, epsilon: float):
+    """Layer / instance / group normalisation: max|gamma| / sqrt(eps) (see ``layernorm_bound``)."""
+    from certify.lipschitz import rules
+
+    if ctx.varying_inputs != [0]:
+        return rules.unbounded(ctx, "its scale depends on the input")
+    if sum(s is not None for s in ctx.output_shapes) > 1:
+        return rules.unbounded(ctx, "its statistics outputs (mean, inverse std) are used")
+    gamma = ctx.const(1)
+    gamma = None if gamma is None else gamma.double().numpy()
+    return layernorm_bound(rules.numel(ctx.in_shape), gamma, epsilon, ctx.norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bounds (Lipschitz constants of this family; ``certify.lipschitz`` composes them)
+
+
+def batchnorm_scale(gamma, var, eps: float) -> np.ndarray:
+    """Per-channel slope ``gamma / sqrt(var + eps)`` of inference BatchNorm (float64 from the stored params)."""
+    gamma = np.asarray(gamma, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # var + eps <= 0 is reported by the bound, not warned
+        return gamma / np.sqrt(var + float(eps))
+
+
+def batchnorm_bound(gamma, var, eps: float, norm: str = "l2") -> LayerBound:
+    """BatchNorm when it is not fused into the preceding convolution: max |gamma| / sqrt(var + eps)."""
+    return scale_bound(batchnorm_scale(gamma, var, eps), norm)
+
+
+def lrn_bound(size: int, alpha: float, beta: float, bias: float, norm: str = "l2") -> LayerBound:
+    """Local response normalisation ``y_c = x_c / S_c^beta``, ``S_c = k + (alpha/n) sum_{j in N(c)} x_j^2``.
+
+    Derivation of a guaranteed bound on ``sup ||J||`` (k = bias > 0, beta > 0, alpha > 0, n = size, channel
+    windows N(c) of n channels). With ``w = sqrt(alpha/n) x`` and ``t_c = sum_{N(c)} w_j^2 = S_c - k``::
+
+        J = D - 2 beta E,  D = diag(S_c^-beta),  E_cj = S_c^(-beta-1) w_c w_j [j in N(c)].
+
+    ``||D|| <= k^-beta``. For unit v, Cauchy-Schwarz gives ``|(E v)_c| <= S_c^(-beta-1) |w_c| sqrt(t_c) ||v_N(c)||
+    <= g(S_c) ||v_N(c)||`` with ``g(S) = (S - k) S^(-beta-1)`` (as ``w_c^2 <= t_c``), and ``g`` peaks at
+    ``S = k (beta+1)/beta`` with ``g* = k^-beta beta^beta / (beta+1)^(beta+1)``. Every channel lies in at most n
+    windows, so ``||E v||^2 <= g*^2 n``. Hence::
+
+        ||J|| <= k^-beta (1 + 2 sqrt(n) (beta / (beta+1))^(beta+1)).
+
+    The same bound holds for the L-inf row sums (``|w_c| sum_{N(c)} |w_j| <= sqrt(n) t_c``). At x = 0 the Jacobian
+    is ``k^-beta I``: that is the lower bound. For AlexNet (n=5, beta=0.75, k=1) the bound is about 2.015.
+    """
+    if bias > 0 and beta == 0:
+        return exact_constant(1.0, method="lrn (identity)", norm=norm)
+    if not (bias > 0 and beta > 0 and alpha >= 0 and size >= 1):  # alpha < 0: S_c reaches 0 at finite x
+        return unbounded(f"LRN with alpha={alpha}, bias={bias}, beta={beta}: the denominator can vanish", norm)
+    if beta * math.log(1.0 / bias) > 700:  # k^-beta beyond float64
+        return unbounded(f"LRN with bias={bias}, beta={beta}: the slope bias^-beta overflows", norm)
+    if alpha == 0:  # y = x / k^beta
+        return exact_constant(bias**-beta, method="lrn (scale)", norm=norm)
+    base = bias**-beta
+    value = base * (1 + 2 * math.sqrt(size) * (beta / (beta + 1)) ** (beta + 1))
+    return LayerBound(upper=round_up(value), lower=base, method="lrn closed form", norm=norm)
+
+
+def layernorm_bound(axis_size: int, scale, eps: float, norm: str = "l2") -> LayerBound:
+    """LayerNorm ``y = gamma (x - mean) / sqrt(var + eps)``: its Jacobian at centred x with variance ~0 is
+    ``gamma (I - 11^T/n) / sqrt(eps)``, so ``max|gamma| / sqrt(eps)`` is approached; a guaranteed bound is
+    ``max|gamma| / sqrt(eps)`` (the projection has norm 1 and the normalisation only shrinks it further:
+    ``J = (gamma/sigma) (P - u u^T)`` with ``P`` the centring projection, ``u`` the normalised centred x, and
+    ``||P - uu^T|| <= 1``). Tiny eps makes it useless; below 1e-12 it is reported as unbounded."""
+    if eps <= 1e-12:
+        return unbounded(f"LayerNorm with eps={eps}: slope 1/sqrt(eps) is effectively unbounded", norm)
+    gamma = np.abs(np.asarray(scale if scale is not None else 1.0, dtype=np.float64))
+    value = float(gamma.max()) / math.sqrt(eps)
+    if norm == "linf":  # ||P||_inf <= 2 and ||c u u^T||_inf <= max|u_i| ||u||_1 <= sqrt(n)
+        return LayerBound(upper=round_up(value * (2.0 + math.sqrt(axis_size))), lower=None,
+                          method="layernorm closed form", norm=norm)
+    return LayerBound(upper=round_up(value), lower=value, method="layernorm closed form", exact=True, norm=norm)
 
 
 def _relaxations() -> None:

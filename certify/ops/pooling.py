@@ -8,10 +8,16 @@ the positions that count (the input only, or also the explicit pads with ``count
 
 from __future__ import annotations
 
+import math
+import time
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from certify.errors import ModelRejected
+from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.constants import exact_constant, round_up, selection_bound
 from certify.ops import examples
 from certify.ops.base import OnnxOp
 from certify.ops.conv import SlidingWindow, crop_to
@@ -51,6 +57,13 @@ class _Pool(SlidingWindow, OnnxOp):
             raise ModelRejected("invalid_attribute", f"{node.op_type} {node.name}: kernel_shape is required")
         self.read_window_attributes(node, kernel_shape)
 
+    def pool_geometry(self, ctx) -> tuple:
+        """``(input shape, output shape, kernel, strides, pads, dilations)`` the pooling bounds read."""
+        in_spatial = ctx.in_shape[1:]
+        nd = len(in_spatial)
+        return (ctx.in_shape, ctx.out_shape, self.kernel_shape, self.axis_strides(nd), self.resolved_pads(in_spatial),
+                self.axis_dilations(nd))
+
 
 def _lowest(dtype: torch.dtype) -> float | int:
     return float("-inf") if dtype.is_floating_point else torch.iinfo(dtype).min
@@ -89,6 +102,8 @@ class MaxPool(_Pool):
     row-major, or column-major with ``storage_order=1``.
     """
 
+    float_rounding = "exact"
+
     def __init__(self, node):
         super().__init__(node)
         self.storage_order = int(node.attr("storage_order", 0))
@@ -109,14 +124,15 @@ class MaxPool(_Pool):
 
     def lipschitz(self, ctx):
         """sqrt(max number of windows reading one input)."""
-        from certify.lipschitz import network
 
-        return network.pooling(ctx, self, "max")
+        return maxpool_bound(*self.pool_geometry(ctx), norm=ctx.norm)
 
 
 @register("AveragePool", versions=(1, None))
 class AveragePool(_Pool):
     """Mean over each window. Extra field: ``count_include_pad`` (explicit pads count, ceil_mode's extra never)."""
+
+    float_rounding = "nonnegative"
 
     def __init__(self, node):
         super().__init__(node)
@@ -164,14 +180,17 @@ class AveragePool(_Pool):
 
     def lipschitz(self, ctx):
         """Linear: Kronecker product of 1-D averaging matrices."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.pooling(ctx, self, "average", bool(self.count_include_pad))
+        return rules.Linear("bounded", bound=avgpool_bound(
+            *self.pool_geometry(ctx), count_include_pad=bool(self.count_include_pad), norm=ctx.norm))
 
 
 @register("GlobalAveragePool", versions=(1, None))
 class GlobalAveragePool(OnnxOp):
     """Mean over all spatial axes, keeping them as size 1."""
+
+    float_rounding = "nonnegative"
 
     @classmethod
     def example(cls, op_type, rng):
@@ -182,14 +201,16 @@ class GlobalAveragePool(OnnxOp):
 
     def lipschitz(self, ctx):
         """Linear: 1/sqrt(spatial size)."""
-        from certify.lipschitz import constants, network
+        from certify.lipschitz import rules
 
-        return network.Linear("bounded", bound=constants.global_avgpool_bound(ctx.in_shape, ctx.norm))
+        return rules.Linear("bounded", bound=global_avgpool_bound(ctx.in_shape, ctx.norm))
 
 
 @register("GlobalMaxPool", versions=(1, None))
 class GlobalMaxPool(OnnxOp):
     """Max over all spatial axes, keeping them as size 1."""
+
+    float_rounding = "exact"
 
     @classmethod
     def example(cls, op_type, rng):
@@ -203,6 +224,93 @@ class GlobalMaxPool(OnnxOp):
         from certify.lipschitz import constants
 
         return constants.selection_bound(1, ctx.norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bounds (Lipschitz constants of this family; ``certify.lipschitz`` composes them)
+
+
+def _window_counts(size: int, out: int, kernel: int, stride: int, pad_begin: int, dilation: int) -> np.ndarray:
+    """For every input position along one axis, how many pooling windows read it (padding excluded)."""
+    counts = np.zeros(size, dtype=np.int64)
+    for o in range(out):
+        start = o * stride - pad_begin
+        for t in range(kernel):
+            p = start + t * dilation
+            if 0 <= p < size:
+                counts[p] += 1
+    return counts
+
+
+def _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
+    spatial = list(input_shape[1:])
+    nd = len(spatial)
+    strides = list(strides or [1] * nd)
+    dilations = list(dilations or [1] * nd)
+    pads = list(pads or [0] * (2 * nd))
+    out = list(output_shape[1:])
+    return [(spatial[i], out[i], int(kernel[i]), int(strides[i]), int(pads[i]), int(dilations[i])) for i in range(nd)]
+
+
+def maxpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
+                  norm: str = "l2") -> LayerBound:
+    """Max-pooling: ``sqrt(max number of windows reading one input)``; for stride <= kernel without padding or
+    dilation that is ``sqrt(prod ceil(k_i / s_i))``. Overlapping windows (3x3 stride 2: 2 windows per axis) give 2,
+    not 1: the input that is the maximum of all its windows moves all of those outputs at once. Exact.
+
+    ``input_shape`` / ``output_shape`` are per-sample ``(C, *spatial)``.
+    """
+    started = time.perf_counter()
+    multiplicity = 1
+    for size, out, k, s, pb, d in _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations):
+        multiplicity *= int(_window_counts(size, out, k, s, pb, d).max(initial=0))
+    bound = selection_bound(multiplicity, norm, method="max-pool multiplicity")
+    bound.ms = (time.perf_counter() - started) * 1e3
+    return bound
+
+
+def _average_matrix(size: int, out: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+                    count_include_pad: bool) -> np.ndarray:
+    """The 1-D averaging matrix of one axis (PyTorch/ONNX divisor rules: with ``count_include_pad`` the divisor
+    counts positions inside the padded range, else only real inputs)."""
+    a = np.zeros((out, size))
+    for o in range(out):
+        start = o * stride - pad_begin
+        positions = [start + t * dilation for t in range(kernel)]
+        inside = [p for p in positions if 0 <= p < size]
+        if count_include_pad:
+            divisor = sum(1 for p in positions if -pad_begin <= p < size + pad_end)
+        else:
+            divisor = len(inside)
+        for p in inside:
+            a[o, p] += 1.0 / max(divisor, 1)
+    return a
+
+
+def avgpool_bound(input_shape, output_shape, kernel, strides=None, pads=None, dilations=None,
+                  count_include_pad: bool = False, norm: str = "l2") -> LayerBound:
+    """Average pooling is linear and separable: per channel it is the Kronecker product of one 1-D averaging
+    matrix per spatial axis, so its norm is the product of the 1-D norms (exact, from small SVDs; L-inf: the
+    product of the max row sums). The lower bound is attained by the Kronecker product of the top singular
+    vectors."""
+    started = time.perf_counter()
+    nd = len(input_shape) - 1
+    pads_list = list(pads or [0] * (2 * nd))
+    upper = lower = 1.0
+    for i, (size, out, k, s, pb, d) in enumerate(
+            _pool_geometry(input_shape, output_shape, kernel, strides, pads, dilations)):
+        a = _average_matrix(size, out, k, s, pb, pads_list[i + nd], d, count_include_pad)
+        value = float(np.abs(a).sum(axis=1).max()) if norm == "linf" else float(np.linalg.norm(a, 2))
+        upper *= round_up(value, 1e-12 * (size + out))
+        lower *= value
+    return LayerBound(upper=round_up(upper), lower=lower * (1 - 1e-12), method="kronecker-svd", exact=True,
+                      norm=norm, ms=(time.perf_counter() - started) * 1e3)
+
+
+def global_avgpool_bound(input_shape, norm: str = "l2") -> LayerBound:
+    """Mean over all spatial positions of each channel: ``1/sqrt(HW...)`` in L2 (row vectors of 1/n), 1 in L-inf."""
+    n = int(np.prod(input_shape[1:])) if len(input_shape) > 1 else 1
+    return exact_constant(1.0 if norm == "linf" else 1.0 / math.sqrt(max(n, 1)), method="constant", norm=norm)
 
 
 def _relaxations() -> None:

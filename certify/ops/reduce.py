@@ -102,10 +102,21 @@ class Reduce(OnnxOp):
         return super().extra_repr() + f", axes={self.axes}, keepdims={self.keepdims}"
 
     def lipschitz(self, ctx):
-        """The bound of this reduction kind (see ``certify.lipschitz.network.reduction``); none without a kind."""
-        from certify.lipschitz import network
+        """Over n entries per output (disjoint groups): sum sqrt(n) (L-inf: n), mean 1/sqrt(n) (1), max/min 1, L2
+        norm 1 (L-inf: sqrt(n)), L1 norm sqrt(n) (n), log-sum-exp 1 (gradient softmax, ||p||_2 <= ||p||_1 = 1); sum of
+        squares and product are not Lipschitz. None without a kind."""
+        from certify.lipschitz import constants, rules
 
-        return network.reduction(ctx, self.bound_kind, self.group_size(ctx)) if self.bound_kind else None
+        if not self.bound_kind:
+            return None
+        n, kind = self.group_size(ctx), self.bound_kind
+        linf = ctx.norm == "linf"
+        values = {"sum": n if linf else math.sqrt(n), "mean": 1.0 if linf else 1 / math.sqrt(n), "max": 1.0,
+                  "l2": math.sqrt(n) if linf else 1.0, "l1": n if linf else math.sqrt(n), "logsumexp": 1.0}
+        if kind not in values:
+            return rules.unbounded(ctx, f"Reduce{kind} has no global Lipschitz constant")
+        bound = constants.exact_constant(values[kind], method="reduction", norm=ctx.norm)
+        return rules.Linear("bounded", bound=bound) if kind in ("sum", "mean") else bound
 
     def group_size(self, ctx) -> int:
         """Entries per output, from the reduced axes of the batch-1 input (not from the output's per-sample
@@ -119,6 +130,8 @@ class Reduce(OnnxOp):
 
 @register("ReduceSum", versions=(1, None))
 class ReduceSum(Reduce):
+    float_rounding = "nonnegative"
+
     def reduce(self, x, dims):
         return torch.sum(x, dim=dims, keepdim=True)
 
@@ -127,6 +140,7 @@ class ReduceSum(Reduce):
 
 @register("ReduceMean", versions=(1, None))
 class ReduceMean(Reduce):
+    float_rounding = "nonnegative"
     float_math = True
 
     def reduce(self, x, dims):
@@ -137,6 +151,8 @@ class ReduceMean(Reduce):
 
 @register("ReduceMax", versions=(1, None))
 class ReduceMax(Reduce):
+    float_rounding = "exact"
+
     def reduce(self, x, dims):
         return torch.amax(x, dim=dims, keepdim=True)
 
@@ -148,6 +164,8 @@ class ReduceMax(Reduce):
 
 @register("ReduceMin", versions=(1, None))
 class ReduceMin(Reduce):
+    float_rounding = "exact"
+
     def reduce(self, x, dims):
         return torch.amin(x, dim=dims, keepdim=True)
 
@@ -242,9 +260,9 @@ class ArgExtreme(OnnxOp):
 
     def lipschitz(self, ctx):
         """An index output jumps: unbounded."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "an index output jumps")
+        return rules.unbounded(ctx, "an index output jumps")
 
 
 @register("ArgMax", versions=(1, None))

@@ -36,21 +36,27 @@ def _int_list(tensor: torch.Tensor | None, attribute) -> list[int] | None:
 class Reshaping(OnnxOp):
     """An operator that only rearranges its input's entries (each entry kept once): an isometry."""
 
+    float_rounding = "exact"
+
     def lipschitz(self, ctx):
         """A reshape: norm 1."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.Linear("isometry")
+        return rules.Linear("isometry")
 
 
 class Indexing(OnnxOp):
     """An operator whose output entries are copies of input entries (maybe repeated, maybe dropped)."""
 
+    float_rounding = "exact"
+
     def lipschitz(self, ctx):
         """Copies entries: sqrt(max copies of one entry)."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.indexed(ctx, self)
+        if ctx.varying_inputs != [0]:
+            return rules.unbounded(ctx, "indices, pads or repeats depend on the input")
+        return rules.selection(ctx, self)
 
 
 @register("Flatten", versions=(1, None))
@@ -179,6 +185,8 @@ class Unsqueeze(Reshaping):
 
 @register("Concat", versions=(4, None))
 class Concat(OnnxOp):
+    float_rounding = "exact"
+
     @classmethod
     def example(cls, op_type, rng):
         """One to three parts along any axis, each x, a constant or a function of x."""
@@ -202,9 +210,9 @@ class Concat(OnnxOp):
 
     def lipschitz(self, ctx):
         """Root-sum-square of the varying parts."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.concat(ctx, self)
+        return rules.Combine("concat") if len(ctx.varying_inputs) > 1 else rules.selection(ctx, self)
 
 
 @register("Split", versions=(2, None))
@@ -446,6 +454,8 @@ class Expand(Indexing):
 class Shape(OnnxOp):
     """The input's shape as int64, optionally the slice ``[start:end]`` (opset 15)."""
 
+    float_rounding = "exact"
+
     @classmethod
     def example(cls, op_type, rng):
         """Start and end anywhere (negative, out of range clamp)."""
@@ -465,13 +475,15 @@ class Shape(OnnxOp):
 
     def lipschitz(self, ctx):
         """Independent of the input's values."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.zero(ctx)
+        return rules.zero(ctx)
 
 
 @register("Size", versions=(1, None))
 class Size(OnnxOp):
+    float_rounding = "exact"
+
     @classmethod
     def example(cls, op_type, rng):
         return examples.unary(op_type, rng)
@@ -481,9 +493,9 @@ class Size(OnnxOp):
 
     def lipschitz(self, ctx):
         """Independent of the input's values."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.zero(ctx)
+        return rules.zero(ctx)
 
 
 @register("Constant", versions=(1, None))
@@ -551,9 +563,9 @@ class ConstantOfShape(OnnxOp):
 
     def lipschitz(self, ctx):
         """An input-dependent shape is not continuous."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "the shape depends on the input")
+        return rules.unbounded(ctx, "the shape depends on the input")
 
 
 @register("Range", versions=(11, None))
@@ -581,9 +593,9 @@ class Range(OnnxOp):
 
     def lipschitz(self, ctx):
         """Input-dependent limits are not continuous."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.unbounded(ctx, "the limits depend on the input")
+        return rules.unbounded(ctx, "the limits depend on the input")
 
 
 @register("Dropout", versions=(7, None))
@@ -592,6 +604,8 @@ class Dropout(OnnxOp):
 
     The optional mask output is all-true (bool; the input's dtype before opset 10).
     """
+
+    float_rounding = "exact"
 
     @classmethod
     def example(cls, op_type, rng):
@@ -623,9 +637,9 @@ class Dropout(OnnxOp):
 
     def lipschitz(self, ctx):
         """Identity at inference: norm 1."""
-        from certify.lipschitz import network
+        from certify.lipschitz import rules
 
-        return network.Linear("isometry")
+        return rules.Linear("isometry")
 
 
 @register("Identity", versions=(1, None))
