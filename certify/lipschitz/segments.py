@@ -106,15 +106,22 @@ def _segment_runner(segment: Segment, env: dict) -> Callable[[torch.Tensor], tor
             x = x[0] if isinstance(x, (tuple, list)) else x
         return x.squeeze(0)
 
-    zero_out = run_one(torch.zeros(segment.in_shape, dtype=torch.float64)).detach()
+    zero_in = torch.zeros(segment.in_shape, dtype=torch.float64)
+    zero_out = run_one(zero_in).detach()
+
+    def linear_part(t: torch.Tensor) -> torch.Tensor:
+        """The derivative at 0 in direction ``t`` (forward mode): the linear part itself, never formed as
+        f(t) - f(0), whose cancellation against a large bias loses the small entries."""
+        return torch.func.jvp(run_one, (zero_in,), (t,))[1]
 
     def batched(v: torch.Tensor) -> torch.Tensor:
         v = v.double()
-        try:
-            out = torch.func.vmap(run_one)(v)
-        except Exception:  # an operator vmap cannot trace: run the samples one by one
-            out = torch.stack([run_one(s) for s in v])
-        return out - zero_out
+        for method in (lambda: torch.func.vmap(linear_part)(v), lambda: torch.stack([linear_part(s) for s in v])):
+            try:
+                return method()
+            except Exception:  # an operator vmap or forward mode cannot trace: the next way
+                continue
+        return torch.stack([run_one(s) for s in v]) - zero_out
 
     return batched
 
