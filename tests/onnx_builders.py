@@ -35,3 +35,23 @@ def assert_case_passes(case) -> None:
     if status == "skip":
         pytest.skip(detail)
     assert status == "pass", detail
+
+
+def shape_bomb_model(factors=(100000, 100000)) -> onnx.ModelProto:
+    """``ConstantOfShape(Shape(x) * factors)`` with x of shape [batch, 4]: its size is data-dependent, so onnx's own
+    shape inference leaves it unknown."""
+    k = numpy_helper.from_array(np.array(factors, np.int64), "k")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "k"], ["s2"]),
+             helper.make_node("ConstantOfShape", ["s2"], ["c"]),
+             helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])]
+    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [k])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def huge_input_model(shape=("batch", 64, 50_000_000)) -> onnx.ModelProto:
+    """A declared input of 12.8 GB at batch 1."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
