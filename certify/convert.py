@@ -71,6 +71,7 @@ class OnnxGraph(nn.Module):
         self.input_names = [vi.name for vi in graph.input if vi.name not in constants]
         self.output_names = [vi.name for vi in graph.output]
         self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
+        self.fixed_batch = _fixed_batch(graph, self.input_names)
         self.shapes = _inferred_shapes(model)
         self.folded: list[str] = []
         steps: list[Step] = []
@@ -175,12 +176,59 @@ class OnnxGraph(nn.Module):
         return (result, env) if keep else result
 
     def forward(self, *args):
-        result = self.run(*args)
+        result = self.run(*args) if self._fits_batch(args) else self._run_in_chunks(args)
         return result[0] if len(result) == 1 else result
+
+    def _fits_batch(self, args) -> bool:
+        return self.fixed_batch is None or not args or args[0].dim() == 0 or args[0].shape[0] == self.fixed_batch
+
+    def _run_in_chunks(self, args) -> tuple:
+        """A graph exported for a fixed batch (reshapes to ``[1, -1]``) run on another batch: chunks of the fixed
+        size (the last one padded with copies of its final sample), outputs concatenated and the padding dropped.
+        Autograd flows through, so attacks and every caller of ``forward`` see an ordinary batched module."""
+        n, size = args[0].shape[0], self.fixed_batch
+        parts = []
+        for first in range(0, n, size):
+            chunk = [a[first:first + size] for a in args]
+            short = size - chunk[0].shape[0]
+            if short:
+                chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) for c in chunk]
+            parts.append(self.run(*chunk))
+        return tuple(torch.cat([p[i] for p in parts])[:n] for i in range(len(parts[0])))
 
     def input_dtype(self, name: str | None = None) -> torch.dtype:
         name = name or self.input_names[0]
         return TORCH_OF_ONNX.get(self.input_dtypes.get(name), torch.float32)
+
+
+def _fixed_batch(graph: onnx.GraphProto, input_names: list[str]) -> int | None:
+    """The batch every graph input declares as a fixed first dimension, if they all do (None if any is dynamic)."""
+    firsts = set()
+    for vi in graph.input:
+        if vi.name in input_names:
+            dims = vi.type.tensor_type.shape.dim
+            if not len(dims) or not dims[0].HasField("dim_value"):
+                return None
+            firsts.add(dims[0].dim_value)
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+def _batches_freely(graph: OnnxGraph) -> bool:
+    """Whether a graph declared with a fixed batch computes each sample alone on a larger batch too (most exports
+    pin the batch to 1 without reshaping by it): random samples, batched against one chunk at a time. If not,
+    ``forward`` runs it in chunks of its fixed batch."""
+    specs = [(graph.shapes.get(n), graph.input_dtype(n)) for n in graph.input_names]
+    if any(s is None or any(not isinstance(d, int) for d in s) or not t.is_floating_point for s, t in specs):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    args = [torch.rand(s[0] + 1, *s[1:], generator=generator, dtype=t) for s, t in specs]
+    try:
+        with torch.no_grad():
+            batched = graph.run(*args)
+            chunked = graph._run_in_chunks(args)
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return all(b.shape == c.shape and torch.allclose(b, c, rtol=1e-4, atol=1e-6) for b, c in zip(batched, chunked))
 
 
 def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGraph:
@@ -189,7 +237,10 @@ def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGra
     Any failure while building or folding a node becomes ``ModelRejected("conversion_failed")`` naming the node.
     """
     try:
-        return OnnxGraph(model, limits).eval()
+        graph = OnnxGraph(model, limits).eval()
+        if graph.fixed_batch is not None and _batches_freely(graph):
+            graph.fixed_batch = None
+        return graph
     except ModelRejected:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:

@@ -55,3 +55,21 @@ def huge_input_model(shape=("batch", 64, 50_000_000)) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def flatten_mlp(batch=1, seed: int = 0) -> onnx.ModelProto:
+    """8x8 images -> Reshape to [batch, 64] -> 16 ReLU -> 10 logits. With an int ``batch`` the graph is exported for
+    that batch only (the reshape fails on any other); with ``batch=None`` it takes any batch (Reshape to [-1, 64])."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(16, 64)).astype(np.float32) / 8
+    w2 = rng.normal(size=(10, 16)).astype(np.float32) / 4
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array([batch or -1, 64], np.int64), "shape")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    first = batch or "batch"
+    graph = helper.make_graph(nodes, "flatten_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   [first, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [first, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from onnx_builders import huge_input_model, shape_bomb_model
+from onnx_builders import flatten_mlp, huge_input_model, shape_bomb_model
 from service_fixtures import RecordingServer
 from test_service_errors import problem
 
@@ -267,3 +267,17 @@ def test_an_allocation_over_the_job_memory_limit_fails_the_job_and_the_worker_go
     assert job["error"]["code"] == "memory_limit_exceeded", job["error"]
     assert "1024 MiB" in job["error"]["message"] and job["attempts"] == 1
     assert service.wait_job(service.submit(tiny_model).json()["id"])["state"] == "succeeded"
+
+
+def test_a_fixed_batch_model_with_a_larger_dataset_is_accepted_and_run(service):
+    """A model exported for batch 1 (reshape to [1, 64]) and a dataset of 6 samples: 202, and the job runs it per
+    sample to a report (it used to be accepted, then fail in the worker)."""
+    from test_fixed_batch import _dataset
+
+    model = service.upload("models", flatten_mlp(1).SerializeToString())
+    dataset = service.upload("datasets", _dataset(6)[2])
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    r = service.submit(model.json()["id"], dataset=dataset.json()["id"], samples=6, certifiers=["global", "crown"])
+    assert r.status_code == 202, r.text
+    job = service.wait_job(r.json()["id"], timeout=120)
+    assert job["state"] == "succeeded", job
