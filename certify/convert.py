@@ -72,6 +72,7 @@ class OnnxGraph(nn.Module):
         self.output_names = [vi.name for vi in graph.output]
         self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
         self.fixed_batch = _fixed_batch(graph, self.input_names)
+        self._batches_freely: bool | None = None
         self.shapes = _inferred_shapes(model)
         self.folded: list[str] = []
         steps: list[Step] = []
@@ -180,7 +181,35 @@ class OnnxGraph(nn.Module):
         return result[0] if len(result) == 1 else result
 
     def _fits_batch(self, args) -> bool:
-        return self.fixed_batch is None or not args or args[0].dim() == 0 or args[0].shape[0] == self.fixed_batch
+        return (not self.reshapes_by_batch() or not args or args[0].dim() == 0
+                or args[0].shape[0] == self.fixed_batch)
+
+    def reshapes_by_batch(self) -> bool:
+        """Whether the graph was exported for a fixed batch and computes wrongly (or fails) on another. Most
+        exports pin the batch to 1 without reshaping by it: random samples, run batched and one chunk at a time,
+        tell (once, when first needed). Such a graph runs in chunks of its fixed batch."""
+        if self.fixed_batch is None:
+            return False
+        if self._batches_freely is None:
+            self._batches_freely = self._probe_batching()
+        return not self._batches_freely
+
+    def _probe_batching(self) -> bool:
+        specs = [(self.shapes.get(n), self.input_dtype(n)) for n in self.input_names]
+        if any(s is None or any(not isinstance(d, int) for d in s) or not t.is_floating_point for s, t in specs):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        weight = next((b for b in self.buffers() if b.is_floating_point()), None)  # a float64 copy takes float64
+        device = torch.device("cpu") if weight is None else weight.device
+        args = [torch.rand(s[0] + 1, *s[1:], generator=generator, dtype=t if weight is None else weight.dtype)
+                .to(device) for s, t in specs]
+        try:
+            with torch.no_grad():
+                batched, chunked = self.run(*args), self._run_in_chunks(args)
+        except (RuntimeError, ValueError, IndexError, ModelRejected):
+            return False
+        return all(b.shape == c.shape and torch.allclose(b, c, rtol=1e-4, atol=1e-6)
+                   for b, c in zip(batched, chunked))
 
     def _run_in_chunks(self, args) -> tuple:
         """A graph exported for a fixed batch (reshapes to ``[1, -1]``) run on another batch: chunks of the fixed
@@ -213,34 +242,13 @@ def _fixed_batch(graph: onnx.GraphProto, input_names: list[str]) -> int | None:
     return firsts.pop() if len(firsts) == 1 else None
 
 
-def _batches_freely(graph: OnnxGraph) -> bool:
-    """Whether a graph declared with a fixed batch computes each sample alone on a larger batch too (most exports
-    pin the batch to 1 without reshaping by it): random samples, batched against one chunk at a time. If not,
-    ``forward`` runs it in chunks of its fixed batch."""
-    specs = [(graph.shapes.get(n), graph.input_dtype(n)) for n in graph.input_names]
-    if any(s is None or any(not isinstance(d, int) for d in s) or not t.is_floating_point for s, t in specs):
-        return False
-    generator = torch.Generator().manual_seed(0)
-    args = [torch.rand(s[0] + 1, *s[1:], generator=generator, dtype=t) for s, t in specs]
-    try:
-        with torch.no_grad():
-            batched = graph.run(*args)
-            chunked = graph._run_in_chunks(args)
-    except (RuntimeError, ValueError, IndexError):
-        return False
-    return all(b.shape == c.shape and torch.allclose(b, c, rtol=1e-4, atol=1e-6) for b, c in zip(batched, chunked))
-
-
 def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGraph:
     """Convert a (loaded, checked) ONNX model to a torch module in eval mode.
 
     Any failure while building or folding a node becomes ``ModelRejected("conversion_failed")`` naming the node.
     """
     try:
-        graph = OnnxGraph(model, limits).eval()
-        if graph.fixed_batch is not None and _batches_freely(graph):
-            graph.fixed_batch = None
-        return graph
+        return OnnxGraph(model, limits).eval()
     except ModelRejected:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:

@@ -146,21 +146,44 @@ class _Walk:
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
+def _values(t: onnx.TensorProto, where: str) -> np.ndarray:
+    """The tensor's values, flat, read from its raw bytes without a second copy; data that does not fill its shape
+    is refused (the checker never sees the large weights: see :func:`_shape_skeleton`)."""
+    name = t.name or "(unnamed)"
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    except (KeyError, TypeError, ValueError):
+        raise ModelRejected("invalid_model", f"tensor {name} in {where} has unknown data type {t.data_type}") from None
+    if t.HasField("raw_data") and dtype.kind in "fiub" and t.data_type != onnx.TensorProto.BFLOAT16:
+        raw = t.raw_data
+        if len(raw) != _numel(t.dims) * dtype.itemsize:
+            raise ModelRejected("invalid_model", f"tensor {name} in {where} holds {len(raw)} bytes, but its shape "
+                                f"{list(t.dims)} of {dtype} needs {_numel(t.dims) * dtype.itemsize}")
+        return np.frombuffer(raw, dtype.newbyteorder("<"))
+    try:
+        return numpy_helper.to_array(t).reshape(-1)
+    except (ValueError, TypeError) as e:
+        raise ModelRejected("invalid_model", f"tensor {name} in {where}: {e}") from None
+
+
 def _check_finite(t: onnx.TensorProto, where: str) -> None:
     """Refuse a float constant holding NaN or an infinity: ``max`` over NaN and ``NaN > 0`` silently turn it into a
-    zero bound, and an infinite weight has no finite Lipschitz constant."""
+    zero bound, and an infinite weight has no finite Lipschitz constant. Every tensor's data is checked to fill its
+    shape on the way."""
+    values = _values(t, where)
     if t.data_type not in _FLOAT_TYPES:
         return
-    try:
-        values = numpy_helper.to_array(t)
-    except (ValueError, TypeError):  # malformed data is reported by the checker
-        return
-    bad = ~np.isfinite(values.astype(np.float32, copy=False) if values.dtype.kind != "f" else values)
-    if bad.any():
-        index = np.unravel_index(int(np.argmax(bad)), values.shape) if values.ndim else ()
-        raise ModelRejected("non_finite_constant", f"tensor {t.name or '(unnamed)'} in {where} holds "
-                            f"{values[index]} at index {list(map(int, index))}: non-finite weights and constants "
-                            "are refused")
+    if values.dtype.kind != "f":
+        values = values.astype(np.float32)
+    step = 1 << 20  # a boolean mask a chunk at a time, not one the size of the tensor
+    for first in range(0, values.size, step):
+        bad = ~np.isfinite(values[first:first + step])
+        if bad.any():
+            flat = first + int(np.argmax(bad))
+            index = np.unravel_index(flat, tuple(t.dims)) if len(t.dims) else ()
+            raise ModelRejected("non_finite_constant", f"tensor {t.name or '(unnamed)'} in {where} holds "
+                                f"{values[flat]} at index {list(map(int, index))}: non-finite weights and "
+                                "constants are refused")
 
 
 def _count_phrase(counter: Counter) -> str:
@@ -211,12 +234,23 @@ def _check_opset(model: onnx.ModelProto) -> int:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Check and shape-infer ``model`` in place through a copy without its large weights: onnx's checker and shape
+    inference each serialise the whole model and parse it again (in C++, then back for the result), which with the
+    weights held several times the file in memory. The weights' own checks are done by the walk."""
+    skel = _shape_skeleton(model, batch=None)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skel)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
         raise ModelRejected("invalid_model", f"onnx checker: {first}") from None
-    return _infer_shapes(model)
+    inferred = _infer_shapes(skel)
+    for field in ("value_info", "output"):
+        model.graph.ClearField(field)
+        getattr(model.graph, field).extend(getattr(inferred.graph, field))
+    if any(a.HasField("g") or len(a.graphs) for n in model.graph.node for a in n.attribute):
+        model.graph.ClearField("node")  # the subgraphs' inferred shapes live in their nodes
+        model.graph.node.extend(inferred.graph.node)
+    return model
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -348,14 +382,15 @@ def _numel(shape) -> int:
     return int(np.prod(shape, dtype=object)) if len(shape) else 1
 
 
-def _shape_skeleton(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """The model without its large constants (each becomes an input of the same type and shape) and with each
-    input's symbolic first dimension pinned to ``batch``: shape inference needs no weights, and a copy without
-    them costs nothing next to the model."""
+def _shape_skeleton(model: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+    """The model without its large constants (each becomes an input of the same type and shape) and, with a
+    ``batch``, each input's symbolic first dimension pinned to it: shape inference needs no weights, and a copy
+    without them costs nothing next to the model."""
     skel = onnx.ModelProto(ir_version=model.ir_version)
     skel.opset_import.extend(model.opset_import)
     skel.functions.extend(model.functions)
     g = skel.graph
+    g.name = model.graph.name
     g.node.extend(model.graph.node)
     g.output.extend(model.graph.output)
     listed = {vi.name for vi in model.graph.input}
@@ -367,7 +402,7 @@ def _shape_skeleton(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     for vi in model.graph.input:
         g.input.append(vi)
         dims = g.input[-1].type.tensor_type.shape.dim
-        if len(dims) and not dims[0].HasField("dim_value"):
+        if batch is not None and len(dims) and not dims[0].HasField("dim_value"):
             dims[0].Clear()
             dims[0].dim_value = batch
     return skel

@@ -24,7 +24,7 @@ def _dataset(n: int = 10) -> tuple[np.ndarray, np.ndarray, bytes]:
 def test_a_graph_that_reshapes_by_its_batch_runs_in_chunks_with_gradients():
     fixed = to_torch(load_onnx(flatten_mlp(1).SerializeToString()))
     free = to_torch(load_onnx(flatten_mlp(None).SerializeToString()))
-    assert fixed.fixed_batch == 1 and free.fixed_batch is None
+    assert fixed.reshapes_by_batch() and not free.reshapes_by_batch()
     x = torch.rand(5, 1, 8, 8, requires_grad=True)
     out = fixed(x)
     assert out.shape == (5, 10) and torch.allclose(out, free(x), atol=1e-6)
@@ -35,7 +35,7 @@ def test_a_graph_that_reshapes_by_its_batch_runs_in_chunks_with_gradients():
 def test_a_fixed_batch_graph_that_batches_freely_runs_batched():
     """Most exports pin the batch to 1 without reshaping by it; those keep running whole batches."""
     module = to_torch(load_onnx(relu_model(shape=(1, 4)).SerializeToString()))
-    assert module.fixed_batch is None
+    assert module.fixed_batch == 1 and not module.reshapes_by_batch()
     assert module(torch.rand(3, 4)).shape == (3, 4)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from certify import Limits, ModelRejected, load_onnx
 from tests.onnx_builders import const_tensor, huge_input_model, relu_model, shape_bomb_model, single_node_model
@@ -187,6 +187,16 @@ def test_huge_input_used_only_through_its_shape_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.INT64, [3])])
     err = rejected(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
     assert err.code == "allocation_too_large" and "'x'" in err.message
+
+
+def test_weight_whose_bytes_do_not_fill_its_shape_is_refused():
+    """Large weights never reach onnx's checker (it sees a copy without them), so their sizes are checked here."""
+    model = relu_model()
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    w.raw_data = w.raw_data[:-4]
+    model.graph.initializer.append(w)
+    err = rejected(model.SerializeToString())
+    assert err.code == "invalid_model" and "16380 bytes" in err.message and "'w'" not in err.message
 
 
 def test_opset_out_of_range():

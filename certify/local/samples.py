@@ -135,7 +135,7 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     margin = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
     if not np.all(margin >= 0):
         raise ValueError("margin must be non-negative (it is an error bound)")
-    if getattr(graph, "fixed_batch", None):  # a graph that reshapes by its fixed batch: propagate that many at a time
+    if graph.reshapes_by_batch():  # a graph exported for a fixed batch: propagate that many samples at a time
         batch_size = graph.fixed_batch
     start = time.monotonic()
     result = SampleVerdicts(norm, float(eps), order, np.zeros(n, bool), {m: np.zeros(n, bool) for m in order},
