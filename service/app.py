@@ -10,7 +10,7 @@ from flask_smorest import Api
 from service import auth, problems
 from service.context import Services
 from service.records import Records, connect
-from service.schemas import EnvelopeSchema
+from service.schemas import EnvelopeSchema, ProblemSchema
 from service.settings import Settings
 from service.signing import public_keys
 from service.store import LocalArtifactStore
@@ -18,7 +18,16 @@ from service.tokens import TokenRegistry
 
 
 class ProblemApi(Api):
-    """flask-smorest, with its error bodies replaced by problem+json."""
+    """flask-smorest, with its error bodies replaced by problem+json, and documented so."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self):
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"  # for the error responses only
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE
 
     def handle_http_exception(self, error):
         return problems.from_http_exception(error)
