@@ -5,7 +5,8 @@ that every job it created still exists and ends (no lost job) and that no reques
 latencies (p50/p99) per request kind, overall and per 5 s window. Goals on an idle machine after warm-up: p99 of
 GET /v1/jobs/{id} under 20 ms, of POST /v1/jobs under 100 ms.
 
-Each client creates one job, then polls it (with a job list every 10th request and a dataset upload every 20th).
+Each client creates a job, then polls it, with a job list every 10th request, a dataset upload every 20th and
+another job creation every 40th (so POST /v1/jobs is measured in the steady state too, not only at the start).
 Clients arrive spread over ``--ramp`` seconds; ``--ramp 0`` sends all 50 job creations at the same instant, which
 measures queueing behind 2 x 4 server threads rather than the cost of a request.
 
@@ -73,23 +74,30 @@ class Load:
             self.statuses[(kind, r.status_code)] += 1
         return r
 
+    def _create_job(self, s: requests.Session) -> str | None:
+        r = self._timed(s, "POST /v1/jobs", "POST", "/v1/jobs",
+                        json={"model": self.model_id, "samples": 2, "attacks": "none"})
+        if r is None or r.status_code != 202:
+            return None
+        with self.lock:
+            self.jobs.append(r.json()["id"])
+        return r.json()["id"]
+
     def client(self, index: int) -> None:
         rng = random.Random(index)
         time.sleep(rng.uniform(0, self.ramp))
         s = requests.Session()
         s.headers["Authorization"] = f"Bearer {TOKEN}"
-        r = self._timed(s, "POST /v1/jobs", "POST", "/v1/jobs",
-                        json={"model": self.model_id, "samples": 2, "attacks": "none"})
-        if r is None or r.status_code != 202:
+        job_id = self._create_job(s)
+        if job_id is None:
             return
-        job_id = r.json()["id"]
-        with self.lock:
-            self.jobs.append(job_id)
         end = time.monotonic() + self.duration
         n = 0
         while time.monotonic() < end:
             n += 1
-            if n % 20 == 0:
+            if n % 40 == 0:
+                self._create_job(s)
+            elif n % 20 == 0:
                 self._timed(s, "POST /v1/datasets", "POST", "/v1/datasets", data=_npz(rng.randrange(1 << 30)),
                             headers={"Content-Type": "application/octet-stream"})
             elif n % 10 == 0:

@@ -88,3 +88,23 @@ def test_job_pages_read_only_their_own_ids_and_end_where_the_jobs_do(embedded):
     assert [j["id"] for j in records.list_jobs("pager", None, None, offset, 3)[0]] == [ids[0]]
     filtered = records.list_jobs("pager", QUEUED, "m", 0, 10)
     assert [j["id"] for j in filtered[0]] == [ids[4], ids[3], ids[1], ids[0]] and filtered[1] is None
+
+
+def test_the_job_queue_warms_up_and_sends_without_a_result_subscription(embedded, tmp_path):
+    """warm() does the first send's set-up ahead of time; a job message asks for no result (nobody reads Celery's
+    results: job state lives in the record), so sending it subscribes to nothing."""
+    import json
+
+    from service.settings import Settings
+    from worker.queue import JobQueue
+
+    queue = JobQueue(Settings(redis_url=embedded.url, data_dir=str(tmp_path), queue="warm-test"))
+    queue.warm()
+    client = redis.Redis.from_url(embedded.url)
+    before = client.info("stats")["total_commands_processed"]
+    queue.submit("job_warm", 10.0)
+    sent = client.info("stats")["total_commands_processed"] - before - 1  # less the second INFO
+    message = json.loads(client.lpop("warm-test"))
+    assert message["headers"]["id"] == "job_warm" and message["headers"]["ignore_result"] is True
+    assert client.pubsub_numpat() == 0 and client.pubsub_channels() == []
+    assert sent == 1  # LPUSH, nothing else
