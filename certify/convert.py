@@ -71,9 +71,9 @@ class OnnxGraph(nn.Module):
         self.input_names = [vi.name for vi in graph.input if vi.name not in constants]
         self.output_names = [vi.name for vi in graph.output]
         self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
-        self.fixed_batch = _fixed_batch(graph, self.input_names)
-        self._batches_freely: bool | None = None
         self.shapes = _inferred_shapes(model)
+        self.fixed_batch = _fixed_batch(graph, self.input_names, self.shapes)
+        self._batches_freely: bool | None = None
         self.folded: list[str] = []
         steps: list[Step] = []
         np_constants: dict[str, np.ndarray] = {}
@@ -181,8 +181,11 @@ class OnnxGraph(nn.Module):
         return result[0] if len(result) == 1 else result
 
     def _fits_batch(self, args) -> bool:
-        return (not self.reshapes_by_batch() or not args or args[0].dim() == 0
-                or args[0].shape[0] == self.fixed_batch)
+        """True unless the arguments are a batch of another size, of the declared rank, for a graph that reshapes
+        by its fixed batch (arguments of another rank are run as they are, as before)."""
+        if self.fixed_batch is None or not args or args[0].dim() != len(self.shapes[self.input_names[0]]):
+            return True
+        return args[0].shape[0] == self.fixed_batch or not self.reshapes_by_batch()
 
     def reshapes_by_batch(self) -> bool:
         """Whether the graph was exported for a fixed batch and computes wrongly (or fails) on another. Most
@@ -230,8 +233,9 @@ class OnnxGraph(nn.Module):
         return TORCH_OF_ONNX.get(self.input_dtypes.get(name), torch.float32)
 
 
-def _fixed_batch(graph: onnx.GraphProto, input_names: list[str]) -> int | None:
-    """The batch every graph input declares as a fixed first dimension, if they all do (None if any is dynamic)."""
+def _fixed_batch(graph: onnx.GraphProto, input_names: list[str], shapes: dict) -> int | None:
+    """The batch every graph input declares as a fixed first dimension, if they all do and every output is a float
+    tensor of that batch (a graph computing shapes or sizes has no samples to split); None otherwise."""
     firsts = set()
     for vi in graph.input:
         if vi.name in input_names:
@@ -239,7 +243,15 @@ def _fixed_batch(graph: onnx.GraphProto, input_names: list[str]) -> int | None:
             if not len(dims) or not dims[0].HasField("dim_value"):
                 return None
             firsts.add(dims[0].dim_value)
-    return firsts.pop() if len(firsts) == 1 else None
+    if len(firsts) != 1:
+        return None
+    batch = firsts.pop()
+    for vi in graph.output:
+        dims = shapes.get(vi.name)
+        dtype = TORCH_OF_ONNX.get(vi.type.tensor_type.elem_type)
+        if dtype is None or not dtype.is_floating_point or not dims or dims[0] != batch:
+            return None
+    return batch
 
 
 def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGraph:

@@ -1,5 +1,5 @@
 """Models exported with a fixed batch of 1 (a reshape to ``[1, 64]``) run per sample: forward, attacks,
-certification and local bounds give what the same network exported for any batch gives."""
+certification, local bounds and the units analysis give what the same network exported for any batch gives."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_pipeline_on_a_fixed_batch_model_matches_the_free_batch_export():
     from certify.pipeline import run_pipeline
 
     _, _, data = _dataset()
-    config = {"samples": 10, "attacks": "quick", "epsilons": [0.05, 0.2]}
+    config = {"samples": 10, "attacks": "quick", "epsilons": [0.05, 0.2], "analyses": ["units"]}
     fixed, free = (run_pipeline(flatten_mlp(b).SerializeToString(), config, dataset=data).statement["predicate"]
                    for b in (1, None))
     assert fixed["certified"]["clean_accuracy"] == free["certified"]["clean_accuracy"] == 1.0
@@ -54,3 +54,6 @@ def test_pipeline_on_a_fixed_batch_model_matches_the_free_batch_export():
         assert (fixed["attacks"]["results"]["l2"][eps]["robust_accuracy"]
                 == free["attacks"]["results"]["l2"][eps]["robust_accuracy"])
     assert fixed["bounds"]["network"]["upper"] == free["bounds"]["network"]["upper"]
+    for a, b in zip(fixed["analyses"]["units"]["directions"], free["analyses"]["units"]["directions"], strict=True):
+        assert (a["kind"], a.get("unit"), a["top"], a["labels"]) == (b["kind"], b.get("unit"), b["top"], b["labels"])
+        assert np.allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-6)  # float32 sums in another order
