@@ -72,6 +72,8 @@ class OnnxGraph(nn.Module):
         self.output_names = [vi.name for vi in graph.output]
         self.input_dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
         self.shapes = _inferred_shapes(model)
+        self.fixed_batch = _fixed_batch(graph, self.input_names, self.shapes)
+        self._batches_freely: bool | None = None
         self.folded: list[str] = []
         steps: list[Step] = []
         np_constants: dict[str, np.ndarray] = {}
@@ -175,12 +177,81 @@ class OnnxGraph(nn.Module):
         return (result, env) if keep else result
 
     def forward(self, *args):
-        result = self.run(*args)
+        result = self.run(*args) if self._fits_batch(args) else self._run_in_chunks(args)
         return result[0] if len(result) == 1 else result
+
+    def _fits_batch(self, args) -> bool:
+        """True unless the arguments are a batch of another size, of the declared rank, for a graph that reshapes
+        by its fixed batch (arguments of another rank are run as they are, as before)."""
+        if self.fixed_batch is None or not args or args[0].dim() != len(self.shapes[self.input_names[0]]):
+            return True
+        return args[0].shape[0] == self.fixed_batch or not self.reshapes_by_batch()
+
+    def reshapes_by_batch(self) -> bool:
+        """Whether the graph was exported for a fixed batch and computes wrongly (or fails) on another. Most
+        exports pin the batch to 1 without reshaping by it: random samples, run batched and one chunk at a time,
+        tell (once, when first needed). Such a graph runs in chunks of its fixed batch."""
+        if self.fixed_batch is None:
+            return False
+        if self._batches_freely is None:
+            self._batches_freely = self._probe_batching()
+        return not self._batches_freely
+
+    def _probe_batching(self) -> bool:
+        specs = [(self.shapes.get(n), self.input_dtype(n)) for n in self.input_names]
+        if any(s is None or any(not isinstance(d, int) for d in s) or not t.is_floating_point for s, t in specs):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        weight = next((b for b in self.buffers() if b.is_floating_point()), None)  # a float64 copy takes float64
+        device = torch.device("cpu") if weight is None else weight.device
+        args = [torch.rand(s[0] + 1, *s[1:], generator=generator, dtype=t if weight is None else weight.dtype)
+                .to(device) for s, t in specs]
+        try:
+            with torch.no_grad():
+                batched, chunked = self.run(*args), self._run_in_chunks(args)
+        except (RuntimeError, ValueError, IndexError, ModelRejected):
+            return False
+        return all(b.shape == c.shape and torch.allclose(b, c, rtol=1e-4, atol=1e-6)
+                   for b, c in zip(batched, chunked))
+
+    def _run_in_chunks(self, args) -> tuple:
+        """A graph exported for a fixed batch (reshapes to ``[1, -1]``) run on another batch: chunks of the fixed
+        size (the last one padded with copies of its final sample), outputs concatenated and the padding dropped.
+        Autograd flows through, so attacks and every caller of ``forward`` see an ordinary batched module."""
+        n, size = args[0].shape[0], self.fixed_batch
+        parts = []
+        for first in range(0, n, size):
+            chunk = [a[first:first + size] for a in args]
+            short = size - chunk[0].shape[0]
+            if short:
+                chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) for c in chunk]
+            parts.append(self.run(*chunk))
+        return tuple(torch.cat([p[i] for p in parts])[:n] for i in range(len(parts[0])))
 
     def input_dtype(self, name: str | None = None) -> torch.dtype:
         name = name or self.input_names[0]
         return TORCH_OF_ONNX.get(self.input_dtypes.get(name), torch.float32)
+
+
+def _fixed_batch(graph: onnx.GraphProto, input_names: list[str], shapes: dict) -> int | None:
+    """The batch every graph input declares as a fixed first dimension, if they all do and every output is a float
+    tensor of that batch (a graph computing shapes or sizes has no samples to split); None otherwise."""
+    firsts = set()
+    for vi in graph.input:
+        if vi.name in input_names:
+            dims = vi.type.tensor_type.shape.dim
+            if not len(dims) or not dims[0].HasField("dim_value"):
+                return None
+            firsts.add(dims[0].dim_value)
+    if len(firsts) != 1:
+        return None
+    batch = firsts.pop()
+    for vi in graph.output:
+        dims = shapes.get(vi.name)
+        dtype = TORCH_OF_ONNX.get(vi.type.tensor_type.elem_type)
+        if dtype is None or not dtype.is_floating_point or not dims or dims[0] != batch:
+            return None
+    return batch
 
 
 def to_torch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS) -> OnnxGraph:

@@ -146,21 +146,44 @@ class _Walk:
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
+def _values(t: onnx.TensorProto, where: str) -> np.ndarray:
+    """The tensor's values, flat, read from its raw bytes without a second copy; data that does not fill its shape
+    is refused (the checker never sees the large weights: see :func:`_shape_skeleton`)."""
+    name = t.name or "(unnamed)"
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    except (KeyError, TypeError, ValueError):
+        raise ModelRejected("invalid_model", f"tensor {name} in {where} has unknown data type {t.data_type}") from None
+    if t.HasField("raw_data") and dtype.kind in "fiub" and t.data_type != onnx.TensorProto.BFLOAT16:
+        raw = t.raw_data
+        if len(raw) != _numel(t.dims) * dtype.itemsize:
+            raise ModelRejected("invalid_model", f"tensor {name} in {where} holds {len(raw)} bytes, but its shape "
+                                f"{list(t.dims)} of {dtype} needs {_numel(t.dims) * dtype.itemsize}")
+        return np.frombuffer(raw, dtype.newbyteorder("<"))
+    try:
+        return numpy_helper.to_array(t).reshape(-1)
+    except (ValueError, TypeError) as e:
+        raise ModelRejected("invalid_model", f"tensor {name} in {where}: {e}") from None
+
+
 def _check_finite(t: onnx.TensorProto, where: str) -> None:
     """Refuse a float constant holding NaN or an infinity: ``max`` over NaN and ``NaN > 0`` silently turn it into a
-    zero bound, and an infinite weight has no finite Lipschitz constant."""
+    zero bound, and an infinite weight has no finite Lipschitz constant. Every tensor's data is checked to fill its
+    shape on the way."""
+    values = _values(t, where)
     if t.data_type not in _FLOAT_TYPES:
         return
-    try:
-        values = numpy_helper.to_array(t)
-    except (ValueError, TypeError):  # malformed data is reported by the checker
-        return
-    bad = ~np.isfinite(values.astype(np.float32, copy=False) if values.dtype.kind != "f" else values)
-    if bad.any():
-        index = np.unravel_index(int(np.argmax(bad)), values.shape) if values.ndim else ()
-        raise ModelRejected("non_finite_constant", f"tensor {t.name or '(unnamed)'} in {where} holds "
-                            f"{values[index]} at index {list(map(int, index))}: non-finite weights and constants "
-                            "are refused")
+    if values.dtype.kind != "f":
+        values = values.astype(np.float32)
+    step = 1 << 20  # a boolean mask a chunk at a time, not one the size of the tensor
+    for first in range(0, values.size, step):
+        bad = ~np.isfinite(values[first:first + step])
+        if bad.any():
+            flat = first + int(np.argmax(bad))
+            index = np.unravel_index(flat, tuple(t.dims)) if len(t.dims) else ()
+            raise ModelRejected("non_finite_constant", f"tensor {t.name or '(unnamed)'} in {where} holds "
+                                f"{values[flat]} at index {list(map(int, index))}: non-finite weights and "
+                                "constants are refused")
 
 
 def _count_phrase(counter: Counter) -> str:
@@ -211,11 +234,26 @@ def _check_opset(model: onnx.ModelProto) -> int:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Check and shape-infer ``model`` in place through a copy without its large weights: onnx's checker and shape
+    inference each serialise the whole model and parse it again (in C++, then back for the result), which with the
+    weights held several times the file in memory. The weights' own checks are done by the walk."""
+    skel = _shape_skeleton(model, batch=None)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skel)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
         raise ModelRejected("invalid_model", f"onnx checker: {first}") from None
+    inferred = _infer_shapes(skel)
+    for field in ("value_info", "output"):
+        model.graph.ClearField(field)
+        getattr(model.graph, field).extend(getattr(inferred.graph, field))
+    if any(a.HasField("g") or len(a.graphs) for n in model.graph.node for a in n.attribute):
+        model.graph.ClearField("node")  # the subgraphs' inferred shapes live in their nodes
+        model.graph.node.extend(inferred.graph.node)
+    return model
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # onnx raises several types from its C++ core
@@ -231,7 +269,7 @@ def _dims(value_info: onnx.ValueInfoProto):
 
 
 def _check_allocations(model: onnx.ModelProto, limits: Limits) -> None:
-    for vi in list(model.graph.value_info) + list(model.graph.output):
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
         dims = _dims(vi)
         if not dims or any(not isinstance(d, int) for d in dims):
             continue
@@ -327,20 +365,111 @@ def load_onnx(
     fix_input_dims(model, input_shapes)
     model = _infer(model)
     _check_allocations(model, limits)
+    check_allocations_at_batch(model, limits)
     return model
 
 
-def check_allocations_at_batch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS, batch: int = 1) -> None:
-    """The allocation caps for shapes that depend on a symbolic batch dimension (skipped while it is symbolic):
-    pin each input's batch to ``batch`` (1: the least any run uses) and infer again. Changes ``model``'s inputs;
-    call it on a model whose record is already taken. Inputs with other dynamic dimensions are left as they are."""
-    pinned = False
+# Shape arithmetic that onnx's data propagation leaves unknown (Mul of a Shape by a constant, for one) is evaluated
+# here on small integer tensors, so that what it feeds (ConstantOfShape, Expand, Tile, Reshape) gets a static shape.
+_FOLD_MAX_ELEMENTS = 1024
+_FOLD_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Equal", "Less", "Greater", "LessOrEqual",
+                     "GreaterOrEqual", "Where", "And", "Or", "Not", "Neg", "Abs", "Floor", "Ceil", "Sign"}
+_FOLD_SHRINKING = {"Identity", "Cast", "Gather", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+                   "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Size"}
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape, dtype=object)) if len(shape) else 1
+
+
+def _shape_skeleton(model: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+    """The model without its large constants (each becomes an input of the same type and shape) and, with a
+    ``batch``, each input's symbolic first dimension pinned to it: shape inference needs no weights, and a copy
+    without them costs nothing next to the model."""
+    skel = onnx.ModelProto(ir_version=model.ir_version)
+    skel.opset_import.extend(model.opset_import)
+    skel.functions.extend(model.functions)
+    g = skel.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.output.extend(model.graph.output)
+    listed = {vi.name for vi in model.graph.input}
+    for t in model.graph.initializer:
+        if _numel(t.dims) <= _FOLD_MAX_ELEMENTS:
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     for vi in model.graph.input:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].HasField("dim_value") and all(d.HasField("dim_value") for d in dims[1:]):
+        g.input.append(vi)
+        dims = g.input[-1].type.tensor_type.shape.dim
+        if batch is not None and len(dims) and not dims[0].HasField("dim_value"):
             dims[0].Clear()
             dims[0].dim_value = batch
-            pinned = True
-    if pinned:
-        del model.graph.value_info[:]
-        _check_allocations(_infer(model), limits)
+    return skel
+
+
+def _fold_once(skel: onnx.ModelProto) -> bool:
+    """Replace each node whose small integer result follows from static shapes and constants by a Constant holding
+    it. Returns whether anything was folded."""
+    shapes = {vi.name: _dims(vi) for vi in list(skel.graph.input) + list(skel.graph.value_info)}
+    known = {t.name: numpy_helper.to_array(t) for t in skel.graph.initializer}
+    opset = opset_of(skel)
+    folded = False
+    for i, node in enumerate(skel.graph.node):
+        if node.domain not in STANDARD_DOMAINS or len(node.output) != 1:
+            continue
+        if node.op_type == "Constant":
+            a = next((a for a in node.attribute if a.name == "value"), None)
+            if a is not None and _numel(a.t.dims) <= _FOLD_MAX_ELEMENTS:
+                known[node.output[0]] = numpy_helper.to_array(a.t)
+            continue
+        value = _fold_value(node, known, shapes, opset)
+        if value is None:
+            continue
+        known[node.output[0]] = value
+        skel.graph.node[i].CopyFrom(onnx.helper.make_node(
+            "Constant", [], [node.output[0]], value=numpy_helper.from_array(value, node.output[0])))
+        folded = True
+    return folded
+
+
+def _fold_value(node: onnx.NodeProto, known: dict, shapes: dict, opset: int):
+    ins = [n for n in node.input if n]
+    if node.op_type == "Shape":
+        dims = shapes.get(ins[0])
+        if not dims or any(not isinstance(d, int) for d in dims):
+            return None
+        attrs = {a.name: a.i for a in node.attribute}
+        return np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims)) or None], np.int64)
+    if node.op_type not in _FOLD_ELEMENTWISE | _FOLD_SHRINKING or not all(n in known for n in ins):
+        return None
+    values = [known[n] for n in ins]
+    if any(v.dtype.kind not in "iub" or v.size > _FOLD_MAX_ELEMENTS for v in values):
+        return None
+    if node.op_type in _FOLD_ELEMENTWISE:
+        try:
+            if _numel(np.broadcast_shapes(*(v.shape for v in values))) > _FOLD_MAX_ELEMENTS:
+                return None
+        except ValueError:
+            return None  # the model is wrong; shape inference or the run says so
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        (out,) = ReferenceEvaluator(node, opsets={"": opset}).run(None, dict(zip(ins, values)))
+    except Exception:  # noqa: BLE001 - a node the evaluator cannot fold stays as it is
+        return None
+    out = np.asarray(out)
+    return out if out.size <= _FOLD_MAX_ELEMENTS and out.dtype.kind in "iub" else None
+
+
+def check_allocations_at_batch(model: onnx.ModelProto, limits: Limits = DEFAULT_LIMITS, batch: int = 1) -> None:
+    """The allocation caps for every tensor whose shape is known once each symbolic batch dimension is ``batch``
+    (1: the least any run uses) and shape arithmetic on static sizes is evaluated: ``ConstantOfShape(Shape(x) *
+    [100000, 100000])`` is refused here, before any run. Leaves ``model`` as it is."""
+    skel = _shape_skeleton(model, batch)
+    for _ in range(4):  # each round can make the sizes behind one more level of shape arithmetic static
+        skel = _infer_shapes(skel)
+        _check_allocations(skel, limits)
+        if not _fold_once(skel):
+            return
+        del skel.graph.value_info[:]

@@ -82,6 +82,8 @@ def activations(graph, x: np.ndarray, node: str, batch_size: int = 256):
     import torch
 
     dtype = graph.input_dtype()
+    if graph.reshapes_by_batch():  # a graph exported for a fixed batch runs that many samples at a time
+        batch_size = graph.fixed_batch
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(dtype)

@@ -15,11 +15,20 @@ from service.core.settings import Settings
 from service.core.signing import public_keys
 from service.core.store import LocalArtifactStore
 from service.core.tokens import TokenRegistry
-from service.schemas import EnvelopeSchema
+from service.schemas import EnvelopeSchema, ProblemSchema
 
 
 class ProblemApi(Api):
-    """flask-smorest, with its error bodies replaced by problem+json."""
+    """flask-smorest, with its error bodies replaced by problem+json, and documented so."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self):
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"  # for the error responses only
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE
 
     def handle_http_exception(self, error):
         return problems.from_http_exception(error)

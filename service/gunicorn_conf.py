@@ -28,3 +28,16 @@ def worker_exit(server, worker):
     """Leave without running C++ static destructors: torch/onnxruntime thread pools may abort at interpreter exit
     in a forked worker, which would turn a clean shutdown into SIGABRT. Responses are all sent by now."""
     os._exit(0)
+
+
+def post_fork(server, worker):
+    """Warm the job queue in each API process, after the fork (no broker connection crosses it), so the first job
+    created in a process does not wait about 0.1 s for Celery's lazy set-up."""
+    from service.wsgi import app
+
+    warm = getattr(app.extensions["lipcert"].queue, "warm", None)
+    if warm is not None:
+        try:
+            warm()
+        except Exception as e:  # noqa: BLE001 - Redis may be starting; the first job then connects itself
+            server.log.warning("job queue not warmed: %s", e)

@@ -13,6 +13,18 @@ from service.core.records import STATES
 DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex digits>")
 
 
+class ProblemSchema(Schema):
+    """Every error body: RFC 9457 problem details (application/problem+json) with a stable ``code``."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    code = fields.String(required=True)
+    instance = fields.String(allow_none=True)
+    errors = fields.Dict(keys=fields.String(), metadata={"description": "field -> messages, for invalid fields"})
+
+
 class TensorSchema(Schema):
     name = fields.String()
     shape = fields.List(fields.Raw(), metadata={"description": "dimensions; null or a name for dynamic ones"})

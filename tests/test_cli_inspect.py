@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.onnx_builders import relu_model
+from tests.onnx_builders import relu_model, shape_bomb_model
 
 
 def lipcert(*args: str) -> subprocess.CompletedProcess:
@@ -56,3 +56,12 @@ def test_bad_arguments_exit_2(example_model_path, tmp_path):
     assert proc.returncode == 2 and "LO must be below HI" in proc.stderr
     proc = lipcert("inspect", str(tmp_path / "missing.onnx"))
     assert proc.returncode == 2 and "error: file_not_found" in proc.stderr
+
+
+def test_data_dependent_huge_allocation_exits_2(tmp_path):
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(shape_bomb_model().SerializeToString())
+    proc = lipcert("inspect", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: allocation_too_large: tensor 'c'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

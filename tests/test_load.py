@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from certify import Limits, ModelRejected, load_onnx
-from tests.onnx_builders import const_tensor, relu_model, single_node_model
+from tests.onnx_builders import const_tensor, huge_input_model, relu_model, shape_bomb_model, single_node_model
 
 
 def rejected(source, **kw) -> ModelRejected:
@@ -160,6 +160,43 @@ def test_oversized_allocation_refused_before_allocating():
     err = rejected(model.SerializeToString())
     assert err.code == "allocation_too_large"
     assert "1000000" in err.message
+
+
+def test_data_dependent_allocation_is_refused_naming_the_tensor():
+    """onnx's data propagation leaves Shape(x) * [100000, 100000] unknown; the loader evaluates it at batch 1."""
+    err = rejected(shape_bomb_model().SerializeToString())
+    assert err.code == "allocation_too_large"
+    assert "'c'" in err.message and "[100000, 400000]" in err.message
+
+
+def test_small_shape_arithmetic_loads_and_the_model_keeps_its_nodes():
+    model = load_onnx(shape_bomb_model((3, 5)).SerializeToString())
+    assert [n.op_type for n in model.graph.node] == ["Shape", "Mul", "ConstantOfShape", "ReduceSum", "Add"]
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
+
+
+def test_huge_declared_input_with_symbolic_batch_is_refused():
+    err = rejected(huge_input_model().SerializeToString())
+    assert err.code == "allocation_too_large" and "[1, 64, 50000000]" in err.message
+
+
+def test_huge_input_used_only_through_its_shape_is_refused():
+    """The graph input itself is checked, not only what is computed from it."""
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64, 50_000_000])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [3])])
+    err = rejected(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    assert err.code == "allocation_too_large" and "'x'" in err.message
+
+
+def test_weight_whose_bytes_do_not_fill_its_shape_is_refused():
+    """Large weights never reach onnx's checker (it sees a copy without them), so their sizes are checked here."""
+    model = relu_model()
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    w.raw_data = w.raw_data[:-4]
+    model.graph.initializer.append(w)
+    err = rejected(model.SerializeToString())
+    assert err.code == "invalid_model" and "16380 bytes" in err.message and "'w'" not in err.message
 
 
 def test_opset_out_of_range():

@@ -1,4 +1,5 @@
-"""schemathesis fuzzes the real service from its own /openapi.json: no request it generates may get a 5xx.
+"""schemathesis fuzzes the real service from its own /openapi.json: no request it generates may get a 5xx, and every
+response must be one the document declares (status code, content type, and a body matching the declared schema).
 
 Bounded examples per operation keep it within a couple of minutes; ``LIPCERT_FUZZ_EXAMPLES`` raises the bound for a
 longer run. Tenant ``bob`` is used.
@@ -13,10 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from service_fixtures import TOKENS
 
 schemathesis = pytest.importorskip("schemathesis")
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.core.failures import FailureGroup  # noqa: E402 - only once schemathesis is known to be there
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = int(os.environ.get("LIPCERT_FUZZ_EXAMPLES", "8"))
 
 
-def test_no_generated_request_gets_a_server_error(service):
+def test_no_generated_request_gets_a_server_error_or_an_undocumented_response(service):
     schema = schemathesis.openapi.from_url(service.url("/openapi.json"))
     headers = {"Authorization": f"Bearer {TOKENS['bob']}"}
     failures, calls = [], []
@@ -29,9 +39,13 @@ def test_no_generated_request_gets_a_server_error(service):
         def run(case):
             response = case.call(headers=headers, timeout=30)
             calls.append(response.status_code)
-            if response.status_code >= 500:
-                failures.append((case.method, case.formatted_path, response.status_code, response.text[:300]))
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except FailureGroup as e:  # every failure of the response, collected
+                failures.append((case.method, case.formatted_path, response.status_code, str(e)[:600]))
 
         run()
     print(f"{len(calls)} generated requests, statuses {sorted(set(calls))}")
+    for failure in failures:
+        print(*failure[:3], failure[3].splitlines()[2:5])
     assert calls and not failures, failures

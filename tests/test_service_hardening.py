@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from onnx_builders import flatten_mlp, huge_input_model, shape_bomb_model
 from service_fixtures import RecordingServer
 from test_service_errors import problem
 
@@ -244,32 +245,39 @@ def test_the_hard_time_limit_kills_a_job_that_ignores_the_soft_one(service, tiny
 def test_a_huge_declared_input_is_refused_at_upload(service):
     """[batch, 64, 50000000] used to pass upload (the batch is symbolic, so no size was checked) and kill the
     worker later; checked at batch 1 it needs 12.8 GB, over the allocation cap."""
-    from onnx import TensorProto, helper
-
-    shape = ["batch", 64, 50_000_000]
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-    body = problem(service.upload("models", model), 422, "allocation_too_large")
+    body = problem(service.upload("models", huge_input_model().SerializeToString()), 422, "allocation_too_large")
     assert "[1, 64, 50000000]" in body["detail"]
 
 
-def test_a_data_dependent_huge_allocation_fails_the_job_with_a_code(service):
-    """ConstantOfShape(Shape(x) * [100000, 100000]): 160 GB at batch 1, invisible to shape inference so it passes
-    upload; the refused allocation fails the job with a code (not internal_error), and the worker goes on."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+def test_a_data_dependent_huge_allocation_is_refused_at_upload(service):
+    """ConstantOfShape(Shape(x) * [100000, 100000]): 160 GB at batch 1, invisible to onnx's shape inference; the
+    shape arithmetic is evaluated at upload and the tensor named."""
+    body = problem(service.upload("models", shape_bomb_model().SerializeToString()), 422, "allocation_too_large")
+    assert "'c'" in body["detail"] and "[100000, 400000]" in body["detail"]
 
-    k = numpy_helper.from_array(np.array([100000, 100000], np.int64), "k")
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "k"], ["s2"]),
-             helper.make_node("ConstantOfShape", ["s2"], ["c"]),
-             helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])]
-    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [k])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-    r = service.upload("models", model)
+
+def test_an_allocation_over_the_job_memory_limit_fails_the_job_and_the_worker_goes_on(service, tiny_model):
+    """3 GB at batch 1 passes the upload caps (4 GiB a tensor) but not the test worker's job memory limit
+    (LIPCERT_JOB_MEMORY_MB=1024): the allocation is refused inside the job, which fails with a code, not by the
+    OOM killer (which would have redelivered it: attempts stays 1); the worker then runs the next job."""
+    r = service.upload("models", shape_bomb_model((25000, 7500)).SerializeToString())
     assert r.status_code == 201, r.text
     job = service.wait_job(service.submit(r.json()["id"]).json()["id"], timeout=120)
     assert job["state"] == "failed", job
-    assert job["error"]["code"] == "out_of_memory", job["error"]
+    assert job["error"]["code"] == "memory_limit_exceeded", job["error"]
+    assert "1024 MiB" in job["error"]["message"] and job["attempts"] == 1
+    assert service.wait_job(service.submit(tiny_model).json()["id"])["state"] == "succeeded"
+
+
+def test_a_fixed_batch_model_with_a_larger_dataset_is_accepted_and_run(service):
+    """A model exported for batch 1 (reshape to [1, 64]) and a dataset of 6 samples: 202, and the job runs it per
+    sample to a report (it used to be accepted, then fail in the worker)."""
+    from test_fixed_batch import _dataset
+
+    model = service.upload("models", flatten_mlp(1).SerializeToString())
+    dataset = service.upload("datasets", _dataset(6)[2])
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    r = service.submit(model.json()["id"], dataset=dataset.json()["id"], samples=6, certifiers=["global", "crown"])
+    assert r.status_code == 202, r.text
+    job = service.wait_job(r.json()["id"], timeout=120)
+    assert job["state"] == "succeeded", job

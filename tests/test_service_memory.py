@@ -79,9 +79,9 @@ def test_a_check_that_cannot_get_a_slot_is_503():
 
 def test_peak_memory_of_checking_a_large_model(tmp_path):
     """A 64 MiB model (one dense weight, dynamic batch): the check's peak RSS growth, as a multiple of the file.
-    Measured here: 2.9x for this 64 MiB model, 5.0x for the same layer at 128 MiB (parsing, the checker and shape
-    inference each copy the weights). The bound guards against it getting worse; the goal of about 2x needs a
-    loader that checks the graph without copying the weights."""
+    The file's bytes and the parsed model are held once each while parsing; the checker and shape inference see a
+    copy without the weights. Measured here: 2.04x for this model, 2.01x at 256 MiB (5.1x and 5.0x when the checker
+    and shape inference were given the whole model)."""
     n = 16384
     w = numpy_helper.from_array(np.ones((n, 1024), np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -95,4 +95,4 @@ def test_peak_memory_of_checking_a_large_model(tmp_path):
                          timeout=120, check=True)
     ratio = float(out.stdout.strip().splitlines()[-1])
     print(f"peak RSS growth while checking a {os.path.getsize(path) / 2**20:.0f} MiB model: {ratio:.2f}x the file")
-    assert ratio < 6.0
+    assert ratio < 2.5

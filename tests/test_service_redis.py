@@ -65,3 +65,46 @@ def test_data_dir_is_private_and_so_is_every_file(tmp_path):
         assert again.password == password and redis.Redis.from_url(again.url).get("k") == b"v"
     finally:
         again.stop()
+
+
+def test_job_pages_read_only_their_own_ids_and_end_where_the_jobs_do(embedded):
+    """An unfiltered page fetches its ids and one more (not every job of the tenant); a job whose record is gone
+    is skipped without ending the listing early; filtered listings page the same way."""
+    from service.core.records import QUEUED, Records, connect
+
+    records = Records(connect(embedded.url))
+    ids = [f"job_page{i}" for i in range(5)]
+    for i, job_id in enumerate(ids):
+        records.create_job({"id": job_id, "tenant": "pager", "state": QUEUED, "model": "m", "created_at": 100.0 + i})
+    newest_first = ids[::-1]
+    pages, offset = [], 0
+    while offset is not None:
+        jobs, offset = records.list_jobs("pager", None, None, offset, 2)
+        pages.append([j["id"] for j in jobs])
+    assert pages == [newest_first[:2], newest_first[2:4], newest_first[4:]]
+    records.r.delete(records.job_key(ids[2]))  # the record of the third newest is gone
+    jobs, offset = records.list_jobs("pager", None, None, 0, 3)
+    assert [j["id"] for j in jobs] == [ids[4], ids[3], ids[1]] and offset is not None
+    assert [j["id"] for j in records.list_jobs("pager", None, None, offset, 3)[0]] == [ids[0]]
+    filtered = records.list_jobs("pager", QUEUED, "m", 0, 10)
+    assert [j["id"] for j in filtered[0]] == [ids[4], ids[3], ids[1], ids[0]] and filtered[1] is None
+
+
+def test_the_job_queue_warms_up_and_sends_without_a_result_subscription(embedded, tmp_path):
+    """warm() does the first send's set-up ahead of time; a job message asks for no result (nobody reads Celery's
+    results: job state lives in the record), so sending it subscribes to nothing."""
+    import json
+
+    from service.app import celery_queue
+    from service.core.settings import Settings
+
+    queue = celery_queue(Settings(redis_url=embedded.url, data_dir=str(tmp_path), queue="warm-test"))
+    queue.warm()
+    client = redis.Redis.from_url(embedded.url)
+    before = client.info("stats")["total_commands_processed"]
+    queue.submit("job_warm", 10.0)
+    sent = client.info("stats")["total_commands_processed"] - before - 1  # less the second INFO
+    message = json.loads(client.lpop("warm-test"))
+    assert message["headers"]["id"] == "job_warm" and message["headers"]["ignore_result"] is True
+    assert client.pubsub_numpat() == 0 and client.pubsub_channels() == []
+    assert sent == 1  # LPUSH, nothing else

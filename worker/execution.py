@@ -155,8 +155,12 @@ class JobRunner:
         if existing is not None:  # an earlier attempt stored the report, then died before recording success
             return self._succeed(job, json.loads(existing), job.get("stages") or [])
         budget = self.budget(job)
+        from worker.memory import default_budget_mb, memory_budget
+
+        memory_mb = self.settings.job_memory_mb or default_budget_mb()
         try:
-            result = self._pipeline(job, budget)
+            with memory_budget(memory_mb):
+                result = self._pipeline(job, budget)
         except ModelRejected as e:
             return self._fail(job, e.code, e.message)
         except Cancelled:
@@ -171,7 +175,8 @@ class JobRunner:
                 return self._fail(job, **time_limit_error(budget))
             if _out_of_memory(e):
                 log.warning("job %s ran out of memory: %s", job_id, e)
-                return self._fail(job, "out_of_memory", "the job needed more memory than the worker could allocate "
+                return self._fail(job, "memory_limit_exceeded", f"the job needed more than its memory limit of "
+                                  f"{memory_mb} MiB (LIPCERT_JOB_MEMORY_MB) or than the worker could allocate "
                                   f"({str(e)[:200]})")
             log.exception("job %s failed unexpectedly", job_id)
             return self._fail(job, "internal_error", f"the pipeline failed ({type(e).__name__})")

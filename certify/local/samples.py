@@ -135,6 +135,8 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     margin = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
     if not np.all(margin >= 0):
         raise ValueError("margin must be non-negative (it is an error bound)")
+    if graph.reshapes_by_batch():  # a graph exported for a fixed batch: propagate that many samples at a time
+        batch_size = graph.fixed_batch
     start = time.monotonic()
     result = SampleVerdicts(norm, float(eps), order, np.zeros(n, bool), {m: np.zeros(n, bool) for m in order},
                             {m: np.zeros(n, bool) for m in order}, {m: np.full(n, np.nan) for m in order},

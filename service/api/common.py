@@ -18,8 +18,8 @@ SLOT_WAIT_S = 60.0
 
 @contextmanager
 def upload_check_slot(limit: int, wait_s: float = SLOT_WAIT_S):
-    """Hold one of ``limit`` upload-check slots of this API process: a check holds several times the file in
-    memory (parsing, the checker, shape inference), so concurrent checks are bounded, not the uploads themselves.
+    """Hold one of ``limit`` upload-check slots of this API process: a check holds about twice the file in memory
+    (its bytes and the parsed model), so concurrent checks are bounded, not the uploads themselves.
     A request that waits ``wait_s`` for a slot gets 503 with Retry-After."""
     from service.problems import ApiProblem
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 
 from service.context import services
 from service.metrics import render_metrics
@@ -12,13 +13,21 @@ from service.problems import ApiProblem
 blp = Blueprint("health", __name__, description="Health and metrics")
 
 
+class StatusSchema(Schema):
+    status = fields.String(required=True)
+    workers = fields.Integer(metadata={"description": "workers with a recent heartbeat (/readyz)"})
+
+
 @blp.route("/healthz", methods=["GET"])
+@blp.response(200, StatusSchema)
 def healthz():
     """The API process is up."""
     return {"status": "ok"}
 
 
 @blp.route("/readyz", methods=["GET"])
+@blp.response(200, StatusSchema)
+@blp.alt_response(503, description="Redis does not answer, or no worker is alive")
 def readyz():
     """Redis answers and at least one worker sent a heartbeat recently."""
     ctx = services()
@@ -33,6 +42,8 @@ def readyz():
 
 
 @blp.route("/metrics", methods=["GET"])
+@blp.doc(responses={"200": {"description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics():
     """Prometheus text format: jobs by state, queue depth, upload bytes, stage durations."""
     ctx = services()

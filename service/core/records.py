@@ -126,11 +126,12 @@ class Records:
 
     def list_jobs(self, tenant: str, state: str | None, model: str | None, offset: int, limit: int):
         """(jobs, next offset or None), newest first, filtered by state and model."""
-        ids = self.r.zrevrange(self._t(tenant, "jobs"), 0, -1)
+        base = 0 if state or model else offset  # an unfiltered page reads its own ids (and one more), not all
+        ids = self.r.zrevrange(self._t(tenant, "jobs"), base, -1 if state or model else offset + limit)
         if state:
             members = self.r.smembers(PREFIX + "state:" + state)
             ids = [i for i in ids if i in members]
-        out, position = [], offset
+        out, position = [], offset - base
         batch = limit if not model else 200  # without a model filter every fetched job is kept
         while len(out) < limit and position < len(ids):
             chunk = ids[position:position + batch]
@@ -147,7 +148,8 @@ class Records:
                 out.append(job)
                 if len(out) == limit:
                     break
-        return out, (position if position < len(ids) else None)
+        more = position < len(ids) or (not (state or model) and len(ids) > limit)
+        return out, (base + position if more else None)
 
     def active_jobs(self, tenant: str) -> int:
         return self.r.scard(self._t(tenant, "active"))

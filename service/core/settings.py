@@ -46,6 +46,7 @@ class Settings:
     visibility_timeout_s: int = 120  # a message whose worker stopped heart-beating is delivered again after this
     worker_heartbeat_s: float = 2.0
     max_attempts: int = 3  # runs of a job whose worker died; then it fails with worker_lost
+    job_memory_mb: int = 0  # memory a job may take beyond what its worker holds (0: 3/4 of the machine's)
     queue: str = "lipcert"
     webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/core/webhooks.py)
 
@@ -74,6 +75,7 @@ class Settings:
             visibility_timeout_s=_int(env, "LIPCERT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s),
             worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
             max_attempts=_int(env, "LIPCERT_MAX_ATTEMPTS", cls.max_attempts),
+            job_memory_mb=_int(env, "LIPCERT_JOB_MEMORY_MB", cls.job_memory_mb),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
         )

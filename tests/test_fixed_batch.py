@@ -1,0 +1,59 @@
+"""Models exported with a fixed batch of 1 (a reshape to ``[1, 64]``) run per sample: forward, attacks,
+certification, local bounds and the units analysis give what the same network exported for any batch gives."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from certify import load_onnx, to_torch
+from tests.onnx_builders import flatten_mlp, relu_model
+
+
+def _dataset(n: int = 10) -> tuple[np.ndarray, np.ndarray, bytes]:
+    x = np.random.default_rng(1).uniform(0, 1, size=(n, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = to_torch(load_onnx(flatten_mlp(None).SerializeToString()))(torch.from_numpy(x)).argmax(1).numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    return x, y, buffer.getvalue()
+
+
+def test_a_graph_that_reshapes_by_its_batch_runs_in_chunks_with_gradients():
+    fixed = to_torch(load_onnx(flatten_mlp(1).SerializeToString()))
+    free = to_torch(load_onnx(flatten_mlp(None).SerializeToString()))
+    assert fixed.reshapes_by_batch() and not free.reshapes_by_batch()
+    x = torch.rand(5, 1, 8, 8, requires_grad=True)
+    out = fixed(x)
+    assert out.shape == (5, 10) and torch.allclose(out, free(x), atol=1e-6)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_fixed_batch_graph_that_batches_freely_runs_batched():
+    """Most exports pin the batch to 1 without reshaping by it; those keep running whole batches."""
+    module = to_torch(load_onnx(relu_model(shape=(1, 4)).SerializeToString()))
+    assert module.fixed_batch == 1 and not module.reshapes_by_batch()
+    assert module(torch.rand(3, 4)).shape == (3, 4)
+
+
+def test_pipeline_on_a_fixed_batch_model_matches_the_free_batch_export():
+    from certify.pipeline import run_pipeline
+
+    _, _, data = _dataset()
+    config = {"samples": 10, "attacks": "quick", "epsilons": [0.05, 0.2], "analyses": ["units"]}
+    fixed, free = (run_pipeline(flatten_mlp(b).SerializeToString(), config, dataset=data).statement["predicate"]
+                   for b in (1, None))
+    assert fixed["certified"]["clean_accuracy"] == free["certified"]["clean_accuracy"] == 1.0
+    assert fixed["certified"]["methods"] == free["certified"]["methods"]
+    assert fixed["certified"]["accuracy"] == free["certified"]["accuracy"]
+    assert fixed["certified"]["accuracy"]["l2"]["0.05"] > 0
+    for eps in ("0.05", "0.2"):
+        assert (fixed["attacks"]["results"]["l2"][eps]["robust_accuracy"]
+                == free["attacks"]["results"]["l2"][eps]["robust_accuracy"])
+    assert fixed["bounds"]["network"]["upper"] == free["bounds"]["network"]["upper"]
+    for a, b in zip(fixed["analyses"]["units"]["directions"], free["analyses"]["units"]["directions"], strict=True):
+        assert (a["kind"], a.get("unit"), a["top"], a["labels"]) == (b["kind"], b.get("unit"), b["top"], b["labels"])
+        assert np.allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-6)  # float32 sums in another order
