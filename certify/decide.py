@@ -4,11 +4,14 @@
 Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
 (a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
 low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
-sub-box and the sub-box centres checked as candidates; for high-dimensional inputs the attack continues.
+sub-box and the sub-box centres checked as candidates; for high-dimensional inputs of a network with Relu-like
+units, branch and bound over their signs (:mod:`certify.local.bab`, beta-CROWN) for ``BAB_SHARE`` of the time
+left, its subdomains' minimising vertices checked as candidates, then the attack resumes for the rest; any other
+network goes straight back to the attack. Every bound call stops at the deadline (``BoundTimeout``).
 
 The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
 boxes. By default it is the project's bound propagation (``certify.local``: CROWN, alpha-CROWN on single boxes)
-when that package is present; without it no property can be proved and the answer is ``violated`` or ``unknown``.
+(:class:`Engine`); without one no property can be proved and the answer is ``violated`` or ``unknown``.
 Bounds hold for the exact function the weights define; the default bound step then subtracts, per box and row k,
 the smaller of two sound bounds on the float32 error of ``C_k y`` over the box: ``|C_k| . e`` with ``e`` the
 elementwise forward error bound of :mod:`certify.local.float_error` (from the box's own intermediate bounds), and
@@ -36,6 +39,7 @@ BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
 SPLIT_BATCH = 512
 DEFAULT_MARGIN = 1e-5
+BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; then the attack resumes
 
 
 @dataclass
@@ -244,7 +248,8 @@ class Decider:
                 return Verdict("unknown", "input-split", elapsed(), reason="time budget spent", stats=stats)
             if self._branchable(case):
                 methods.add("bab")
-                outcome = self.engine.branch_and_bound(case, self.margin, deadline,
+                share = time.monotonic() + BAB_SHARE * (deadline - time.monotonic())  # the attack gets the rest
+                outcome = self.engine.branch_and_bound(case, self.margin, share,
                                                        lambda xs, c=case, k=i: self._check_points(c, k, xs))
                 stats["domains"] = stats.get("domains", 0) + outcome.domains
                 stats["proved"] += outcome.proved

@@ -34,6 +34,7 @@ from certify.local.rules import Interval
 MAX_BATCH = 256  # parents split per batch (twice as many children bounded)
 DEFAULT_ALPHA_STEPS = 8
 DEFAULT_MAX_BYTES = 2**30
+LEAF_STEPS, LEAF_LR = 200, 0.5  # beta optimisation of a subdomain with every neuron split
 
 
 @dataclass
@@ -164,44 +165,35 @@ class ReluSearch:
         n = 1 if domains is None else len(domains)
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
-        splits = prior = None
-        if domains is not None:
-            splits = domains.splits
-            prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
+        splits = None if domains is None else domains.splits
+        prior = None if domains is None else {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
         prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=splits, prior=prior, deadline=deadline)
-        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
-        S = spec.C.shape[0]
-        c = torch.as_tensor(spec.C, dtype=torch.float64).reshape(S, 1, *out_shape).expand(S, n, *out_shape)
-        low = prop.lower(c, alpha_steps=self.alpha_steps)
+        c = self._spec_rows(prop, spec, n)
+        gap = self._gap(prop.lower(c, alpha_steps=self.alpha_steps, stop=self._stop(spec, margin)), spec)
         record: dict = {}
         with torch.no_grad():
             coef_in, _ = prop.backward(prop.output_name, c, record=record)
-        gap = low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
-        done = prop.infeasible().numpy().copy()
-        weight = np.zeros_like(gap)
-        worst = np.full(n, np.inf)
-        for rows in spec.groups:
-            if rows.size == 0:
-                continue
-            sub = gap[:, rows]
-            best = sub.argmax(1)
-            closed = sub.max(1) > margin
-            weight[np.flatnonzero(~closed), rows[best[~closed]]] = 1.0
-            worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
-        done |= np.all(weight == 0, axis=1) & all(rows.size for rows in spec.groups)
+        done, weight, worst = self._closed(gap, spec, margin)
+        done |= prop.infeasible().numpy()
         outcome.domains += n
+        open_ = np.flatnonzero(~done)
+        if open_.size:
+            found = candidate(self._vertices(coef_in, gap, weight, lo_in, hi_in, open_))
+            if found is not None:
+                outcome.result, outcome.found = "found", found
+                return None
+            branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
+            leaves = open_[~has.numpy()]
+            if leaves.size:  # every neuron split: optimise the multipliers further (the LP dual of the leaf)
+                if not self._leaves_closed(prop, spec, margin, leaves):
+                    outcome.result = "stuck"
+                    return None
+                done[leaves] = True
         outcome.proved += int(done.sum())
         open_ = np.flatnonzero(~done)
         if open_.size == 0:
             return None
-        found = candidate(self._vertices(coef_in, gap, weight, lo_in, hi_in, open_))
-        if found is not None:
-            outcome.result, outcome.found = "found", found
-            return None
-        branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
-        if not bool(has.all()):
-            outcome.result = "stuck"
-            return None
+        branch, _ = self._branch(prop, record, torch.as_tensor(weight), open_)
         index = torch.as_tensor(open_)
         names = [name for _, name in self.steps]
         split_now = {name: (prop.splits[name][index].to(torch.int8) if name in prop.splits else
@@ -209,6 +201,48 @@ class ReluSearch:
         return Domains(split_now, {name: prop.bounds[name].lo[index] for name in names},
                        {name: prop.bounds[name].hi[index] for name in names}, branch,
                        torch.as_tensor(worst[open_]))
+
+    @staticmethod
+    def _spec_rows(prop, spec: Spec, n: int) -> torch.Tensor:
+        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
+        S = spec.C.shape[0]
+        return torch.as_tensor(spec.C, dtype=torch.float64).reshape(S, 1, *out_shape).expand(S, n, *out_shape)
+
+    @staticmethod
+    def _gap(low: torch.Tensor, spec: Spec) -> np.ndarray:
+        return low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
+
+    def _stop(self, spec: Spec, margin: float):
+        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early)."""
+        return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+
+    @staticmethod
+    def _closed(gap: np.ndarray, spec: Spec, margin: float):
+        """Per subdomain whether every group has a row above ``margin``; the open groups' best rows (weights,
+        (n, S)); the smallest best gap of an open group (inf when none)."""
+        n = gap.shape[0]
+        weight = np.zeros_like(gap)
+        worst = np.full(n, np.inf)
+        for rows in spec.groups:
+            sub = gap[:, rows]
+            best = sub.argmax(1)
+            closed = sub.max(1) > margin
+            weight[np.flatnonzero(~closed), rows[best[~closed]]] = 1.0
+            worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
+        return np.all(weight == 0, axis=1), weight, worst
+
+    def _leaves_closed(self, prop, spec: Spec, margin: float, leaves: np.ndarray) -> bool:
+        """Whether subdomains without unstable neurons close after a longer beta optimisation."""
+        index = torch.as_tensor(leaves)
+        names = [name for _, name in self.steps]
+        region = prop.region.subset(index)
+        leaf = Propagation(self.graph, region, "crown", splits={n: prop.splits[n][index] for n in prop.splits},
+                           prior={n: Interval(prop.bounds[n].lo[index], prop.bounds[n].hi[index]) for n in names},
+                           deadline=prop.deadline)
+        c = self._spec_rows(leaf, spec, len(leaves))
+        gap = self._gap(leaf.lower(c, alpha_steps=LEAF_STEPS, lr=LEAF_LR, stop=self._stop(spec, margin)), spec)
+        done, _, _ = self._closed(gap, spec, margin)
+        return bool((done | leaf.infeasible().numpy()).all())
 
     def _vertices(self, coef_in, gap, weight, lo_in, hi_in, open_) -> np.ndarray:
         """Per open subdomain, the input vertex minimising the linear bound of its hardest open row."""

@@ -315,7 +315,8 @@ class Propagation:
         box = self.bounds[self.output_name]
         return _dot(c.clamp(min=0), box.lo) + _dot(c.clamp(max=0), box.hi) - self._spec_rounding(c)
 
-    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None, stop=None
+              ) -> torch.Tensor:
         """Sound lower bound of ``c . y`` for every spec row and sample: (S, N).
 
         IBP for an ``"ibp"`` propagation; CROWN otherwise, intersected with IBP; with ``alpha_steps`` > 0 the
@@ -330,14 +331,14 @@ class Propagation:
         with torch.no_grad():
             crown = torch.cat([self.linear_lower(self.output_name, part) for part in c.split(self._chunk_rows(1))])
         best = torch.maximum(best, crown - self._spec_rounding(c))
-        if alpha_steps > 0:
-            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr))
+        if alpha_steps > 0 and not (stop is not None and stop(best)):
+            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr, stop))
         return best
 
-    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float, stop=None) -> torch.Tensor:
         """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on (and,
         on the output of a split propagation, on the split multipliers beta: beta-CROWN), the best (widened)
-        iterate per row."""
+        iterate per row. ``stop(best)`` True ends the optimisation early."""
         ancestors = self._ancestors(target)
         thetas, betas = {}, {}
         for index in sorted(ancestors):
@@ -356,6 +357,8 @@ class Propagation:
             self._tick()
             low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
             best = torch.maximum(best, low.detach())
+            if stop is not None and stop(best):
+                return best
             optimiser.zero_grad()
             (-low.sum()).backward()
             optimiser.step()
