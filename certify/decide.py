@@ -39,6 +39,7 @@ BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
 SPLIT_BATCH = 512
 DEFAULT_MARGIN = 1e-5
+QUICK_RESTARTS = 8  # starts per disjunct of the first, short attack round (a round must fit its 20% share)
 BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; then the attack resumes
 
 
@@ -87,6 +88,16 @@ class Engine:
         self.float_error = _float_error(graph, self.shape)
         search = ReluSearch(self.g64, self.shape)
         self.search = search if search.applicable else None
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One small propagation at load time: torch.func's first use costs seconds, which would otherwise eat
+        the first property's time budget."""
+        point = np.zeros((1, int(np.prod(self.shape))))
+        with torch.no_grad():
+            outputs = int(self.g64(torch.as_tensor(point).reshape(1, *self.shape)).numel())
+        prop, c = self._propagation(point, point, np.ones((1, outputs)))
+        prop.lower(c, alpha_steps=1)
 
     def _propagation(self, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, deadline: float | None = None):
         from certify.local.bounds import Propagation
@@ -223,7 +234,7 @@ class Decider:
         quick = start + 0.2 * timeout
         for i, case in enumerate(prop.cases):
             found = attack_case(self.graph, self.checker, case, i, input_shape=self.shape, rounds=1,
-                                deadline=quick, seed=self.seed)
+                                deadline=quick, seed=self.seed, restarts=QUICK_RESTARTS)
             if found is not None:
                 return Verdict("violated", "attack", elapsed(), found)
         open_cases = list(range(len(prop.cases)))
