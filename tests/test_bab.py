@@ -163,3 +163,27 @@ def test_nets_without_relu_have_no_split_search(tmp_path):
     onnx.save(model, str(path))
     prop = parse_vnnlib(vnnlib_below(20, 1e6))  # violated everywhere
     assert load_decider(str(path), prop).decide(prop, timeout=10).result == "violated"
+
+
+def test_a_residual_cnn_with_pooling_goes_through_the_split_search(tmp_path):
+    m = Model((1, 1, 6, 6), 9, scale=0.7)
+    h = m.add("Relu", [m.add("Conv", ["x", m.weight(2, 1, 3, 3), m.weight(2)], pads=[1, 1, 1, 1])])
+    r = m.add("Relu", [m.add("Add", [h, m.add("Conv", [h, m.weight(2, 2, 3, 3), m.weight(2)], pads=[1, 1, 1, 1])])])
+    p = m.add("Flatten", [m.add("MaxPool", [r], kernel_shape=[2, 2], strides=[2, 2])])
+    model = m.model(m.add("Gemm", [p, m.weight(1, 18), m.weight(1)], transB=1), ["N", 1])
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    g64 = float64_graph(to_torch(model))
+    assert len(ReluSearch(g64, (1, 6, 6)).steps) == 2
+    box = "".join(f"(assert (>= X_{i} -0.2))(assert (<= X_{i} 0.2))\n" for i in range(36))
+    declare = "".join(f"(declare-const X_{i} Real)\n" for i in range(36)) + "(declare-const Y_0 Real)\n"
+    with torch.no_grad():
+        centre = float(g64(torch.zeros((1, 1, 6, 6), dtype=torch.float64)))
+    root = root_bound(g64, -0.2 * np.ones((1, 6, 6)), 0.2 * np.ones((1, 6, 6)))
+    decider = load_decider(str(path), parse_vnnlib(declare + box + "(assert (<= Y_0 0))"))
+    start = time.monotonic()
+    for threshold in (root - 1e-3, (root + centre) / 2, centre + 1e-3):
+        prop = parse_vnnlib(declare + box + f"(assert (<= Y_0 {float(threshold)!r}))")
+        verdict = decider.decide(prop, timeout=5)
+        assert verdict.result != ("violated" if threshold < root else "holds" if threshold > centre else "-")
+    assert time.monotonic() - start < 25

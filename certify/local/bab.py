@@ -82,10 +82,16 @@ class Domains:
 
 
 def split_steps(graph) -> list[tuple[int, str]]:
-    """(step index, pre-activation tensor) of every Relu-like step that varies with the input."""
-    varying = varying_names(graph)
-    return [(i, inputs[0]) for i, (op, inputs, _) in enumerate(graph.steps())
-            if getattr(op.relaxation, "optimisable", False) and inputs[0] in varying]
+    """(step index, pre-activation tensor) of every Relu-like step that varies with the input (not the graph's
+    input itself, whose box is the region's), each tensor once."""
+    varying = varying_names(graph) - set(graph.input_names)
+    found, seen = [], set()
+    for i, (op, inputs, _) in enumerate(graph.steps()):
+        rule = getattr(type(op), "relaxation", None)
+        if getattr(rule, "optimisable", False) and inputs[0] in varying and inputs[0] not in seen:
+            seen.add(inputs[0])
+            found.append((i, inputs[0]))
+    return found
 
 
 class ReluSearch:

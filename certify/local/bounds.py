@@ -137,6 +137,8 @@ class Propagation:
             _, part.env = self.graph.run(part.region.midpoint, keep=True)
         part.magnitude = {n: m[index] for n, m in self.magnitude.items()}
         part.bounds = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.bounds.items()}
+        part.splits = {n: t[index] for n, t in self.splits.items()}
+        part.prior = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.prior.items()}
         part._affine_cache = {}
         return part
 
