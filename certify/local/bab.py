@@ -98,8 +98,8 @@ class ReluSearch:
     """Branch and bound for one float64 graph (:func:`~certify.local.bounds.float64_graph`)."""
 
     def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = DEFAULT_ALPHA_STEPS,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
-        self.graph, self.shape = graph, tuple(input_shape)
+                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False):
+        self.graph, self.shape, self.refine = graph, tuple(input_shape), refine
         self.alpha_steps, self.max_bytes = alpha_steps, max_bytes
         self.steps = split_steps(graph)
 
@@ -173,7 +173,8 @@ class ReluSearch:
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         splits = None if domains is None else domains.splits
         prior = None if domains is None else {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
-        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=splits, prior=prior, deadline=deadline)
+        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=splits, prior=prior, deadline=deadline,
+                           keep_prior=not self.refine)
         c = self._spec_rows(prop, spec, n)
         gap = self._gap(prop.lower(c, alpha_steps=self.alpha_steps, stop=self._stop(spec, margin)), spec)
         record: dict = {}

@@ -15,9 +15,10 @@ sample and neuron (+1: the subdomain where it is >= 0, -1: <= 0, 0: free). The s
 (so the unit's relaxation becomes its exact linear piece, and later layers see the tighter box), and alpha-CROWN on
 the output also optimises one multiplier ``beta >= 0`` per split neuron: ``f(x) >= f(x) - beta s z(x)`` wherever
 ``s z(x) >= 0``, so adding ``-beta s`` to the coefficients reaching ``z`` keeps every bound valid on the subdomain.
-``prior`` boxes (a parent subdomain's bounds) are intersected too. A sample whose box becomes empty (``lo > hi``)
-is an empty subdomain (:meth:`Propagation.infeasible`). ``deadline`` (``time.monotonic()``) makes long sweeps and
-optimisations raise :class:`BoundTimeout` between steps.
+``prior`` boxes (a parent subdomain's bounds) are intersected too; with ``keep_prior`` a tensor with a prior box is
+not refined by CROWN again (the cheap mode of beta-CROWN: only the output bound is re-optimised). A sample whose
+box becomes empty (``lo > hi``) is an empty subdomain (:meth:`Propagation.infeasible`). ``deadline``
+(``time.monotonic()``) makes long sweeps and optimisations raise :class:`BoundTimeout` between steps.
 
 Soundness in floating point. Everything runs in float64 (round to nearest, unit roundoff u = 2^-53). Every
 computed quantity is a sum of at most ``n`` products (``n`` the largest tensor per sample), so each accumulation
@@ -97,7 +98,7 @@ class Propagation:
 
     def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY,
                  alpha_steps: int = 0, lr: float = 0.25, splits: dict | None = None, prior: dict | None = None,
-                 deadline: float | None = None):
+                 deadline: float | None = None, keep_prior: bool = False):
         if method not in ("ibp", "crown"):
             raise ValueError(f"method must be 'ibp' or 'crown', not {method!r}")
         check_supported(graph)
@@ -110,6 +111,7 @@ class Propagation:
         self.alpha_steps, self.lr = alpha_steps, lr
         self.splits = {n: t.to(self.region.lower.device, torch.float64) for n, t in (splits or {}).items()}
         self.prior = prior or {}
+        self.keep_prior = keep_prior
         self.deadline = deadline
         self.steps = list(graph.steps())
         self.varying = varying_names(graph)
@@ -191,7 +193,8 @@ class Propagation:
             pad = self.rounding * self.magnitude[outputs[0]]
             name = outputs[0]
             box = self._restrict(name, Interval(box.lo - pad, box.hi + pad))
-            if self.method == "crown" and name in self.reads and name != self.input_name:
+            if self.method == "crown" and name in self.reads and name != self.input_name and not (
+                    self.keep_prior and name in self.prior):
                 self._tick()
                 box = self._refine(name, box)
             self.bounds[name] = box
