@@ -4,11 +4,14 @@
 Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
 (a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
 low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
-sub-box and the sub-box centres checked as candidates; for high-dimensional inputs the attack continues.
+sub-box and the sub-box centres checked as candidates; for high-dimensional inputs of a network with Relu-like
+units, branch and bound over their signs (:mod:`certify.local.bab`, beta-CROWN) for ``BAB_SHARE`` of the time
+left, its subdomains' minimising vertices checked as candidates, then the attack resumes for the rest; any other
+network goes straight back to the attack. Every bound call stops at the deadline (``BoundTimeout``).
 
 The bound step is one pluggable function, ``bounds(lower, upper, C) -> (N, S)`` lower bounds of ``C y`` over N
 boxes. By default it is the project's bound propagation (``certify.local``: CROWN, alpha-CROWN on single boxes)
-when that package is present; without it no property can be proved and the answer is ``violated`` or ``unknown``.
+(:class:`Engine`); without one no property can be proved and the answer is ``violated`` or ``unknown``.
 Bounds hold for the exact function the weights define; the default bound step then subtracts, per box and row k,
 the smaller of two sound bounds on the float32 error of ``C_k y`` over the box: ``|C_k| . e`` with ``e`` the
 elementwise forward error bound of :mod:`certify.local.float_error` (from the box's own intermediate bounds), and
@@ -19,6 +22,7 @@ safety allowance on top.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,12 +32,15 @@ import torch
 
 from certify.errors import ModelRejected
 from certify.falsify import Checker, Counterexample, attack_case
+from certify.local.bounds import BoundTimeout
 from certify.vnnlib import Case, Property
 
 BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
 SPLIT_BATCH = 512
 DEFAULT_MARGIN = 1e-5
+QUICK_RESTARTS = 8  # starts per disjunct of the first, short attack round (a round must fit its 20% share)
+BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; then the attack resumes
 
 
 @dataclass
@@ -67,42 +74,94 @@ def vnncomp_result(verdict: Verdict) -> str:
     return "sat\n(" + "\n ".join(pairs) + ")\n"
 
 
-def engine_bounds(graph, input_shape: tuple[int, ...], alpha_steps: int = 20) -> BoundFn | None:
-    """The project's bound propagation as a :data:`BoundFn` (CROWN; alpha-CROWN for a single box), or None
-    when it is not installed."""
-    try:
-        from certify.local.bounds import Propagation, check_supported, float64_graph
-        from certify.local.float_error import forward_errors
+class Engine:
+    """The project's bound propagation on one model: :meth:`bounds` is a :data:`BoundFn` (CROWN; alpha-CROWN
+    for a single box), :meth:`branch_and_bound` the Relu-split search of :mod:`certify.local.bab` (None on a
+    network without Relu-like units)."""
+
+    def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = 20):
+        from certify.local.bab import ReluSearch
+        from certify.local.bounds import float64_graph
+
+        self.shape, self.alpha_steps = tuple(input_shape), alpha_steps
+        self.g64 = float64_graph(graph)
+        self.float_error = _float_error(graph, self.shape)
+        search = ReluSearch(self.g64, self.shape)
+        self.search = search if search.applicable else None
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One small propagation at load time: torch.func's first use costs seconds, which would otherwise eat
+        the first property's time budget."""
+        point = np.zeros((1, int(np.prod(self.shape))))
+        with torch.no_grad():
+            outputs = int(self.g64(torch.as_tensor(point).reshape(1, *self.shape)).numel())
+        prop, c = self._propagation(point, point, np.ones((1, outputs)))
+        prop.lower(c, alpha_steps=1)
+
+    def _propagation(self, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, deadline: float | None = None):
+        from certify.local.bounds import Propagation
         from certify.local.region import Region
-        from certify.local.rules import UnsupportedOperator
-    except ImportError:
-        return None
+
+        n = lower.shape[0]
+        region = Region.box(torch.as_tensor(lower).reshape(n, *self.shape),
+                            torch.as_tensor(upper).reshape(n, *self.shape))
+        prop = Propagation(self.g64, region, "crown", deadline=deadline)
+        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
+        c = torch.as_tensor(C, dtype=torch.float64).reshape(C.shape[0], 1, *out_shape).expand(-1, n, *out_shape)
+        return prop, c
+
+    def bounds(self, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, deadline: float | None = None
+               ) -> np.ndarray:
+        prop, c = self._propagation(lower, upper, C, deadline)
+        steps = self.alpha_steps if lower.shape[0] == 1 else 0
+        exact = prop.lower(c, alpha_steps=steps).detach().T.numpy()
+        return exact - _allowance(prop, c, self.float_error(lower, upper), C)
+
+    def branch_and_bound(self, case: Case, margin: float, deadline: float, candidate):
+        """Branch and bound on ``case`` (:class:`certify.local.bab.Outcome`); every row's float32 allowance is
+        the one of the whole box (it covers every subdomain)."""
+        from certify.local.bab import Spec
+
+        C, d, groups = _rows(case)
+        lower, upper = case.lower[None], case.upper[None]
+        prop, c = self._propagation(lower, upper, C, deadline)
+        error = _allowance(prop, c, self.float_error(lower, upper), C)[0]
+        return self.search.run(case.lower, case.upper, Spec(C, d, groups, error), margin, deadline, candidate)
+
+
+def engine(graph, input_shape: tuple[int, ...]) -> Engine | None:
+    """The bound engine for ``graph``, or None when bound propagation does not cover one of its operators."""
+    from certify.local.bounds import check_supported
+    from certify.local.rules import UnsupportedOperator
+
     try:
         check_supported(graph)
     except UnsupportedOperator:
         return None
-    g64 = float64_graph(graph)
-    float_error = _float_error(graph, input_shape)
+    return Engine(graph, input_shape)
 
-    def bounds(lower: np.ndarray, upper: np.ndarray, C: np.ndarray) -> np.ndarray:
-        n = lower.shape[0]
-        region = Region.box(torch.as_tensor(lower).reshape(n, *input_shape),
-                            torch.as_tensor(upper).reshape(n, *input_shape))
-        prop = Propagation(g64, region, "crown")
-        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
-        c = torch.as_tensor(C, dtype=torch.float64).reshape(C.shape[0], 1, *out_shape).expand(-1, n, *out_shape)
-        steps = alpha_steps if n == 1 else 0
-        exact = prop.lower(c, alpha_steps=steps).T.numpy()
-        error = float_error(lower, upper)[:, None] * np.linalg.norm(C.reshape(C.shape[0], -1), axis=1)[None]
-        try:
-            local = forward_errors(prop).spec(c).T.numpy()
-            with np.errstate(invalid="ignore"):
-                error = np.fmin(error, np.where(np.isfinite(local), local, np.inf))
-        except UnsupportedOperator:
-            pass  # the global bound alone (infinite where the network has none: nothing is proved)
-        return exact - error
 
-    return bounds
+def engine_bounds(graph, input_shape: tuple[int, ...]) -> BoundFn | None:
+    """:meth:`Engine.bounds` of the model's engine, or None when there is none."""
+    found = engine(graph, input_shape)
+    return None if found is None else found.bounds
+
+
+def _allowance(prop, c: torch.Tensor, global_error: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """(N, S): the float32 error allowance of each row ``C_k y`` over each box of ``prop``: the smaller of the
+    global bound ``global_error * ||C_k||_2`` and the local forward error analysis (where it applies)."""
+    from certify.local.float_error import forward_errors
+    from certify.local.rules import UnsupportedOperator
+
+    error = global_error[:, None] * np.linalg.norm(C.reshape(C.shape[0], -1), axis=1)[None]
+    try:
+        local = forward_errors(prop).spec(c).T.numpy()
+        with np.errstate(invalid="ignore"):
+            error = np.fmin(error, np.where(np.isfinite(local), local, np.inf))
+    except UnsupportedOperator:
+        pass  # the global bound alone (infinite where the network has none: nothing is proved)
+    return error
 
 
 def _float_error(graph, input_shape: tuple[int, ...]):
@@ -155,9 +214,16 @@ class Decider:
     """One model (converted torch module, onnxruntime checker, bound function) deciding properties."""
 
     def __init__(self, graph, checker: Checker, input_shape: tuple[int, ...], bounds: BoundFn | None,
-                 margin: float = DEFAULT_MARGIN, seed: int = 0):
+                 margin: float = DEFAULT_MARGIN, seed: int = 0, engine: Engine | None = None):
         self.graph, self.checker, self.shape = graph, checker, tuple(input_shape)
         self.bounds, self.margin, self.seed = bounds, margin, seed
+        self.engine = engine
+
+    def _timed(self, deadline: float) -> BoundFn:
+        """The bound step, interrupted at ``deadline`` where the engine allows it."""
+        if self.engine is not None and self.bounds == self.engine.bounds:
+            return functools.partial(self.engine.bounds, deadline=deadline)
+        return self.bounds
 
     def decide(self, prop: Property, timeout: float) -> Verdict:
         start = time.monotonic()
@@ -168,36 +234,58 @@ class Decider:
         quick = start + 0.2 * timeout
         for i, case in enumerate(prop.cases):
             found = attack_case(self.graph, self.checker, case, i, input_shape=self.shape, rounds=1,
-                                deadline=quick, seed=self.seed)
+                                deadline=quick, seed=self.seed, restarts=QUICK_RESTARTS)
             if found is not None:
                 return Verdict("violated", "attack", elapsed(), found)
         open_cases = list(range(len(prop.cases)))
         stats = {"boxes": 0, "proved": 0}
+        methods = set()
         if self.bounds is not None:
-            open_cases = [i for i in open_cases if not self._bounded(prop.cases[i], deadline)]
+            try:
+                open_cases = [i for i in open_cases if not self._bounded(prop.cases[i], deadline)]
+            except BoundTimeout:
+                return Verdict("unknown", "bounds", elapsed(), reason="time budget spent")
             if not open_cases:
                 return Verdict("holds", "bounds", elapsed())
         for i in open_cases:
             case = prop.cases[i]
             if self.bounds is not None and case.lower.size <= SPLIT_MAX_INPUTS:
+                methods.add("input-split")
                 outcome = self._split(case, i, deadline, stats)
                 if isinstance(outcome, Counterexample):
                     return Verdict("violated", "input-split", elapsed(), outcome, stats=stats)
                 if outcome:
                     continue
                 return Verdict("unknown", "input-split", elapsed(), reason="time budget spent", stats=stats)
+            if self._branchable(case):
+                methods.add("bab")
+                share = time.monotonic() + BAB_SHARE * (deadline - time.monotonic())  # the attack gets the rest
+                outcome = self.engine.branch_and_bound(case, self.margin, share,
+                                                       lambda xs, c=case, k=i: self._check_points(c, k, xs))
+                stats["domains"] = stats.get("domains", 0) + outcome.domains
+                stats["proved"] += outcome.proved
+                if outcome.result == "found":
+                    return Verdict("violated", "bab", elapsed(), outcome.found, stats=stats)
+                if outcome.result == "holds":
+                    continue
+                stats["bab"] = outcome.result
             found = attack_case(self.graph, self.checker, case, i, input_shape=self.shape, deadline=deadline,
                                 seed=self.seed + 1)
             if found is not None:
                 return Verdict("violated", "attack", elapsed(), found)
             reason = "no bound engine available" if self.bounds is None else "not proved by bounds; no counterexample"
-            return Verdict("unknown", "attack", elapsed(), reason=reason)
-        return Verdict("holds", "input-split" if open_cases else "bounds", elapsed(), stats=stats)
+            return Verdict("unknown", "attack", elapsed(), reason=reason, stats=stats)
+        return Verdict("holds", "+".join(sorted(methods)) or "bounds", elapsed(), stats=stats)
+
+    def _branchable(self, case: Case) -> bool:
+        """Relu branch and bound applies: an engine with Relu-like units, and every disjunct has rows."""
+        return (self.engine is not None and self.engine.search is not None and self.bounds == self.engine.bounds
+                and all(len(c.d) for c in case.unsafe))
 
     def _bounded(self, case: Case, deadline: float) -> bool:
         if time.monotonic() > deadline:
             return False
-        return bool(proved(self.bounds, case, case.lower[None], case.upper[None], self.margin)[0])
+        return bool(proved(self._timed(deadline), case, case.lower[None], case.upper[None], self.margin)[0])
 
     def _split(self, case: Case, index: int, deadline: float, stats: dict):
         """Bisect sub-boxes until all are proved (True), a centre is a counterexample, or time runs out (False);
@@ -215,7 +303,10 @@ class Decider:
             found = self._check_centres(case, index, lo, hi)
             if found is not None:
                 return found
-            done = proved(self.bounds, case, lo, hi, self.margin)
+            try:
+                done = proved(self._timed(deadline), case, lo, hi, self.margin)
+            except BoundTimeout:
+                return False
             # grow the batch while one takes under a quarter of the time left (a batch cannot be interrupted)
             spent, left = time.monotonic() - now, deadline - time.monotonic()
             batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, SPLIT_BATCH))
@@ -248,14 +339,17 @@ class Decider:
 
     def _check_centres(self, case: Case, index: int, lo: np.ndarray, hi: np.ndarray) -> Counterexample | None:
         """The sub-box centres that torch puts in the unsafe set, confirmed in onnxruntime."""
-        centres = (lo + hi) / 2
+        return self._check_points(case, index, (lo + hi) / 2)
+
+    def _check_points(self, case: Case, index: int, points: np.ndarray, limit: int = 8) -> Counterexample | None:
+        """The (at most ``limit``) points (K, n) that torch puts in the unsafe set, confirmed in onnxruntime."""
         with torch.no_grad():
-            y = self.graph(torch.as_tensor(centres, dtype=torch.float32).reshape(len(centres), *self.shape))
+            y = self.graph(torch.as_tensor(points, dtype=torch.float32).reshape(len(points), *self.shape))
         y = y.flatten(1).double().numpy()
         C, d, groups = _rows(case)
         gap = y @ C.T - d
-        for i in np.flatnonzero([any((gap[j, rows] <= 1e-6).all() for rows in groups) for j in range(len(y))])[:8]:
-            found = self.checker.confirm(case, index, centres[i])
+        for i in np.flatnonzero([any((gap[j, rows] <= 1e-6).all() for rows in groups) for j in range(len(y))])[:limit]:
+            found = self.checker.confirm(case, index, points[i])
             if found is not None:
                 return found
         return None
@@ -283,5 +377,6 @@ def load_decider(model_path, prop: Property, *, use_bounds: bool = True, seed: i
         out = graph(torch.zeros((1, *shape[1:]), dtype=torch.float32))
     if out.numel() != prop.n_outputs:
         raise ModelRejected("property_mismatch", f"the property has {prop.n_outputs} outputs, the model {out.numel()}")
-    bounds = engine_bounds(graph, tuple(shape[1:])) if use_bounds else None
-    return Decider(graph, checker, tuple(shape[1:]), bounds, seed=seed)
+    found = engine(graph, tuple(shape[1:])) if use_bounds else None
+    return Decider(graph, checker, tuple(shape[1:]), None if found is None else found.bounds, seed=seed,
+                   engine=found)

@@ -3,14 +3,16 @@
 The search is the project's APGD (Croce & Hein 2020) with the property as its objective: for a sample aimed at
 disjunct ``k`` (``C_k y <= d_k``) the loss is ``-max_i (C_k y - d_k)_i``, so it is won exactly where every row
 holds. APGD runs on the unit cube mapped affinely onto the input box, which gives every input dimension the same
-relative step however unequal the box's sides (ACAS Xu). Many seeded random starts per disjunct run as one batch.
+relative step however unequal the box's sides (ACAS Xu). Many seeded random starts per disjunct run as one batch;
+after the first round the starts go to the disjuncts that came closest.
 
 Gradients vanish through ReLUs that are off, and on some networks (mnistfc) the outputs are flat over most of the
 box, so random starts all sit on one plateau. Every round therefore also starts PGD from vertices that steer a
 hidden layer: a random weighting of its neurons (each scaled by its observed range) and the vertex given by the sign
 of its gradient (the exact maximiser for the first layer, which is affine in the input); neurons that are off at the
 centre get switched on this way, which gradient steps from the centre never do (in the spirit of output-diversified
-starts, Tashiro et al. 2020, moved to the hidden layers).
+starts, Tashiro et al. 2020, moved to the hidden layers). These steered starts run first: on such plateaus they
+find in one round what the centre-started APGD does not find at all.
 
 A candidate is reported only after onnxruntime, running the original ONNX model in float32 on the float32 input,
 puts it inside the box and in the unsafe set: the converted torch module is never trusted for a verdict.
@@ -35,6 +37,7 @@ from certify.vnnlib import Case, Conjunction
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh", "Softplus",
                "Softsign", "Clip", "Gelu", "HardSwish", "Mish"}
+FOCUS = 2  # disjuncts that get the starts after the first round
 UNUSED_ROW = 1e30  # the bound of padding rows: 0 <= 1e30 never decides the maximum (and alone is always met)
 
 
@@ -126,14 +129,16 @@ class Checker:
 
 def attack_case(model: nn.Module, checker: Checker, case: Case, index: int, *, input_shape, deadline: float,
                 seed: int = 0, restarts: int = 32, steps: int = 100, rounds: int | None = None,
-                check_limit: int = 8) -> Counterexample | None:
-    """APGD rounds (``restarts`` random starts per disjunct each) until a confirmed counterexample, ``rounds``
-    rounds, or ``deadline`` (``time.monotonic()``); None when none was confirmed."""
+                check_limit: int = 8, focus: int = FOCUS) -> Counterexample | None:
+    """APGD rounds until a confirmed counterexample, ``rounds`` rounds, or ``deadline`` (``time.monotonic()``);
+    None when none was confirmed. The first round gives every disjunct ``restarts`` starts; later rounds give the
+    same number of starts to the ``focus`` disjuncts that came closest so far (on a robustness property most
+    disjuncts, "class j beats the label", are hopeless and only waste starts)."""
     objective = UnsafeObjective(case.unsafe)
     wrapped = OnBox(model, case.lower, case.upper, input_shape).eval()
     n, k = case.lower.size, len(case.unsafe)
     labels = torch.arange(k).repeat(restarts)
-    centre = torch.full((k * restarts, n), 0.5)
+    closest = torch.full((k,), torch.inf)
     uniform = APGD(steps=steps, loss=objective)
     steered = PGD(steps=2 * steps, rel_step=0.1, random_start=False, schedule="cosine", loss=objective)
 
@@ -144,14 +149,17 @@ def attack_case(model: nn.Module, checker: Checker, case: Case, index: int, *, i
     r = 0
     while (rounds is None or r < rounds) and time.monotonic() < deadline:
         generator = torch.Generator().manual_seed(batch_seed(seed, "vnnlib", index, r))
+        if r > 0 and k > focus:
+            labels = torch.argsort(closest)[:focus].repeat(k * restarts // focus)
+        centre = torch.full((len(labels), n), 0.5)
         try:
             starts = steering_vertices(wrapped, len(labels), generator)
-            for attack, x0, eps in ((uniform, centre, 0.5), (steered, starts, 1.0)):
+            for attack, x0, eps in ((steered, starts, 1.0), (uniform, centre, 0.5)):
                 if x0 is None:
                     continue
                 feasible = Feasible(x0, Box(0.0, 1.0), "linf", eps)
                 z = feasible.enforce(attack.perturb(wrapped, x0, labels, AttackContext(feasible, generator, tick)))
-                found = check_points(wrapped, checker, case, index, z, labels, objective, check_limit)
+                found = check_points(wrapped, checker, case, index, z, labels, objective, check_limit, closest)
                 if found is not None:
                     return found
         except OutOfTime:
@@ -195,10 +203,13 @@ def steering_vertices(wrapped: OnBox, count: int, generator: torch.Generator, sa
 
 
 def check_points(wrapped: OnBox, checker: Checker, case: Case, index: int, z: torch.Tensor, labels: torch.Tensor,
-                 objective: UnsafeObjective, limit: int) -> Counterexample | None:
-    """Confirm in onnxruntime the (at most ``limit``) most violating points that torch puts in the unsafe set."""
+                 objective: UnsafeObjective, limit: int, closest: torch.Tensor | None = None) -> Counterexample | None:
+    """Confirm in onnxruntime the (at most ``limit``) most violating points that torch puts in the unsafe set;
+    ``closest`` (per disjunct) is lowered to the smallest violation seen."""
     with torch.no_grad():
         violation = objective.violation(wrapped(z), labels)
+    if closest is not None:
+        closest.scatter_reduce_(0, labels, violation, reduce="amin")
     order = torch.argsort(violation)[:limit]
     lower, width = case.lower, case.upper - case.lower
     for i in order.tolist():

@@ -10,6 +10,16 @@ rules``): affine operators by their vector-Jacobian product, activations by thei
 Relu-like units per neuron and per specification row with Adam; every iterate is a valid bound, so the best one
 per row is kept.
 
+Branch and bound (beta-CROWN, Wang et al. 2021) passes ``splits``: per Relu-like pre-activation tensor, a sign per
+sample and neuron (+1: the subdomain where it is >= 0, -1: <= 0, 0: free). The split intersects that tensor's box
+(so the unit's relaxation becomes its exact linear piece, and later layers see the tighter box), and alpha-CROWN on
+the output also optimises one multiplier ``beta >= 0`` per split neuron: ``f(x) >= f(x) - beta s z(x)`` wherever
+``s z(x) >= 0``, so adding ``-beta s`` to the coefficients reaching ``z`` keeps every bound valid on the subdomain.
+``prior`` boxes (a parent subdomain's bounds) are intersected too; with ``keep_prior`` a tensor with a prior box is
+not refined by CROWN again (the cheap mode of beta-CROWN: only the output bound is re-optimised). A sample whose
+box becomes empty (``lo > hi``) is an empty subdomain (:meth:`Propagation.infeasible`). ``deadline``
+(``time.monotonic()``) makes long sweeps and optimisations raise :class:`BoundTimeout` between steps.
+
 Soundness in floating point. Everything runs in float64 (round to nearest, unit roundoff u = 2^-53). Every
 computed quantity is a sum of at most ``n`` products (``n`` the largest tensor per sample), so each accumulation
 errs by at most ``gamma_n = n u / (1 - n u)`` times the sum of the absolute terms (Higham, Accuracy and Stability
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 from torch.func import vjp, vmap
@@ -40,6 +51,10 @@ DEFAULT_MEMORY = 2**28  # bytes of backward coefficients per chunk
 #: Largest (rows x samples x widest tensor) for which intermediate bounds get optimised slopes; beyond it they
 #: keep their CROWN bounds (optimising thousands of convolutional neurons costs more than it brings).
 ALPHA_INTERMEDIATE_LIMIT = 2**22
+
+
+class BoundTimeout(Exception):
+    """The propagation's deadline passed."""
 
 
 def float64_graph(module, device="cpu"):
@@ -82,7 +97,8 @@ class Propagation:
     """
 
     def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY,
-                 alpha_steps: int = 0, lr: float = 0.25):
+                 alpha_steps: int = 0, lr: float = 0.25, splits: dict | None = None, prior: dict | None = None,
+                 deadline: float | None = None, keep_prior: bool = False):
         if method not in ("ibp", "crown"):
             raise ValueError(f"method must be 'ibp' or 'crown', not {method!r}")
         check_supported(graph)
@@ -93,6 +109,10 @@ class Propagation:
         self.method = method
         self.memory = memory
         self.alpha_steps, self.lr = alpha_steps, lr
+        self.splits = {n: t.to(self.region.lower.device, torch.float64) for n, t in (splits or {}).items()}
+        self.prior = prior or {}
+        self.keep_prior = keep_prior
+        self.deadline = deadline
         self.steps = list(graph.steps())
         self.varying = varying_names(graph)
         self.input_name = graph.input_names[0]
@@ -119,8 +139,32 @@ class Propagation:
             _, part.env = self.graph.run(part.region.midpoint, keep=True)
         part.magnitude = {n: m[index] for n, m in self.magnitude.items()}
         part.bounds = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.bounds.items()}
+        part.splits = {n: t[index] for n, t in self.splits.items()}
+        part.prior = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.prior.items()}
         part._affine_cache = {}
         return part
+
+    def _tick(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BoundTimeout
+
+    def infeasible(self) -> torch.Tensor:
+        """Per sample, whether some box is empty: the subdomain its splits define contains no input."""
+        empty = torch.zeros(self.region.lower.shape[0], dtype=torch.bool, device=self.region.lower.device)
+        for box in self.bounds.values():
+            empty |= (box.lo > box.hi).flatten(1).any(1)
+        return empty
+
+    def _restrict(self, name: str, box: Interval) -> Interval:
+        """``box`` intersected with the prior box and the split signs of ``name``."""
+        lo, hi = box.lo, box.hi
+        if name in self.prior:
+            lo, hi = torch.maximum(lo, self.prior[name].lo), torch.minimum(hi, self.prior[name].hi)
+        if name in self.splits:
+            sign = self.splits[name]
+            lo = torch.where(sign > 0, lo.clamp(min=0), lo)
+            hi = torch.where(sign < 0, hi.clamp(max=0), hi)
+        return Interval(lo, hi)
 
     # --- forward sweep -------------------------------------------------------------------------------------
     def _args(self, inputs, boxes: dict) -> list:
@@ -147,9 +191,11 @@ class Propagation:
             op.relaxation.check(op, args)
             box = op.relaxation.interval(op, args)
             pad = self.rounding * self.magnitude[outputs[0]]
-            box = Interval(box.lo - pad, box.hi + pad)
             name = outputs[0]
-            if self.method == "crown" and name in self.reads and name != self.input_name:
+            box = self._restrict(name, Interval(box.lo - pad, box.hi + pad))
+            if self.method == "crown" and name in self.reads and name != self.input_name and not (
+                    self.keep_prior and name in self.prior):
+                self._tick()
                 box = self._refine(name, box)
             self.bounds[name] = box
 
@@ -170,6 +216,7 @@ class Propagation:
         shape = box.lo.shape[1:]
         lo, hi = box.lo.flatten(1).clone(), box.hi.flatten(1).clone()
         for chunk in rows.split(self._chunk_rows(2)):
+            self._tick()
             r = chunk.numel()
             a = torch.zeros((2 * r, n, shape.numel()), dtype=torch.float64, device=lo.device)
             a[torch.arange(r, device=lo.device), :, chunk] = 1.0
@@ -207,11 +254,14 @@ class Propagation:
             self._affine_cache[index] = entry
         return self._affine_cache[index]
 
-    def backward(self, target: str, a: torch.Tensor, thetas: dict | None = None):
+    def backward(self, target: str, a: torch.Tensor, thetas: dict | None = None, betas: dict | None = None,
+                 record: dict | None = None):
         """Coefficients on the input and the constant: ``a . target >= A_in . x + bias`` over the region.
 
         ``a`` is (S, N, *target shape); ``thetas`` maps step indices of Relu-like steps to alpha-CROWN slope
-        parameters (S, N, *shape). Returns ``(A_in (S, N, *input), bias (S, N))``.
+        parameters (S, N, *shape), ``betas`` to the (nonnegative) multipliers of their split constraints;
+        ``record``, when given, receives each elementwise step's output coefficients (S, N, *shape) by step index.
+        Returns ``(A_in (S, N, *input), bias (S, N))``.
         """
         acc = {target: a}
         bias = torch.zeros(a.shape[:2], dtype=a.dtype, device=a.device)
@@ -227,10 +277,14 @@ class Propagation:
             vary = [i for i, n in enumerate(inputs) if n in self.varying]
             pos, neg = coef.clamp(min=0), coef.clamp(max=0)
             if rule.elementwise:
+                if record is not None:
+                    record[index] = coef.detach()
                 theta = None if thetas is None else thetas.get(index)
                 sl, bl, su, bu = rule.slopes(op, self._args(inputs, self.bounds), theta)
                 bias = bias + _dot(pos, bl) + _dot(neg, bu)
                 parts = [pos * sl + neg * su]
+                if betas is not None and index in betas:
+                    parts[0] = parts[0] - betas[index] * self.splits[inputs[0]]
             else:
                 vjp_l, off_l, vjp_u, off_u = self._affine(index)
                 if vjp_u is None:
@@ -247,9 +301,10 @@ class Propagation:
             coef_in = torch.zeros((*a.shape[:2], *self.region.lower.shape[1:]), dtype=a.dtype, device=a.device)
         return coef_in, bias
 
-    def linear_lower(self, target: str, a: torch.Tensor, thetas: dict | None = None) -> torch.Tensor:
+    def linear_lower(self, target: str, a: torch.Tensor, thetas: dict | None = None, betas: dict | None = None
+                     ) -> torch.Tensor:
         """CROWN lower bound of ``a . target`` over the region, (S, N), before the rounding widening."""
-        coef_in, bias = self.backward(target, a, thetas)
+        coef_in, bias = self.backward(target, a, thetas, betas)
         return self.region.minimum(coef_in) + bias
 
     # --- specifications on the output ----------------------------------------------------------------------
@@ -265,7 +320,8 @@ class Propagation:
         box = self.bounds[self.output_name]
         return _dot(c.clamp(min=0), box.lo) + _dot(c.clamp(max=0), box.hi) - self._spec_rounding(c)
 
-    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None, stop=None
+              ) -> torch.Tensor:
         """Sound lower bound of ``c . y`` for every spec row and sample: (S, N).
 
         IBP for an ``"ibp"`` propagation; CROWN otherwise, intersected with IBP; with ``alpha_steps`` > 0 the
@@ -280,36 +336,44 @@ class Propagation:
         with torch.no_grad():
             crown = torch.cat([self.linear_lower(self.output_name, part) for part in c.split(self._chunk_rows(1))])
         best = torch.maximum(best, crown - self._spec_rounding(c))
-        if alpha_steps > 0:
-            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr))
+        if alpha_steps > 0 and not (stop is not None and stop(best)):
+            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr, stop))
         return best
 
-    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
-        """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on,
-        the best (widened) iterate per row."""
+    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float, stop=None) -> torch.Tensor:
+        """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on (and,
+        on the output of a split propagation, on the split multipliers beta: beta-CROWN), the best (widened)
+        iterate per row. ``stop(best)`` True ends the optimisation early."""
         ancestors = self._ancestors(target)
-        thetas = {}
+        thetas, betas = {}, {}
         for index in sorted(ancestors):
             op, inputs, _ = self.steps[index]
             if getattr(op.relaxation, "optimisable", False):
                 box = self.bounds[inputs[0]]
                 init = op.relaxation.default_theta(box.lo, box.hi)
                 thetas[index] = init.expand(c.shape[0], *init.shape).clone().requires_grad_(True)
+                if target == self.output_name and inputs[0] in self.splits:
+                    betas[index] = torch.zeros_like(thetas[index]).requires_grad_(True)
         best = torch.full(c.shape[:2], -math.inf, dtype=torch.float64, device=c.device)
         if not thetas:
             return best
-        optimiser = torch.optim.Adam(thetas.values(), lr=lr)
+        optimiser = torch.optim.Adam([*thetas.values(), *betas.values()], lr=lr)
         for _ in range(steps):
-            low = self.linear_lower(target, c, thetas) - self._rounding_of(target, c)
+            self._tick()
+            low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
             best = torch.maximum(best, low.detach())
+            if stop is not None and stop(best):
+                return best
             optimiser.zero_grad()
             (-low.sum()).backward()
             optimiser.step()
             with torch.no_grad():
                 for t in thetas.values():
                     t.clamp_(0.0, 1.0)
+                for b in betas.values():
+                    b.clamp_(min=0.0)
         with torch.no_grad():
-            low = self.linear_lower(target, c, thetas) - self._rounding_of(target, c)
+            low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
         return torch.maximum(best, low)
 
     def _ancestors(self, name: str) -> set[int]:

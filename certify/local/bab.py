@@ -1,0 +1,283 @@
+"""Branch and bound over Relu splits: complete verification of a linear specification over one input box.
+
+A subdomain fixes the sign of some Relu-like pre-activations (+1 active, -1 inactive). Each is bounded by
+:class:`~certify.local.bounds.Propagation` with its ``splits`` (the split neurons' relaxations become their exact
+linear pieces, and alpha-CROWN also optimises the split multipliers: beta-CROWN, Wang et al. 2021) and with its
+parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch.
+
+The specification is a disjunction of groups of rows ``C y - d``; a subdomain is done when, for every group, some
+row's lower bound minus the row's float32 error allowance exceeds ``margin``, or when its boxes are empty (no input
+has that sign pattern). Every other subdomain is split in two on the neuron of largest score, an estimate of how
+much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the intercept the upper relaxation
+line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
+relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
+subdomain is offered to ``candidate`` (which confirms counterexamples), and a subdomain with no unstable neuron
+left that is still open ends the search (``stuck``: its bound is as tight as this relaxation gets).
+
+The search stops at ``deadline`` (checked between batches and inside every propagation), when the open
+subdomains would exceed ``max_bytes`` of stored boxes, or when a candidate is confirmed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from certify.local.bounds import BoundTimeout, Propagation, varying_names
+from certify.local.region import Region
+from certify.local.rules import Interval
+
+MAX_BATCH = 256  # parents split per batch (twice as many children bounded)
+DEFAULT_ALPHA_STEPS = 8
+DEFAULT_MAX_BYTES = 2**30
+LEAF_STEPS, LEAF_LR = 200, 0.5  # beta optimisation of a subdomain with every neuron split
+
+
+@dataclass
+class Spec:
+    """Rows ``C y - d`` (S rows), the disjunct groups (row indices) and each row's float32 error allowance."""
+
+    C: np.ndarray
+    d: np.ndarray
+    groups: list[np.ndarray]
+    error: np.ndarray
+
+
+@dataclass
+class Outcome:
+    result: str  # "holds", "found", "stuck", "timeout", "memory"
+    found: object = None
+    domains: int = 0
+    proved: int = 0
+
+
+@dataclass
+class Domains:
+    """A stack of subdomains: split signs and prior boxes per split tensor, (M, *shape) each."""
+
+    splits: dict[str, torch.Tensor]
+    lo: dict[str, torch.Tensor]
+    hi: dict[str, torch.Tensor]
+    branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
+    worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
+
+    def __len__(self) -> int:
+        return int(self.branch.shape[0])
+
+    def take(self, index) -> Domains:
+        pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in ("splits", "lo", "hi")}
+        return Domains(pick["splits"], pick["lo"], pick["hi"], self.branch[index], self.worst[index])
+
+    @staticmethod
+    def cat(parts: list[Domains]) -> Domains:
+        first = parts[0]
+        join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)}
+                for k in ("splits", "lo", "hi")}
+        return Domains(join["splits"], join["lo"], join["hi"], torch.cat([p.branch for p in parts]),
+                       torch.cat([p.worst for p in parts]))
+
+
+def split_steps(graph) -> list[tuple[int, str]]:
+    """(step index, pre-activation tensor) of every Relu-like step that varies with the input (not the graph's
+    input itself, whose box is the region's), each tensor once."""
+    varying = varying_names(graph) - set(graph.input_names)
+    found, seen = [], set()
+    for i, (op, inputs, _) in enumerate(graph.steps()):
+        rule = getattr(type(op), "relaxation", None)
+        if getattr(rule, "optimisable", False) and inputs[0] in varying and inputs[0] not in seen:
+            seen.add(inputs[0])
+            found.append((i, inputs[0]))
+    return found
+
+
+class ReluSearch:
+    """Branch and bound for one float64 graph (:func:`~certify.local.bounds.float64_graph`)."""
+
+    def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = DEFAULT_ALPHA_STEPS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False):
+        self.graph, self.shape, self.refine = graph, tuple(input_shape), refine
+        self.alpha_steps, self.max_bytes = alpha_steps, max_bytes
+        self.steps = split_steps(graph)
+
+    @property
+    def applicable(self) -> bool:
+        return bool(self.steps)
+
+    def run(self, lower: np.ndarray, upper: np.ndarray, spec: Spec, margin: float, deadline: float,
+            candidate: Callable[[np.ndarray], object | None]) -> Outcome:
+        outcome = Outcome("timeout")
+        try:
+            self._search(lower, upper, spec, margin, deadline, candidate, outcome)
+        except BoundTimeout:
+            outcome.result = "timeout"
+        return outcome
+
+    def _search(self, lower, upper, spec, margin, deadline, candidate, outcome) -> None:
+        root = self._bound(lower, upper, spec, margin, None, deadline, candidate, outcome)
+        if outcome.result != "timeout":
+            return
+        todo = [root] if root is not None else []
+        batch = 8
+        while todo:
+            if time.monotonic() > deadline:
+                return
+            pending = Domains.cat(todo)
+            if self._bytes(pending) > self.max_bytes:
+                outcome.result = "memory"
+                return
+            order = torch.argsort(pending.worst)
+            parents, rest = pending.take(order[:batch]), pending.take(order[batch:])
+            todo = [rest] if len(rest) else []
+            now = time.monotonic()
+            children = self._bound(lower, upper, spec, margin, self._children(parents), deadline, candidate,
+                                   outcome)
+            if outcome.result != "timeout":
+                return
+            spent, left = time.monotonic() - now, deadline - time.monotonic()
+            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, MAX_BATCH))
+            if children is not None:
+                todo.append(children)
+        outcome.result = "holds"
+
+    def _bytes(self, domains: Domains) -> int:
+        return sum(t.numel() * t.element_size() for k in ("splits", "lo", "hi") for t in getattr(domains, k).values())
+
+    def _children(self, parents: Domains) -> Domains:
+        """Two children per parent: its branch neuron split active (+1) and inactive (-1)."""
+        both = Domains.cat([parents, parents])
+        m = len(parents)
+        sign = torch.cat([torch.ones(m), -torch.ones(m)]).to(torch.int8)
+        offset = 0
+        splits = {}
+        for _, name in self.steps:
+            t = both.splits[name].flatten(1).clone()
+            size = t.shape[1]
+            local = both.branch - offset
+            mine = (local >= 0) & (local < size)
+            rows = mine.nonzero().flatten()
+            t[rows, local[rows]] = sign[rows]
+            splits[name] = t.reshape(both.splits[name].shape)
+            offset += size
+        return Domains(splits, both.lo, both.hi, both.branch, both.worst)
+
+    def _bound(self, lower, upper, spec: Spec, margin, domains: Domains | None, deadline, candidate,
+               outcome: Outcome) -> Domains | None:
+        """Bound ``domains`` (None: the root), record progress in ``outcome``; the open ones with their next
+        branch, or None when none is open."""
+        n = 1 if domains is None else len(domains)
+        lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
+        hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
+        splits = None if domains is None else domains.splits
+        prior = None if domains is None else {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
+        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=splits, prior=prior, deadline=deadline,
+                           keep_prior=not self.refine)
+        c = self._spec_rows(prop, spec, n)
+        gap = self._gap(prop.lower(c, alpha_steps=self.alpha_steps, stop=self._stop(spec, margin)), spec)
+        record: dict = {}
+        with torch.no_grad():
+            coef_in, _ = prop.backward(prop.output_name, c, record=record)
+        done, weight, worst = self._closed(gap, spec, margin)
+        done |= prop.infeasible().numpy()
+        outcome.domains += n
+        open_ = np.flatnonzero(~done)
+        if open_.size:
+            found = candidate(self._vertices(coef_in, gap, weight, lo_in, hi_in, open_))
+            if found is not None:
+                outcome.result, outcome.found = "found", found
+                return None
+            branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
+            leaves = open_[~has.numpy()]
+            if leaves.size:  # every neuron split: optimise the multipliers further (the LP dual of the leaf)
+                if not self._leaves_closed(prop, spec, margin, leaves):
+                    outcome.result = "stuck"
+                    return None
+                done[leaves] = True
+        outcome.proved += int(done.sum())
+        open_ = np.flatnonzero(~done)
+        if open_.size == 0:
+            return None
+        branch, _ = self._branch(prop, record, torch.as_tensor(weight), open_)
+        index = torch.as_tensor(open_)
+        names = [name for _, name in self.steps]
+        split_now = {name: (prop.splits[name][index].to(torch.int8) if name in prop.splits else
+                            torch.zeros(prop.bounds[name].lo[index].shape, dtype=torch.int8)) for name in names}
+        return Domains(split_now, {name: prop.bounds[name].lo[index] for name in names},
+                       {name: prop.bounds[name].hi[index] for name in names}, branch,
+                       torch.as_tensor(worst[open_]))
+
+    @staticmethod
+    def _spec_rows(prop, spec: Spec, n: int) -> torch.Tensor:
+        out_shape = prop.bounds[prop.output_name].lo.shape[1:]
+        S = spec.C.shape[0]
+        return torch.as_tensor(spec.C, dtype=torch.float64).reshape(S, 1, *out_shape).expand(S, n, *out_shape)
+
+    @staticmethod
+    def _gap(low: torch.Tensor, spec: Spec) -> np.ndarray:
+        return low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
+
+    def _stop(self, spec: Spec, margin: float):
+        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early)."""
+        return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+
+    @staticmethod
+    def _closed(gap: np.ndarray, spec: Spec, margin: float):
+        """Per subdomain whether every group has a row above ``margin``; the open groups' best rows (weights,
+        (n, S)); the smallest best gap of an open group (inf when none)."""
+        n = gap.shape[0]
+        weight = np.zeros_like(gap)
+        worst = np.full(n, np.inf)
+        for rows in spec.groups:
+            sub = gap[:, rows]
+            best = sub.argmax(1)
+            closed = sub.max(1) > margin
+            weight[np.flatnonzero(~closed), rows[best[~closed]]] = 1.0
+            worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
+        return np.all(weight == 0, axis=1), weight, worst
+
+    def _leaves_closed(self, prop, spec: Spec, margin: float, leaves: np.ndarray) -> bool:
+        """Whether subdomains without unstable neurons close after a longer beta optimisation."""
+        index = torch.as_tensor(leaves)
+        names = [name for _, name in self.steps]
+        region = prop.region.subset(index)
+        leaf = Propagation(self.graph, region, "crown", splits={n: prop.splits[n][index] for n in prop.splits},
+                           prior={n: Interval(prop.bounds[n].lo[index], prop.bounds[n].hi[index]) for n in names},
+                           deadline=prop.deadline)
+        c = self._spec_rows(leaf, spec, len(leaves))
+        gap = self._gap(leaf.lower(c, alpha_steps=LEAF_STEPS, lr=LEAF_LR, stop=self._stop(spec, margin)), spec)
+        done, _, _ = self._closed(gap, spec, margin)
+        return bool((done | leaf.infeasible().numpy()).all())
+
+    def _vertices(self, coef_in, gap, weight, lo_in, hi_in, open_) -> np.ndarray:
+        """Per open subdomain, the input vertex minimising the linear bound of its hardest open row."""
+        masked = np.where(weight > 0, gap, np.inf)
+        row = torch.as_tensor(masked[open_].argmin(1))
+        idx = torch.as_tensor(open_)
+        a = coef_in[row, idx]
+        x = torch.where(a >= 0, lo_in[idx], hi_in[idx])
+        return x.reshape(len(open_), -1).numpy()
+
+    def _branch(self, prop, record, weight, open_):
+        """Per open subdomain the flat index of the neuron to split next, and whether any is unstable."""
+        idx = torch.as_tensor(open_)
+        scores = []
+        for index, name in self.steps:
+            op, inputs, _ = prop.steps[index]
+            box = prop.bounds[name]
+            coef = record.get(index)
+            lo, hi = box.lo[idx], box.hi[idx]
+            unstable = (lo < 0) & (hi > 0)
+            if coef is None:
+                scores.append(torch.where(unstable, 0.0, -torch.inf).flatten(1))
+                continue
+            _, bl, _, bu = op.relaxation.slopes(op, prop._args(inputs, prop.bounds))
+            lam = (coef[:, idx] * weight.T[:, idx].reshape(-1, len(open_), *[1] * (coef.dim() - 2))).sum(0)
+            score = lam.clamp(max=0).neg() * bu[idx] + lam.clamp(min=0) * bl[idx].neg()
+            score = score + 1e-4 * lam.abs() * torch.minimum(hi, -lo)
+            scores.append(torch.where(unstable, score, -torch.inf).flatten(1))
+        total = torch.cat(scores, dim=1)
+        best, branch = total.max(dim=1)
+        return branch, torch.isfinite(best)
