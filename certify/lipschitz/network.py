@@ -773,6 +773,7 @@ class Chain:
     upper: float | None = None
     pairs: np.ndarray | None = None  # L of f_y - f_j when the chain ends in a linear segment with class outputs
     ms: float = 0.0
+    method: str = "ECLipsE-Fast"
 
     @property
     def input(self) -> str:
@@ -914,6 +915,10 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
     chains = _chains(records, segments, consumers, graph.output_names) if (eclipse and norm == "l2") else []
     for chain in chains:
         _bound_chain(chain, output_name)
+    if eclipse and norm == "l2":
+        from certify.lipschitz import averaged
+
+        chains += averaged.bound_chains(records, segments, consumers, graph.output_names)
     _recompose(records, segments, chains, composed, consumers)
     return Analysis(records, segments, chains, product, composed, reasons, input_name, output_name,
                     tuple(input_shape), per_sample(env[output_name].shape), norm)
@@ -1066,7 +1071,10 @@ def _bound_chain(chain: Chain, output_name: str) -> None:
 def _recompose(records, segments, chains, composed: dict, consumers) -> None:
     """Re-run the composed route with fused segments and ECLipsE chains (each a min with the plain step)."""
     fused_at = {s.output: s for s in segments if s.bound is not None}
-    chain_at = {c.output: c for c in chains if c.upper is not None}
+    chain_at: dict = {}
+    for c in chains:
+        if c.upper is not None:
+            chain_at.setdefault(c.output, []).append(c)
     for record in records:
         if not record.varying:
             continue
@@ -1077,8 +1085,7 @@ def _recompose(records, segments, chains, composed: dict, consumers) -> None:
             if n in fused_at:
                 s = fused_at[n]
                 value = _min(value, _mul(s.bound.upper, composed.get(s.input)))
-            if n in chain_at:
-                c = chain_at[n]
+            for c in chain_at.get(n, []):
                 value = _min(value, _mul(c.upper, composed.get(c.input)))
             composed[n] = value
 
