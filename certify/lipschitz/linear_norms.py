@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import (
     ConvGeometry,
     abs_col_sums,
@@ -192,7 +193,7 @@ def _fourier_upper(geom: ConvGeometry):
     upper, best_lower, best = 0.0, 0.0, None
     for blocks, freqs in frequency_chunks(pp, max_blocks):
         group = torch.arange(blocks.shape[0]) % g
-        uppers, lowers, vectors = gram_bounds(blocks, floor=best_lower)
+        uppers, lowers, vectors = certified_block_norms(blocks, floor=best_lower)
         uppers = round_up(uppers + errors[group])
         upper = max(upper, float(uppers.max()))
         i = int(lowers.argmax())
