@@ -27,6 +27,7 @@ from certify.lipschitz.conv import (
     polyphase,
 )
 from certify.lipschitz.gram import U64, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.separable_conv import separable_bound
 
 __all__ = ["conv_bound", "dense_bound", "gram_iteration_bound", "linear_operator_lower"]
 
@@ -166,9 +167,14 @@ def conv_bound(
         matrix = _materialize(geom.apply, geom.input_shape)
         exact = dense_bound(matrix, power_iters=power_iters, exact_max_elems=exact_max_elems)
         return LayerBound(exact.upper, exact.lower, "dense-svd", exact=True, ms=_ms(start))
-    upper, _, best = _fourier_upper(geom)
-    method = "fourier-circular" + ("+polyphase" if max(geom.stride) > 1 else "") + "+gram-iteration"
-    init = _best_plane_wave(geom, best) if best is not None else None
+    separable = separable_bound(geom)
+    if separable is not None:
+        upper, init = separable
+        method = "tap-separable (exact for zero padding)"
+    else:
+        upper, _, best = _fourier_upper(geom)
+        method = "fourier-circular" + ("+polyphase" if max(geom.stride) > 1 else "") + "+cholesky-certificate"
+        init = _best_plane_wave(geom, best) if best is not None else None
     lower, _ = linear_operator_lower(geom.apply, geom.input_shape, iters=power_iters, init=init,
                                      target=upper / (1.0 + _LOWER_TOLERANCE))
     return LayerBound(upper, lower, method, ms=_ms(start))
