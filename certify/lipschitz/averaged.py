@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import ConvGeometry, _twiddles, dft_error, polyphase
 from certify.lipschitz.gram import frobenius_upper, gram_bounds, matmul_gamma, round_up
 
@@ -160,7 +161,7 @@ def _run_norms(kernels, errors, rel_tol: float) -> list[float]:
                 product = blocks @ product
                 err = _product_error(err, fro, f_j, errors[j], blocks.shape[2])
             fro = round_up(fro * f_j * (1.0 + matmul_gamma(blocks.shape[2])))  # ||fl(K'P')||_F
-            up, low, _ = gram_bounds(product, floor=floors[j], rel_tol=rel_tol)
+            up, low, _ = certified_block_norms(product, floor=floors[j], rel_tol=rel_tol)
             uppers[j] = max(uppers[j], round_up(float(up.max()) + err))
             floors[j] = max(floors[j], float(low.max()))
     return uppers
