@@ -48,3 +48,15 @@ def test_constant_kernel_on_a_small_map_is_tight_where_the_circular_bound_is_not
 def test_general_kernels_are_not_taken():
     weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert separable_bound(normalize_conv(weight, (3, 7, 7), padding=[1] * 4)) is None
+
+
+def test_large_maps_use_the_per_axis_factors_of_the_profile():
+    gen = torch.Generator().manual_seed(5)
+    profile = torch.outer(torch.rand(3, generator=gen, dtype=torch.float64),
+                          torch.rand(2, generator=gen, dtype=torch.float64))
+    weight = torch.randn(2, 1, 1, 1, generator=gen, dtype=torch.float64) * profile
+    geom = normalize_conv(weight, (1, 40, 41), padding=[1, 0, 1, 1], stride=[1, 2])
+    upper, x = separable_bound(geom)
+    exact = _exact(geom)
+    assert exact <= upper <= exact * (1 + 2e-6)  # residuals up to REMAINDER_TOL
+    assert float(torch.linalg.vector_norm(geom.apply(x.unsqueeze(0))) / torch.linalg.vector_norm(x)) >= exact * 0.999

@@ -12,7 +12,6 @@ main term); groups are independent blocks (the maximum over groups). B is materi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -24,14 +23,44 @@ MAX_SPATIAL_ENTRIES = 1 << 21
 REMAINDER_TOL = 1e-6
 
 
+def _svd_top(matrix: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Guaranteed upper bound of ||matrix|| and its top right singular vector."""
+    from certify.lipschitz.linear_norms import svd_relative_error
+
+    _, sv, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return round_up(float(sv[0]) / (1.0 - svd_relative_error(*matrix.shape))), vh[0]
+
+
+def _spatial(geom: ConvGeometry, profile: torch.Tensor) -> tuple[float, float, torch.Tensor] | None:
+    """(upper bound of ||B||, bound of the part left out, top input vector) for the single-channel convolution B by
+    the tap profile: materialised when small; on 2-D maps otherwise as B_x (x) B_y for the leading rank-one factor
+    p q^T of the profile (a residual r adds at most sum |r_t|, each tap being a truncated shift)."""
+    from certify.lipschitz.linear_norms import _materialize
+
+    def operator(weight, axes):
+        sub = ConvGeometry(weight, (1, *[geom.input_shape[1 + a] for a in axes]), *[
+            tuple(v[a] for a in axes) for v in (geom.stride, geom.dilation, geom.pads_begin, geom.pads_end)], 1,
+            None if geom.output_limit is None else tuple(geom.output_limit[a] for a in axes))
+        return _materialize(sub.apply, sub.input_shape)  # exact: one tap per entry
+
+    spatial_in, spatial_out = math.prod(geom.input_shape[1:]), math.prod(geom.output_spatial)
+    if spatial_in * spatial_out <= MAX_SPATIAL_ENTRIES:
+        norm, vector = _svd_top(operator(profile.reshape(1, 1, *geom.kernel), range(geom.dims)))
+        return norm, 0.0, vector
+    if geom.dims != 2:
+        return None
+    grid = profile.reshape(geom.kernel)
+    u_, s_, vh_ = torch.linalg.svd(grid)
+    p, q = u_[:, 0] * s_[0], vh_[0]
+    main = torch.outer(p, q)
+    rest = float((grid - main).abs().sum() + (grid.abs() + main.abs()).sum() * 2.2 * U64) * (1 + 1e-9)
+    (nx, vx), (ny, vy) = (_svd_top(operator(f.reshape(1, 1, -1), (a,))) for a, f in ((0, p), (1, q)))
+    return round_up(nx * ny), rest, torch.outer(vx, vy).reshape(-1)
+
+
 def separable_bound(geom: ConvGeometry) -> tuple[float, torch.Tensor] | None:
     """(guaranteed upper bound, an input achieving close to it) when every group's kernel is tap-separable, else
     None."""
-    from certify.lipschitz.linear_norms import _materialize, svd_relative_error
-
-    spatial_in, spatial_out = math.prod(geom.input_shape[1:]), math.prod(geom.output_spatial)
-    if spatial_in * spatial_out > MAX_SPATIAL_ENTRIES:
-        return None
     g = geom.groups
     w = geom.weight.to(torch.float64)
     c_out, c_in = w.shape[0] // g, w.shape[1]
@@ -48,21 +77,22 @@ def separable_bound(geom: ConvGeometry) -> tuple[float, torch.Tensor] | None:
         slack = (k.abs() + main.abs()).reshape(c_out, c_in, taps) * (2.2 * U64)
         rest = float(torch.linalg.vector_norm(remainder, dim=(0, 1)).sum() + torch.linalg.vector_norm(
             slack, dim=(0, 1)).sum())
-        single = dataclasses.replace(geom, weight=profile.reshape(1, 1, *geom.kernel), groups=1,
-                                     input_shape=(1, *geom.input_shape[1:]))
-        spatial = _materialize(single.apply, single.input_shape)  # exact: one tap per entry
-        norms, vectors = [], []
-        for matrix in (channel, spatial):
-            _, sv, vh = torch.linalg.svd(matrix, full_matrices=False)
-            norms.append(round_up(float(sv[0]) / (1.0 - svd_relative_error(*matrix.shape))))
-            vectors.append(vh[0])
-        value = round_up(round_up(norms[0] * norms[1]) + round_up(rest * (1 + 1e-9)))
-        if rest > REMAINDER_TOL * value:
+        if rest > REMAINDER_TOL * float(s_[0]):
             return None
+        spatial = _spatial(geom, profile)
+        if spatial is None:
+            return None
+        b_norm, b_rest, b_vector = spatial
+        u_norm, u_vector = _svd_top(channel)
+        main_norm = round_up(u_norm * b_norm)
+        left = round_up(round_up(rest * (1 + 1e-9)) + round_up(u_norm * b_rest))
+        if left > REMAINDER_TOL * main_norm:
+            return None
+        value = round_up(main_norm + left)
         if value > best:
             best = value
             x = torch.zeros(geom.input_shape, dtype=torch.float64)
-            top = torch.outer(vectors[0], vectors[1])
+            top = torch.outer(u_vector, b_vector)
             x[group * c_in:(group + 1) * c_in] = top.reshape(c_in, *geom.input_shape[1:])
             best_input = x
     if best_input is None:
