@@ -244,6 +244,32 @@ def _item(segment):
                      geom.dilation, geom.pads_begin, geom.pads_end)
 
 
+#: A chain whose full product already reaches this fraction of the product of its layers' bounds is skipped.
+ALIGNED = 0.99
+
+
+def _aligned(items: list, bounds: list[float]) -> bool:
+    """Whether a few power-iteration steps on the real product W_m ... W_1 already reach ``ALIGNED`` times the
+    product of the layers' own bounds: then no contiguous product cancels, and the averaged-operator bound cannot
+    beat the plain product (skipping it saves its cost; the bound is never affected)."""
+    from certify.lipschitz.linear_norms import linear_operator_lower
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        for item in items:
+            if isinstance(item, ConvLayer):
+                geom = ConvGeometry(item.weight, (item.weight.shape[1], *item.spatial), item.stride, item.dilation,
+                                    item.pads_begin, item.pads_end, 1)
+                x = geom.apply(x.reshape(x.shape[0], *geom.input_shape))
+            else:
+                x = x.reshape(x.shape[0], -1) @ item.to(x.dtype).T
+        return x
+
+    first = items[0]
+    shape = (first.weight.shape[1], *first.spatial) if isinstance(first, ConvLayer) else (first.shape[1],)
+    lower, _ = linear_operator_lower(apply, shape, iters=8, seed=0)
+    return lower >= ALIGNED * math.prod(bounds)
+
+
 def bound_chains(records, segments, consumers, graph_outputs) -> list:
     """Maximal alternations linear segment, monotone activation, segment, ... (each link feeding only the next),
     with at least two segments, each bounded by :func:`chain_bound` (a ``network.Chain``, method "averaged")."""
@@ -274,8 +300,9 @@ def bound_chains(records, segments, consumers, graph_outputs) -> list:
             linear.append(item)
             betas.append(act.rule.slope.hi)
             seen.add(id(nxt))
-        if len(linear) < 2:
-            continue
+        covered = all(s.matrix is not None and s.matrix.numel() <= network.ECLIPSE_MAX_ENTRIES for s in chain[::2])
+        if len(linear) < 2 or covered or _aligned(linear, [s.bound.upper for s in chain[::2]]):
+            continue  # ECLipsE-Fast already chains explicit dense layers
         result = network.Chain(chain, method="averaged operators")
         result.upper, result.ms = chain_bound(linear, betas)
         found.append(result)
