@@ -33,6 +33,7 @@ __all__ = ["conv_bound", "dense_bound", "gram_iteration_bound", "linear_operator
 
 _BLOCK_BYTES = 1 << 27  # Fourier blocks formed at once
 _LOWER_TOLERANCE = 1e-4  # power iteration stops once the lower bound is this close to the upper one
+_BLOCK_TOLERANCE = 1e-4  # the certified maximum over Fourier blocks is within this of the best block estimate
 
 
 def gram_iteration_bound(matrix_or_blocks: torch.Tensor, steps: int = 12) -> float | torch.Tensor:
@@ -199,7 +200,7 @@ def _fourier_upper(geom: ConvGeometry):
     upper, best_lower, best = 0.0, 0.0, None
     for blocks, freqs in frequency_chunks(pp, max_blocks):
         group = torch.arange(blocks.shape[0]) % g
-        uppers, lowers, vectors = certified_block_norms(blocks, floor=best_lower)
+        uppers, lowers, vectors = certified_block_norms(blocks, floor=best_lower, rel_tol=_BLOCK_TOLERANCE)
         uppers = round_up(uppers + errors[group])
         upper = max(upper, float(uppers.max()))
         i = int(lowers.argmax())
