@@ -177,8 +177,7 @@ def network_summary(analysis: Analysis, lower: dict | None) -> dict:
     methods = ["per-layer product"]
     if any(len(s.members) > 1 for s in analysis.segments):
         methods.append("fused linear segments")
-    if any(c.upper is not None for c in analysis.chains):
-        methods.append("ECLipsE-Fast")
+    methods += sorted({c.method for c in analysis.chains if c.upper is not None})
     if upper is None:
         methods = ["unbounded"]
     return {

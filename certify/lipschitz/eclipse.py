@@ -104,6 +104,7 @@ class Chain:
     upper: float | None = None
     pairs: np.ndarray | None = None  # L of f_y - f_j when the chain ends in a linear segment with class outputs
     ms: float = 0.0
+    method: str = "ECLipsE-Fast"
 
     @property
     def input(self) -> str:

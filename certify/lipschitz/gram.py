@@ -110,12 +110,7 @@ def gram_bounds(
         return torch.zeros(batch, dtype=torch.float64), torch.zeros(batch, dtype=torch.float64), k[..., 0, :]
     fast_dtype = torch.complex64 if k.is_complex() else torch.float32
 
-    fro0 = frobenius_upper(k)
-    exp0 = _power_of_two_scale(fro0)
-    p0 = k * _inverse_power_of_two(exp0)  # exact: multiplication by a power of two
-    h = p0.mH @ p0
-    no_rounding = torch.full_like(fro0, _TINY)  # scaling by a power of two is exact up to underflow
-    links = [(exp0, round_up(matmul_gamma(inner) * frobenius_upper(p0).square()) + _TINY, no_rounding)]
+    h, links = _first_gram(k, inner)
 
     upper = torch.full((batch,), math.inf, dtype=torch.float64)
     lower = torch.zeros(batch, dtype=torch.float64)
@@ -146,20 +141,35 @@ def gram_bounds(
             break
         active, h, fro = active[keep], h[keep], fro[keep]
         links = [(e_[keep], err[keep], d[keep]) for e_, err, d in links]
-        exponent = _power_of_two_scale(fro)
-        p = h * _inverse_power_of_two(exponent).to(h.dtype)  # exact in either precision
-        p_fro = fro * _power_of_two(-exponent)  # exact rescaling of an upper bound
-        u, tiny = U64, _TINY
-        rounding = torch.full_like(fro, _TINY32 if p.dtype == fast_dtype else _TINY)
-        if use_fast and step + 1 >= first_fast and p.dtype != fast_dtype:
-            rounding = round_up(p_fro * U32) + _TINY32
-            p_fro = round_up(p_fro * (1.0 + U32)) + _TINY32
-            p = p.to(fast_dtype)
-        if p.dtype == fast_dtype:
-            u, tiny = U32, _TINY32
-        h = p.mH @ p
-        links.append((exponent, round_up(matmul_gamma(n, u) * p_fro.square()) + tiny, rounding))
+        h, link = _square(h, fro, n, fast_dtype, use_fast and step + 1 >= first_fast)
+        links.append(link)
     return upper, lower, vectors
+
+
+def _first_gram(k: torch.Tensor, inner: int) -> tuple[torch.Tensor, list]:
+    """The first Gram matrix of the power-of-two-scaled blocks, and its link (scale, product error, rounding)."""
+    fro0 = frobenius_upper(k)
+    exp0 = _power_of_two_scale(fro0)
+    p0 = k * _inverse_power_of_two(exp0)  # exact: multiplication by a power of two
+    no_rounding = torch.full_like(fro0, _TINY)  # scaling by a power of two is exact up to underflow
+    return p0.mH @ p0, [(exp0, round_up(matmul_gamma(inner) * frobenius_upper(p0).square()) + _TINY, no_rounding)]
+
+
+def _square(h: torch.Tensor, fro: torch.Tensor, n: int, fast_dtype, go_fast: bool) -> tuple[torch.Tensor, tuple]:
+    """One Gram squaring of ``h`` (Frobenius upper bound ``fro``): the next matrix and its link (scale exponent,
+    bound on the product's rounding error, bound on the rounding of the cast to the fast dtype)."""
+    exponent = _power_of_two_scale(fro)
+    p = h * _inverse_power_of_two(exponent).to(h.dtype)  # exact in either precision
+    p_fro = fro * _power_of_two(-exponent)  # exact rescaling of an upper bound
+    u, tiny = U64, _TINY
+    rounding = torch.full_like(fro, _TINY32 if p.dtype == fast_dtype else _TINY)
+    if go_fast and p.dtype != fast_dtype:
+        rounding = round_up(p_fro * U32) + _TINY32
+        p_fro = round_up(p_fro * (1.0 + U32)) + _TINY32
+        p = p.to(fast_dtype)
+    if p.dtype == fast_dtype:
+        u, tiny = U32, _TINY32
+    return p.mH @ p, (exponent, round_up(matmul_gamma(n, u) * p_fro.square()) + tiny, rounding)
 
 
 def _power_of_two(exponent: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from certify.lipschitz.bound import LayerBound
+from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import (
     ConvGeometry,
     abs_col_sums,
@@ -25,12 +26,15 @@ from certify.lipschitz.conv import (
     plane_wave,
     polyphase,
 )
-from certify.lipschitz.gram import U64, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.exact import materialize, svd_relative_error
+from certify.lipschitz.gram import gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.separable_conv import separable_bound
 
 __all__ = ["conv_bound", "dense_bound", "gram_iteration_bound", "linear_operator_lower"]
 
 _BLOCK_BYTES = 1 << 27  # Fourier blocks formed at once
 _LOWER_TOLERANCE = 1e-4  # power iteration stops once the lower bound is this close to the upper one
+_BLOCK_TOLERANCE = 1e-4  # the certified maximum over Fourier blocks is within this of the best block estimate
 
 
 def gram_iteration_bound(matrix_or_blocks: torch.Tensor, steps: int = 12) -> float | torch.Tensor:
@@ -42,16 +46,6 @@ def gram_iteration_bound(matrix_or_blocks: torch.Tensor, steps: int = 12) -> flo
     if matrix_or_blocks.ndim == 2:
         return float(gram_bounds(matrix_or_blocks.unsqueeze(0), steps=steps)[0][0])
     return gram_bounds(matrix_or_blocks, steps=steps, prune=False)[0]
-
-
-def svd_relative_error(rows: int, cols: int) -> float:
-    """Relative error bound of the largest singular value computed by LAPACK in float64.
-
-    A backward stable SVD returns the exact singular values of A + E with ||E||_2 <= p(m, n) u ||A||_2 for a modest
-    polynomial p (Demmel, "Applied Numerical Linear Algebra", 5.4); Weyl's inequality turns that into the same bound
-    on each singular value. We take p = 16 (m + n)^2, far above the usual O(max(m, n)) estimates.
-    """
-    return 16.0 * (rows + cols) ** 2 * U64
 
 
 def linear_operator_lower(
@@ -162,23 +156,20 @@ def conv_bound(
     _check_norm(norm)
     in_size, out_size = math.prod(geom.input_shape), geom.weight.shape[0] * math.prod(geom.output_spatial)
     if in_size * out_size <= exact_max_elems:
-        matrix = _materialize(geom.apply, geom.input_shape)
+        matrix = materialize(geom.apply, geom.input_shape)
         exact = dense_bound(matrix, power_iters=power_iters, exact_max_elems=exact_max_elems)
         return LayerBound(exact.upper, exact.lower, "dense-svd", exact=True, ms=_ms(start))
-    upper, _, best = _fourier_upper(geom)
-    method = "fourier-circular" + ("+polyphase" if max(geom.stride) > 1 else "") + "+gram-iteration"
-    init = _best_plane_wave(geom, best) if best is not None else None
+    separable = separable_bound(geom)
+    if separable is not None:
+        upper, init = separable
+        method = "tap-separable (exact for zero padding)"
+    else:
+        upper, _, best = _fourier_upper(geom)
+        method = "fourier-circular" + ("+polyphase" if max(geom.stride) > 1 else "") + "+cholesky-certificate"
+        init = _best_plane_wave(geom, best) if best is not None else None
     lower, _ = linear_operator_lower(geom.apply, geom.input_shape, iters=power_iters, init=init,
                                      target=upper / (1.0 + _LOWER_TOLERANCE))
     return LayerBound(upper, lower, method, ms=_ms(start))
-
-
-def _materialize(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int]) -> torch.Tensor:
-    """The linear map as a float64 matrix (out, in), from its action on the identity basis."""
-    size = math.prod(input_shape)
-    with torch.no_grad():
-        columns = fn(torch.eye(size, dtype=torch.float64).reshape(size, *input_shape))
-    return columns.reshape(size, -1).T
 
 
 def _fourier_upper(geom: ConvGeometry):
@@ -192,7 +183,7 @@ def _fourier_upper(geom: ConvGeometry):
     upper, best_lower, best = 0.0, 0.0, None
     for blocks, freqs in frequency_chunks(pp, max_blocks):
         group = torch.arange(blocks.shape[0]) % g
-        uppers, lowers, vectors = gram_bounds(blocks, floor=best_lower)
+        uppers, lowers, vectors = certified_block_norms(blocks, floor=best_lower, rel_tol=_BLOCK_TOLERANCE)
         uppers = round_up(uppers + errors[group])
         upper = max(upper, float(uppers.max()))
         i = int(lowers.argmax())

@@ -133,6 +133,10 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
     chains = find_chains(records, segments, consumers, graph.output_names) if (eclipse and norm == "l2") else []
     for chain in chains:
         bound_chain(chain, output_name)
+    if eclipse and norm == "l2":
+        from certify.lipschitz import averaged
+
+        chains += averaged.bound_chains(records, segments, consumers, graph.output_names)
     _recompose(records, segments, chains, tables.composed, consumers)
     return Analysis(records, segments, chains, tables.product, tables.composed, tables.reasons, input_name,
                     output_name, tuple(input_shape), per_sample(env[output_name].shape), norm)
@@ -264,7 +268,10 @@ def _joint(terms, norm: str) -> float:
 def _recompose(records, segments, chains, composed: dict, consumers) -> None:
     """Re-run the composed route with fused segments and ECLipsE chains (each a min with the plain step)."""
     fused_at = {s.output: s for s in segments if s.bound is not None}
-    chain_at = {c.output: c for c in chains if c.upper is not None}
+    chain_at: dict = {}
+    for c in chains:
+        if c.upper is not None:
+            chain_at.setdefault(c.output, []).append(c)
     for record in records:
         if not record.varying:
             continue
@@ -275,8 +282,7 @@ def _recompose(records, segments, chains, composed: dict, consumers) -> None:
             if n in fused_at:
                 s = fused_at[n]
                 value = _min(value, _mul(s.bound.upper, composed.get(s.input)))
-            if n in chain_at:
-                c = chain_at[n]
+            for c in chain_at.get(n, []):
                 value = _min(value, _mul(c.upper, composed.get(c.input)))
             composed[n] = value
 

@@ -1,0 +1,309 @@
+"""Chains of linear layers and monotone activations bounded from the norms of all contiguous layer products.
+
+For ``f = W_m s(W_{m-1} ... s(W_1 x))`` with every activation monotone and ``beta``-Lipschitz (slope in
+[0, beta]), each scalar difference is ``s(a) - s(b) = d (a - b)`` with ``d`` in [0, beta], so
+``f(x) - f(y) = W_m D_{m-1} ... D_1 W_1 (x - y)`` exactly, with diagonal ``D_i`` in [0, beta_i]. Writing
+``D_i = beta_i (I + S_i) / 2`` (``S_i`` diagonal in [-1, 1]) and expanding, every term is a product of contiguous
+groups ``W_j ... W_i`` separated by ``S``'s of norm <= 1, so
+
+    Lip(f) <= prod(beta) theta_m / 2^(m-1),   theta_0 = 1,   theta_j = sum_{i <= j} ||W_j ... W_i|| theta_{i-1},
+
+the bound of Combettes and Pesquet ("Lipschitz certificates for layered network structures driven by averaged
+activation operators", SIAM J. Math. Data Sci. 2020) for firmly nonexpansive activations. It never exceeds the
+product of the layer norms, and is below it when consecutive layers partly cancel.
+
+Convolutions. A chain of zero-padded convolutions (with folded per-channel scales) is lifted to circular
+convolutions ``C_i`` on one grid per axis large enough that no tap read by a real output wraps
+(``M_{i-1} >= n_{i-1} + pads`` and divisible by the stride, ``M_i = M_{i-1} / s_i``; see `certify.lipschitz.conv`).
+The crop to the real window after each layer is a diagonal 0/1 mask, absorbed into ``D_i``, so the expansion holds
+with the circular ``C_i``. A product ``C_j ... C_i`` whose layers after the first have stride 1 is, at each Fourier
+frequency of the output grid, the product of the layers' (polyphase) blocks; its norm is the largest block norm
+(Gram iteration, with the floating-point error of forming and multiplying the blocks added). Other products are
+bounded by splitting them (``||AB|| <= ||A|| ||B||``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from certify.lipschitz.cholesky import certified_block_norms
+from certify.lipschitz.conv import ConvGeometry, _twiddles, dft_error, polyphase
+from certify.lipschitz.gram import frobenius_upper, gram_bounds, matmul_gamma, round_up
+
+_BLOCK_BYTES = 1 << 27  # product blocks formed at once
+
+
+def averaged_bound(products: list[list[float]], betas: list[float]) -> float:
+    """The Combettes-Pesquet bound from upper bounds ``products[i][j]`` of ``||W_j ... W_i||`` (i <= j) and the
+    activations' slope bounds ``betas`` (one per activation, m - 1 of them), every operation rounded upward."""
+    m = len(products)
+    theta = [1.0]
+    for j in range(m):
+        total = 0.0
+        for i in range(j + 1):
+            total = round_up(total + round_up(products[i][j] * theta[i]))
+        theta.append(total)
+    value = theta[m] / 2.0 ** (m - 1)  # exact: a power of two
+    for beta in betas:
+        value = round_up(value * beta)
+    return value
+
+
+def split_products(products: list[list[float | None]]) -> list[list[float]]:
+    """Fill and tighten a triangle of product bounds: ``U[i][j] = min(U[i][j], U[i][k] U[k+1][j])``."""
+    m = len(products)
+    out = [[math.inf] * m for _ in range(m)]
+    for length in range(m):
+        for i in range(m - length):
+            j = i + length
+            best = products[i][j] if products[i][j] is not None else math.inf
+            for k in range(i, j):
+                best = min(best, round_up(out[i][k] * out[k + 1][j]))
+            out[i][j] = best
+    return out
+
+
+@dataclass
+class ConvLayer:
+    """A zero-padded convolution in a chain: dense (groups expanded) kernel and its geometry on the real input."""
+
+    weight: torch.Tensor  # (C_out, C_in, *k) float64
+    spatial: tuple[int, ...]  # real input size per axis
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+
+
+def dense_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The (C_out, C_in, *k) kernel of a grouped convolution (zero between groups)."""
+    if groups == 1:
+        return weight
+    c_out, c_in_g = weight.shape[:2]
+    out = weight.new_zeros((c_out, c_in_g * groups, *weight.shape[2:]))
+    per = c_out // groups
+    for g in range(groups):
+        out[g * per:(g + 1) * per, g * c_in_g:(g + 1) * c_in_g] = weight[g * per:(g + 1) * per]
+    return out
+
+
+def common_grid(layers: list[ConvLayer]) -> list[tuple[int, ...]]:
+    """Circular grid sizes M_0, ..., M_L per axis: M_{l-1} >= n_{l-1} + pads_l, divisible by s_l, M_l = M_{l-1}/s_l."""
+    dims = len(layers[0].spatial)
+    grids = []
+    for axis in range(dims):
+        later = [math.prod(layer.stride[axis] for layer in layers[i:]) for i in range(len(layers))]
+        m = max(math.ceil((layer.spatial[axis] + layer.pads_begin[axis] + layer.pads_end[axis]) / later[i])
+                for i, layer in enumerate(layers))
+        sizes = [m * later[0]]
+        for layer in layers:
+            sizes.append(sizes[-1] // layer.stride[axis])
+        grids.append(sizes)
+    return [tuple(grids[a][i] for a in range(dims)) for i in range(len(layers) + 1)]
+
+
+def _blocks_at(kernel: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
+    """Fourier blocks ``sum_t K_t exp(-2 pi i <f, t> / m)`` (F, C_out, C_in') of a polyphase kernel (C_out, C_in',
+    *taps) at the frequencies ``freqs`` (F, D): the first axis by one contraction, the others frequency by
+    frequency (the same sums and twiddles as `certify.lipschitz.conv.frequency_chunks`)."""
+    acc = torch.tensordot(_twiddles(grid[0], kernel.shape[2], freqs[:, 0]), kernel.to(torch.complex128),
+                          dims=([1], [2]))  # (F, C_out, C_in', *other taps)
+    for axis in range(1, len(grid)):
+        tw = _twiddles(grid[axis], acc.shape[3], freqs[:, axis])  # (F, taps)
+        acc = (acc * tw.view(tw.shape[0], 1, 1, tw.shape[1], *([1] * (acc.dim() - 4)))).sum(dim=3)
+    return acc
+
+
+def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
+    """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
+    grids = common_grid(layers)
+    kernels, errors = [], []
+    for layer, grid in zip(layers, grids):
+        spatial = tuple(g - b - e for g, b, e in zip(grid, layer.pads_begin, layer.pads_end))
+        geom = ConvGeometry(layer.weight, (layer.weight.shape[1], *spatial), layer.stride, layer.dilation,
+                            layer.pads_begin, layer.pads_end, 1)
+        pp = polyphase(geom)
+        kernels.append((pp.kernel[0], pp.grid))
+        errors.append(float(dft_error(pp.kernel)[0]))
+    m = len(layers)
+    result: list[list[float | None]] = [[None] * m for _ in range(m)]
+    for i in range(m):
+        last = i
+        while last + 1 < m and max(layers[last + 1].stride) == 1:
+            last += 1
+        result[i][i:last + 1] = _run_norms(kernels[i:last + 1], errors[i:last + 1], rel_tol)
+    return result
+
+
+def _run_norms(kernels, errors, rel_tol: float) -> list[float]:
+    """Bounds of ||C_j ... C_0|| for every j of a run whose layers after the first have stride 1 (one output grid)."""
+    grid = kernels[0][1]
+    axes = [torch.arange(g) for g in grid]
+    axes[-1] = torch.arange(grid[-1] // 2 + 1)  # real kernels: conjugate-symmetric spectrum
+    freqs = torch.cartesian_prod(*axes).reshape(-1, len(grid))
+    widest = max(k.shape[0] * k.shape[1] for k, _ in kernels)
+    step = max(1, _BLOCK_BYTES // (16 * widest * 2))
+    uppers = [0.0] * len(kernels)
+    floors = [0.0] * len(kernels)
+    for start in range(0, freqs.shape[0], step):
+        chunk = freqs[start:start + step]
+        product, fro, err = None, 1.0, 0.0
+        for j, (kernel, _) in enumerate(kernels):
+            blocks = _blocks_at(kernel, grid, chunk)
+            f_j = float(frobenius_upper(blocks).max())
+            if product is None:
+                product, err = blocks, errors[j]
+            else:
+                product = blocks @ product
+                err = _product_error(err, fro, f_j, errors[j], blocks.shape[2])
+            fro = round_up(fro * f_j * (1.0 + matmul_gamma(blocks.shape[2])))  # ||fl(K'P')||_F
+            up, low, _ = certified_block_norms(product, floor=floors[j], rel_tol=rel_tol)
+            uppers[j] = max(uppers[j], round_up(float(up.max()) + err))
+            floors[j] = max(floors[j], float(low.max()))
+    return uppers
+
+
+def _product_error(err: float, fro: float, f_new: float, e_new: float, inner: int) -> float:
+    """Spectral-norm error of ``fl(K' P')`` against the exact ``K P``, where ``||P' - P|| <= err``,
+    ``||P'||_F <= fro``, ``||K' - K|| <= e_new`` and ``||K'||_F <= f_new``: ``(f + e) err + e fro`` from the inputs,
+    plus the rounding ``|G| <= gamma |K'| |P'|`` (Higham 3.5), so ``||G|| <= gamma f fro``."""
+    rounding = matmul_gamma(inner) * f_new * fro
+    return round_up(round_up((f_new + e_new) * err) + round_up(e_new * fro) + rounding)
+
+
+def dense_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
+    """Upper bounds of ``||W_j ... W_i||`` for explicit float64 matrices (each product formed once, its rounding
+    bounded like the convolutions': one block at one frequency)."""
+    m = len(matrices)
+    result: list[list[float | None]] = [[None] * m for _ in range(m)]
+    for i in range(m):
+        product, fro, err = None, 1.0, 0.0
+        for j in range(i, m):
+            w = matrices[j].to(torch.float64)
+            f_j = float(frobenius_upper(w.unsqueeze(0))[0])
+            if product is None:
+                product = w
+            else:
+                product = w @ product
+                err = _product_error(err, fro, f_j, 0.0, w.shape[1])
+            fro = round_up(fro * f_j * (1.0 + matmul_gamma(w.shape[1])))  # ||fl(K'P')||_F
+            up, _, _ = gram_bounds(product.unsqueeze(0))
+            result[i][j] = round_up(float(up[0]) + err)
+    return result
+
+
+def chain_bound(items: list, betas: list[float]) -> tuple[float, float]:
+    """The averaged-operator bound of a chain of linear items (``ConvLayer`` or a float64 matrix), with the
+    activations' slope bounds between them. Products are formed within runs of the same kind; across a change of
+    kind they are split. Returns (bound, ms)."""
+    started = time.perf_counter()
+    m = len(items)
+    products: list[list[float | None]] = [[None] * m for _ in range(m)]
+    start = 0
+    while start < m:
+        end = start
+        kind = isinstance(items[start], ConvLayer)
+        while end + 1 < m and isinstance(items[end + 1], ConvLayer) == kind:
+            end += 1
+        run = items[start:end + 1]
+        sub = conv_products(run) if kind else dense_products(run)
+        for a in range(len(run)):
+            products[start + a][start:end + 1] = sub[a]
+        start = end + 1
+    value = averaged_bound(split_products(products), betas)
+    return value, (time.perf_counter() - started) * 1e3
+
+
+#: Largest explicit matrix taken into a chain (its products are formed densely).
+DENSE_MAX_ENTRIES = 1 << 24
+
+
+def _item(segment):
+    """A segment as a chain item: its explicit matrix, its folded convolution as a ``ConvLayer``, or None."""
+    from certify.lipschitz.conv import normalize_conv
+    from certify.lipschitz.exact import materialize
+    from certify.lipschitz.segments import _folded_conv
+
+    if segment.bound is None or segment.bound.upper is None:
+        return None
+    if segment.matrix is not None:
+        return segment.matrix if segment.matrix.numel() <= DENSE_MAX_ENTRIES else None
+    conv = _folded_conv(segment)
+    if conv is None or conv.conv.get("transposed"):
+        return None
+    c = conv.conv
+    geom = normalize_conv(conv.weight, segment.in_shape, stride=c["stride"], padding=c["padding"],
+                          dilation=c["dilation"], groups=c["groups"])
+    if math.prod(geom.input_shape) * geom.weight.shape[0] * math.prod(geom.output_spatial) <= DENSE_MAX_ENTRIES:
+        return materialize(geom.apply, geom.input_shape)  # small maps: the exact zero-padded operator
+    return ConvLayer(dense_kernel(geom.weight.double(), geom.groups), tuple(geom.input_shape[1:]), geom.stride,
+                     geom.dilation, geom.pads_begin, geom.pads_end)
+
+
+#: A chain whose full product already reaches this fraction of the product of its layers' bounds is skipped.
+ALIGNED = 0.99
+
+
+def _aligned(items: list, bounds: list[float]) -> bool:
+    """Whether a few power-iteration steps on the real product W_m ... W_1 already reach ``ALIGNED`` times the
+    product of the layers' own bounds: then no contiguous product cancels, and the averaged-operator bound cannot
+    beat the plain product (skipping it saves its cost; the bound is never affected)."""
+    from certify.lipschitz.linear_norms import linear_operator_lower
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        for item in items:
+            if isinstance(item, ConvLayer):
+                geom = ConvGeometry(item.weight, (item.weight.shape[1], *item.spatial), item.stride, item.dilation,
+                                    item.pads_begin, item.pads_end, 1)
+                x = geom.apply(x.reshape(x.shape[0], *geom.input_shape))
+            else:
+                x = x.reshape(x.shape[0], -1) @ item.to(x.dtype).T
+        return x
+
+    first = items[0]
+    shape = (first.weight.shape[1], *first.spatial) if isinstance(first, ConvLayer) else (first.shape[1],)
+    lower, _ = linear_operator_lower(apply, shape, iters=8, seed=0)
+    return lower >= ALIGNED * math.prod(bounds)
+
+
+def bound_chains(records, segments, consumers, graph_outputs) -> list:
+    """Maximal alternations linear segment, monotone activation, segment, ... (each link feeding only the next),
+    with at least two segments, each bounded by :func:`chain_bound` (an ``eclipse.Chain``, method "averaged")."""
+    from certify.lipschitz import eclipse
+
+    items = {s.input: s for s in segments}
+    activations = {r.varying[0]: r for r in records
+                   if eclipse._is_activation(r) and len(r.varying) == 1 and r.rule.slope.lo >= 0}
+
+    def private(name: str) -> bool:
+        return consumers.get(name, 0) == 1 and name not in graph_outputs
+
+    found, seen = [], set()
+    for segment in segments:
+        first = None if id(segment) in seen else _item(segment)
+        if first is None:
+            continue
+        chain, linear, betas = [segment], [first], []
+        while private(chain[-1].output) and chain[-1].output in activations:
+            act = activations[chain[-1].output]
+            nxt = items.get(act.outputs[0])
+            if nxt is None or not private(act.outputs[0]) or id(nxt) in seen:
+                break
+            item = _item(nxt)
+            if item is None:
+                break
+            chain += [act, nxt]
+            linear.append(item)
+            betas.append(act.rule.slope.hi)
+            seen.add(id(nxt))
+        covered = all(s.matrix is not None and s.matrix.numel() <= eclipse.ECLIPSE_MAX_ENTRIES for s in chain[::2])
+        if len(linear) < 2 or covered or _aligned(linear, [s.bound.upper for s in chain[::2]]):
+            continue  # ECLipsE-Fast already chains explicit dense layers
+        result = eclipse.Chain(chain, method="averaged operators")
+        result.upper, result.ms = chain_bound(linear, betas)
+        found.append(result)
+    return found
