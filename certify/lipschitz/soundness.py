@@ -279,10 +279,9 @@ def markdown(table: dict, count: int) -> str:
              "or conversion; `unbounded` ones were reported without a constant; `unsound` counts claims below the "
              "truth. Tightness is upper / truth over the bounded instances with a nonzero truth (for non-affine "
              "instances the truth is a lower bound, so the ratio overstates the looseness); a `lowest` below 1 is an "
-             "unsound claim. The unsound rows are the constructions of the open soundness issue (Clip with "
-             "input-dependent bounds, a Conv+scale fold on the wrong axis, Celu with alpha <= 0, ConvTranspose under "
-             "L-inf, casts to 16-bit floats), tracked as expected failures in `tests/test_soundness.py` until "
-             "their fixes land.", "",
+             "unsound claim, and `tests/test_soundness.py` fails on any. The families a review once found unsound "
+             "(Clip with input-dependent bounds, a Conv+scale fold on the wrong axis, Celu with alpha <= 0, "
+             "ConvTranspose under L-inf, casts to 16-bit floats) are regression tests there.", "",
              "| operator | norm | checked | unbounded | refused | unsound | median upper/truth | worst (loosest) | "
              "lowest |", "|---|---|---|---|---|---|---|---|---|"]
     for (op_type, norm), row in table.items():
