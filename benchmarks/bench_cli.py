@@ -28,6 +28,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIPCERT = [sys.executable, "-m", "certify"]
 GOAL_S = 1.0
+# The commands whose time is fixed cost (start-up, loading, one small bound): the 1 s goal applies to them. With
+# every certifier, ``bounds --data`` also certifies 450 samples by bound propagation: work, not fixed cost.
+FIXED_COST = ("lipcert inspect digits", "lipcert bounds digits", "lipcert bounds digits --data (global)")
 
 
 def commands(root: str, with_certify: bool) -> list[tuple[str, list[str]]]:
@@ -37,7 +40,10 @@ def commands(root: str, with_certify: bool) -> list[tuple[str, list[str]]]:
         ("import torch", [sys.executable, "-c", "import torch"]),
         ("lipcert --help", [*LIPCERT, "--help"]),
         ("lipcert inspect digits", [*LIPCERT, "inspect", model]),
-        ("lipcert bounds digits --data", [*LIPCERT, "bounds", model, "--data", data]),
+        ("lipcert bounds digits", [*LIPCERT, "bounds", model]),
+        ("lipcert bounds digits --data (global)", [*LIPCERT, "bounds", model, "--data", data, "--certifiers",
+                                                   "global"]),
+        ("lipcert bounds digits --data (all)", [*LIPCERT, "bounds", model, "--data", data]),
     ]
     if with_certify:
         rows.append(("lipcert certify digits (quick attacks)",
@@ -108,7 +114,7 @@ def main() -> None:
     for name, t in rows:
         (sw, sc), (pw, pc) = t["spinning"], t["passive"]
         extra = pw - torch_wall
-        goal = "" if name in ("import torch", "lipcert --help") or "certify" in name else (
+        goal = "" if name not in FIXED_COST else (
             "ok" if extra <= GOAL_S else f"over {GOAL_S:g} s")
         print(f"{name:<40} {sw:>8.2f} {sc:>8.2f} {pw:>8.2f} {pc:>8.2f} {extra:>8.2f} {pc - torch_cpu:>8.2f}  {goal}")
 
