@@ -214,10 +214,15 @@ class Decider:
     """One model (converted torch module, onnxruntime checker, bound function) deciding properties."""
 
     def __init__(self, graph, checker: Checker, input_shape: tuple[int, ...], bounds: BoundFn | None,
-                 margin: float = DEFAULT_MARGIN, seed: int = 0, engine: Engine | None = None):
+                 margin: float = DEFAULT_MARGIN, seed: int = 0, engine: Engine | None = None,
+                 n_outputs: int | None = None):
         self.graph, self.checker, self.shape = graph, checker, tuple(input_shape)
         self.bounds, self.margin, self.seed = bounds, margin, seed
-        self.engine = engine
+        self.engine, self.n_outputs = engine, n_outputs
+
+    def check_fits(self, prop: Property) -> None:
+        """Refuse a property whose input or output count differs from the model's (``property_mismatch``)."""
+        _check_sizes(prop, int(np.prod(self.shape)), self.n_outputs)
 
     def _timed(self, deadline: float) -> BoundFn:
         """The bound step, interrupted at ``deadline`` where the engine allows it."""
@@ -355,8 +360,16 @@ class Decider:
         return None
 
 
-def load_decider(model_path, prop: Property, *, use_bounds: bool = True, seed: int = 0) -> Decider:
-    """Load and convert the model, check it matches the property's sizes, and build its :class:`Decider`."""
+def _check_sizes(prop: Property, n_inputs: int, n_outputs: int | None) -> None:
+    if n_inputs != prop.n_inputs:
+        raise ModelRejected("property_mismatch", f"the property has {prop.n_inputs} inputs, the model {n_inputs}")
+    if n_outputs is not None and n_outputs != prop.n_outputs:
+        raise ModelRejected("property_mismatch", f"the property has {prop.n_outputs} outputs, the model {n_outputs}")
+
+
+def load_decider(model_path, prop: Property | None = None, *, use_bounds: bool = True, seed: int = 0) -> Decider:
+    """Load and convert the model and build its :class:`Decider`, which then decides any property that fits it.
+    With ``prop``, a property that does not fit is refused before the conversion where the input count tells."""
     from certify.convert import to_torch
     from certify.load import load_onnx
     from certify.verify import input_specs, onnxruntime_session
@@ -368,15 +381,16 @@ def load_decider(model_path, prop: Property, *, use_bounds: bool = True, seed: i
     name, shape, elem = specs[0]
     if elem not in (1, 11):  # float, double
         raise ModelRejected("property_mismatch", "the model's input is not a floating-point tensor")
-    size = int(np.prod(shape[1:]))
-    if size != prop.n_inputs:
-        raise ModelRejected("property_mismatch", f"the property has {prop.n_inputs} inputs, the model {size}")
+    if prop is not None:
+        _check_sizes(prop, int(np.prod(shape[1:])), None)
     graph = to_torch(model)
     checker = Checker(onnxruntime_session(model, threads=1), name, (1, *shape[1:]))
     with torch.no_grad():
         out = graph(torch.zeros((1, *shape[1:]), dtype=torch.float32))
-    if out.numel() != prop.n_outputs:
-        raise ModelRejected("property_mismatch", f"the property has {prop.n_outputs} outputs, the model {out.numel()}")
+    decider = Decider(graph, checker, tuple(shape[1:]), None, seed=seed, n_outputs=int(out.numel()))
+    if prop is not None:
+        decider.check_fits(prop)
     found = engine(graph, tuple(shape[1:])) if use_bounds else None
-    return Decider(graph, checker, tuple(shape[1:]), None if found is None else found.bounds, seed=seed,
-                   engine=found)
+    if found is not None:
+        decider.bounds, decider.engine = found.bounds, found
+    return decider

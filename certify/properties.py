@@ -71,10 +71,11 @@ def decide_properties(model_path, specs: list[PropertySpec], timeout_s: float, *
                       deadline: float | None = None,
                       on_property: Callable[[int, int], None] | None = None) -> list[PropertyResult]:
     """Decide each property within ``timeout_s`` (and before ``deadline``, a ``time.monotonic`` value, when given:
-    a property that gets no time left is ``unknown``). A property whose sizes do not match the model is refused."""
+    a property that gets no time left is ``unknown``). The model is loaded, converted and given its bound engine
+    once, for every property; a property whose sizes do not fit the model is refused."""
     from certify.decide import load_decider
 
-    results = []
+    results, decider = [], None
     for k, spec in enumerate(specs):
         budget = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
         if budget <= 0:
@@ -82,7 +83,9 @@ def decide_properties(model_path, specs: list[PropertySpec], timeout_s: float, *
                                           reason="the job's time budget ran out before this property"))
         else:
             try:
-                decider = load_decider(model_path, spec.parsed, seed=seed)
+                if decider is None:
+                    decider = load_decider(model_path, spec.parsed, seed=seed)
+                decider.check_fits(spec.parsed)
             except ModelRejected as e:
                 raise ModelRejected(e.code, f"property {spec.name}: {e.message}") from None
             verdict = decider.decide(spec.parsed, budget).to_dict()

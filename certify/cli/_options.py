@@ -210,8 +210,8 @@ def _read_properties(ctx, param, paths) -> list[dict] | None:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             refuse(f"--property {path}: cannot read it: {getattr(e, 'strerror', None) or e}")
-        name = os.path.splitext(os.path.basename(path))[0] or "property"
-        name, base, k = name, name, 1
+        name = base = os.path.splitext(os.path.basename(path))[0] or "property"
+        k = 1
         while name in names:
             k += 1
             name = f"{base}-{k}"

@@ -29,7 +29,7 @@ def report_body(results: Results, stages: list[dict]) -> dict:
         "certified": _or_skipped(results.certified, lambda c: certified_section(c, results.bounds, cfg)),
         "attacks": _or_skipped(results.attacks, lambda a: attacks_section(a, cfg)),
         "policy": None,
-        "config": recorded_config(cfg),
+        "config": recorded_config(cfg, results.properties),
         "environment": environment(device=results.device, seed=cfg["seed"]),
         "timings": {},
         "stages": stages,
@@ -46,15 +46,12 @@ def report_body(results: Results, stages: list[dict]) -> dict:
     return predicate
 
 
-def recorded_config(cfg: dict) -> dict:
-    """The configuration as the report records it: a property's text is named by its hash (the ``properties``
-    section), not copied."""
-    if not cfg.get("properties"):
+def recorded_config(cfg: dict, properties: list | None) -> dict:
+    """The configuration as the report records it: a property's text is named by the hash its result carries (the
+    ``properties`` section), not copied."""
+    if not properties:
         return cfg
-    import hashlib
-
-    return dict(cfg, properties=[{"name": e["name"], "sha256": hashlib.sha256(e["vnnlib"].encode()).hexdigest()}
-                                 for e in cfg["properties"]])
+    return dict(cfg, properties=[{"name": r.name, "sha256": r.sha256} for r in properties])
 
 
 def _or_skipped(result, section) -> dict:

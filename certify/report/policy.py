@@ -273,18 +273,22 @@ def _report_age(predicate: dict, now: datetime) -> tuple[float, str]:
     return age, f"created {created}, {_age_text(age)} ago"
 
 
+def _unmet(states: dict, required, ok, empty: str) -> tuple[list[str], list[str]]:
+    """(the names ``required`` asks for, those whose state is not ``ok``): every name in ``states`` when
+    ``required`` is true (none at all is missing: ``empty``), else the names it lists."""
+    if required is True and not states:
+        raise _Missing(empty)
+    names = sorted(states) if required is True else list(required)
+    return names, [n for n in names if states.get(n) != ok]
+
+
 def _sanity_failures(predicate: dict, required) -> tuple[list[str], str]:
     checks = _section(predicate, "attacks").get("sanity_checks")
     if not isinstance(checks, list):
         raise _Missing("the report lists no sanity checks")
     passed = {c.get("name"): c.get("passed") is True for c in checks if isinstance(c, dict)}
-    if required is True:
-        if not passed:
-            raise _Missing("the report lists no sanity checks")
-        names = sorted(passed)
-    else:
-        names = list(required)
-    failing = [n if n in passed else f"{n} (missing)" for n in names if not passed.get(n, False)]
+    names, unmet = _unmet(passed, required, True, "the report lists no sanity checks")
+    failing = [n if n in passed else f"{n} (missing)" for n in unmet]
     return failing, f"{len(names) - len(failing)} of {len(names)} passed"
 
 
@@ -295,11 +299,8 @@ def _property_failures(predicate: dict, required) -> tuple[list[str], str]:
     if not isinstance(results, list):
         raise _Missing(f"the properties were not decided: {section.get('reason', 'no results')}")
     verdicts = {r.get("name"): r.get("result") for r in results if isinstance(r, dict)}
-    if required is True and not verdicts:
-        raise _Missing("the report decides no property")
-    names = sorted(verdicts) if required is True else list(required)
-    failing = [f"{n} ({verdicts[n]})" if n in verdicts else f"{n} (missing)" for n in names
-               if verdicts.get(n) != "holds"]
+    names, unmet = _unmet(verdicts, required, "holds", "the report decides no property")
+    failing = [f"{n} ({verdicts[n]})" if n in verdicts else f"{n} (missing)" for n in unmet]
     return failing, f"{len(names) - len(failing)} of {len(names)} hold"
 
 
