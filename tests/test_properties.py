@@ -126,3 +126,25 @@ def test_a_bad_property_is_refused_with_the_configuration():
     with pytest.raises(ModelRejected) as info:
         load_config({"properties": [{"name": "bad name!", "vnnlib": "x"}]})
     assert "properties" in info.value.message
+
+
+def test_too_many_properties_a_bad_timeout_or_channel_axis_are_refused(sample, tmp_path):
+    from click.testing import CliRunner
+
+    from certify.cli import main
+    from certify.config import load_config
+    from certify.properties import MAX_PROPERTIES
+
+    x, label = sample
+    text = robustness_property(x, label, 0.001)
+    with pytest.raises(ModelRejected) as info:
+        parse_specs([{"name": f"p{i}", "vnnlib": text} for i in range(MAX_PROPERTIES + 1)])
+    assert info.value.code == "invalid_config" and f"at most {MAX_PROPERTIES}" in info.value.message
+    for bad in ({"property_timeout_s": 0}, {"preprocessing": {"mean": [0.5], "channel_axis": 2}}):
+        with pytest.raises(ModelRejected) as info:
+            load_config(bad)
+        assert info.value.code == "invalid_config" and next(iter(bad)) in info.value.message
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(text)
+    result = CliRunner().invoke(main, ["certify", MODEL, "--property", str(prop), "--property-timeout", "-1"])
+    assert result.exit_code == 2 and "property_timeout_s" in result.output
