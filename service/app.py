@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None, queue=None) -> Flask:
     api = ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.spec.components.schema("Envelope", schema=EnvelopeSchema)
-    from service.api import datasets, health, jobs, keys, models, reports
+    from service.api import datasets, health, jobs, keys, models, properties, reports
 
-    for module in (models, datasets, jobs, reports, keys, health):
+    for module in (models, datasets, properties, jobs, reports, keys, health):
         api.register_blueprint(module.blp)
     from service.ui import blueprint as dashboard
 

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from certify.config import job_warnings
+from certify.errors import ModelRejected
 from service.api.common import iso
 from service.context import require_write, services, tenant
 from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
@@ -69,8 +70,33 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
     check_fit(model, dataset, body)
+    _check_properties(t_name, body["properties"], model)
     _check_device(body.get("device", "auto"))
     return model, dataset
+
+
+def _check_properties(t_name: str, entries: list[dict], model: dict) -> None:
+    """Each uploaded property named exists for the tenant, and every property fits the model's declared sizes."""
+    from certify.properties import check_declared_fit
+    from certify.vnnlib import parse_vnnlib
+
+    records = services().records
+    for i, entry in enumerate(entries):
+        field = f"properties[{i}]"
+        if "property_id" in entry:
+            record = records.get_artifact(t_name, "properties", entry["property_id"])
+            if record is None:
+                raise ApiProblem(422, "unknown_property", f"no property {entry['property_id']}; upload it to "
+                                 "/v1/properties first", errors={f"{field}.property_id": ["unknown property"]})
+            sizes = record["inputs"], record["outputs"]
+        else:
+            parsed = parse_vnnlib(entry["vnnlib"])  # parsed by the schema already; cheap beside a job
+            sizes = parsed.n_inputs, parsed.n_outputs
+        try:
+            check_declared_fit(*sizes, model.get("inputs") or [], model.get("outputs") or [])
+        except ModelRejected as e:
+            raise ApiProblem(422, e.code, f"{field} ({entry['name']}): {e.message}",
+                             errors={field: [e.message]}) from None
 
 
 def _cuda_index(device: str) -> str:

@@ -79,12 +79,29 @@ class Records:
 
     # -- models and datasets (records per tenant; the bytes are shared in the store)
     def put_artifact(self, tenant: str, kind: str, record: dict) -> bool:
-        """Save a model/dataset record; False when the tenant already had it (same id)."""
-        return bool(self.r.set(self._t(tenant, kind, record["id"]), json.dumps(record), nx=True))
+        """Save a model/dataset/property record (and list it); False when the tenant already had it (same id)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._t(tenant, kind, record["id"]), json.dumps(record), nx=True)
+        pipe.zadd(self._t(tenant, kind), {record["id"]: time.time()}, nx=True)
+        return bool(pipe.execute()[0])
 
     def get_artifact(self, tenant: str, kind: str, digest: str) -> dict | None:
         raw = self.r.get(self._t(tenant, kind, digest))
         return json.loads(raw) if raw else None
+
+    def list_artifacts(self, tenant: str, kind: str, offset: int, limit: int) -> tuple[list[dict], int | None]:
+        """(records, next offset or None), newest first; reads only the page's ids and records."""
+        ids = self.r.zrevrange(self._t(tenant, kind), offset, offset + limit)  # one more: is there a next page?
+        page = ids[:limit]
+        raws = self.r.mget([self._t(tenant, kind, i) for i in page]) if page else []
+        return [json.loads(raw) for raw in raws if raw], (offset + limit if len(ids) > limit else None)
+
+    def delete_artifact(self, tenant: str, kind: str, digest: str) -> bool:
+        """Forget the tenant's record (the bytes stay: other tenants and queued jobs may hold the same digest)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self._t(tenant, kind, digest))
+        pipe.zrem(self._t(tenant, kind), digest)
+        return bool(pipe.execute()[0])
 
     # -- jobs
     def create_job(self, job: dict) -> None:
