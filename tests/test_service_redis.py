@@ -108,3 +108,68 @@ def test_the_job_queue_warms_up_and_sends_without_a_result_subscription(embedded
     assert message["headers"]["id"] == "job_warm" and message["headers"]["ignore_result"] is True
     assert client.pubsub_numpat() == 0 and client.pubsub_channels() == []
     assert sent == 1  # LPUSH, nothing else
+
+
+def test_concurrent_creations_never_exceed_the_quota(embedded):
+    """The quota check and the creation are one script: 40 threads racing for 5 slots get exactly 5."""
+    import threading
+
+    from service.core.records import QUEUED, Records, connect
+
+    records = Records(connect(embedded.url))
+    barrier, results = threading.Barrier(40), []
+
+    def create(i: int) -> None:
+        job = {"id": f"job_race{i}", "tenant": "racer", "state": QUEUED, "model": "m", "created_at": 100.0 + i}
+        barrier.wait()
+        results.append(records.create_job(job, quota=5))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == 5 and records.active_jobs("racer") == 5
+    assert len(records.list_jobs("racer", None, None, 0, 100)[0]) == 5  # the refused ones left nothing behind
+
+
+def test_filtered_listings_follow_every_state_change_and_deletion(embedded):
+    """Each (state, model) listing equals the filter applied to all of the tenant's jobs, after creations, state
+    changes and a discarded job; and a filtered page reads only its own records, however many jobs match no
+    filter."""
+    from service.core.records import CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, Records, connect
+
+    records = Records(connect(embedded.url))
+    jobs = [{"id": f"job_idx{i}", "tenant": "indexed", "state": QUEUED, "model": f"m{i % 2}",
+             "created_at": 200.0 + i} for i in range(12)]
+    for job in jobs:
+        assert records.create_job(job)
+    moves = [(0, [QUEUED], RUNNING), (0, [RUNNING], SUCCEEDED), (1, [QUEUED], CANCELLED), (2, [QUEUED], RUNNING),
+             (3, [QUEUED], RUNNING), (3, [RUNNING], FAILED), (4, [RUNNING], FAILED)]  # the last is refused
+    for i, allowed, new in moves:
+        records.transition(jobs[i], allowed, new)
+    records.discard_job(records.get_job(jobs[5]["id"]))
+
+    def listed(state, model, limit=4):
+        out, offset = [], 0
+        while offset is not None:
+            page, offset = records.list_jobs("indexed", state, model, offset, limit)
+            out += [j["id"] for j in page]
+        return out
+
+    truth = {j["id"]: records.get_job(j["id"]) for j in jobs}
+    assert truth[jobs[5]["id"]] is None and truth[jobs[4]["id"]]["state"] == QUEUED
+    for state in (None, *STATES):
+        for model in (None, "m0", "m1"):
+            expected = [i for i, j in sorted(truth.items(), key=lambda kv: -int(kv[0][7:])) if j is not None
+                        and (state is None or j["state"] == state) and (model is None or j["model"] == model)]
+            assert listed(state, model) == expected, (state, model)
+
+    for i in range(300):  # jobs no filtered page below may read
+        records.create_job({"id": f"job_idx_other{i}", "tenant": "indexed", "state": QUEUED, "model": "m2",
+                            "created_at": 100.0 + i})
+    client = redis.Redis.from_url(embedded.url)
+    before = client.info("stats")["total_commands_processed"]
+    page, _ = records.list_jobs("indexed", RUNNING, "m0", 0, 50)
+    commands = client.info("stats")["total_commands_processed"] - before - 1  # less the second INFO
+    assert [j["id"] for j in page] == [jobs[2]["id"]] and commands <= 3  # ZREVRANGE, one HGETALL (pipelined)

@@ -176,10 +176,6 @@ def create_job(body):
 def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
     """Create the job record and queue it; a job that cannot be queued is removed again."""
     ctx = services()
-    if ctx.records.active_jobs(tenant_name) >= ctx.settings.job_quota:
-        raise ApiProblem(429, "job_quota_exceeded",
-                         f"{ctx.settings.job_quota} jobs are already queued or running for this tenant",
-                         headers={"Retry-After": "10"})
     config = {k: v for k, v in body.items() if k not in REQUEST_ONLY}
     created = now()
     job = {"id": job_id, "tenant": tenant_name, "state": QUEUED, "stage": None, "progress": 0.0, "eta_s": None,
@@ -187,7 +183,10 @@ def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
            "config": config, "transfer_to": body["transfer_to"], "webhook_url": body["webhook_url"], "attempts": 0,
            "error": None, "warnings": job_warnings(body["dataset"] is not None), "created_at": created,
            "started_at": None, "finished_at": None, "updated_at": created}
-    ctx.records.create_job(job)
+    if not ctx.records.create_job(job, ctx.settings.job_quota):  # checks the quota and creates in one step
+        raise ApiProblem(429, "job_quota_exceeded",
+                         f"{ctx.settings.job_quota} jobs are already queued or running for this tenant",
+                         headers={"Retry-After": "10"})
     try:
         ctx.queue.submit(job_id, float(config["time_budget_s"]))
     except Exception:

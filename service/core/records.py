@@ -2,8 +2,10 @@
 
 Shared by the API and the workers; no Flask here. A job is a Redis hash whose values are JSON; every state change
 goes through one Lua script that checks the current state, so two processes can never both move a job (e.g. a
-cancel racing a completion). The script also keeps the per-state sets (metrics) and the per-tenant set of active
-jobs (quota) in step with the job hash.
+cancel racing a completion). The script also keeps the per-state sets (metrics), the per-tenant set of active
+jobs (quota) and the per-tenant listing indexes (sorted sets by creation time: all jobs, per state, per model, per
+model and state, so a filtered page reads only its own records) in step with the job hash. Creating a job is one
+script too, which checks the tenant's quota and writes the job, so concurrent creations never exceed the quota.
 """
 
 from __future__ import annotations
@@ -20,7 +22,30 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
-_TRANSITION = """
+_INDEX = """
+local function index(t, id, created, model, old, new)
+  for _, key in ipairs({t .. 'jobs:state:', t .. 'jobs:model:' .. model .. ':state:'}) do
+    if old then redis.call('ZREM', key .. old, id) end
+    if new then redis.call('ZADD', key .. new, created, id) end
+  end
+end
+"""
+
+# KEYS: job hash, tenant prefix, global state-set prefix. ARGV: job id, quota, created_at, state, model, fields...
+_CREATE = _INDEX + """
+local quota = tonumber(ARGV[2])
+if quota >= 0 and redis.call('SCARD', KEYS[2] .. 'active') >= quota then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2] .. 'jobs', ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2] .. 'jobs:model:' .. ARGV[5], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[2] .. 'active', ARGV[1])
+redis.call('SADD', KEYS[3] .. ARGV[4], ARGV[1])
+index(KEYS[2], ARGV[1], ARGV[3], ARGV[5], nil, ARGV[4])
+return 1
+"""
+
+# KEYS: job hash, tenant prefix, global state-set prefix. ARGV: allowed states (JSON), new state, job id, fields...
+_TRANSITION = _INDEX + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 local allowed = cjson.decode(ARGV[1])
@@ -31,8 +56,11 @@ for _, s in ipairs(allowed) do
     redis.call('HSET', KEYS[1], 'state', cjson.encode(new), unpack(ARGV, 4))
     redis.call('SREM', KEYS[3] .. old, ARGV[3])
     redis.call('SADD', KEYS[3] .. new, ARGV[3])
+    local created = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
+    local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
+    index(KEYS[2], ARGV[3], created, model, old, new)
     if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
-      redis.call('SREM', KEYS[2], ARGV[3])
+      redis.call('SREM', KEYS[2] .. 'active', ARGV[3])
     end
     return 1
   end
@@ -67,6 +95,7 @@ class Records:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._transition = client.register_script(_TRANSITION)
+        self._create = client.register_script(_CREATE)
 
     # -- keys
     @staticmethod
@@ -104,14 +133,12 @@ class Records:
         return bool(pipe.execute()[0])
 
     # -- jobs
-    def create_job(self, job: dict) -> None:
-        tenant, job_id = job["tenant"], job["id"]
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping=_encode(job))
-        pipe.zadd(self._t(tenant, "jobs"), {job_id: job["created_at"]})
-        pipe.sadd(self._t(tenant, "active"), job_id)
-        pipe.sadd(PREFIX + "state:" + job["state"], job_id)
-        pipe.execute()
+    def create_job(self, job: dict, quota: int | None = None) -> bool:
+        """Record a new job, unless its tenant already has ``quota`` queued or running ones (then False)."""
+        flat = [x for kv in _encode(job).items() for x in kv]
+        keys = [self.job_key(job["id"]), self._t(job["tenant"], ""), PREFIX + "state:"]
+        args = [job["id"], -1 if quota is None else quota, job["created_at"], job["state"], job["model"], *flat]
+        return self._create(keys=keys, args=args) == 1
 
     def get_job(self, job_id: str) -> dict | None:
         raw = self.r.hgetall(self.job_key(job_id))
@@ -127,7 +154,7 @@ class Records:
         fields["updated_at"] = now()
         flat = [x for kv in _encode(fields).items() for x in kv]
         allowed = json.dumps([json.dumps(s) for s in from_states])
-        keys = [self.job_key(job["id"]), self._t(job["tenant"], "active"), PREFIX + "state:"]
+        keys = [self.job_key(job["id"]), self._t(job["tenant"], ""), PREFIX + "state:"]
         return self._transition(keys=keys, args=[allowed, to_state, job["id"], *flat]) == 1
 
     def update_job(self, job_id: str, **fields) -> None:
@@ -141,32 +168,26 @@ class Records:
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "cancel_requested") == "true"
 
+    def _job_index(self, tenant: str, state: str | None, model: str | None) -> str:
+        return self._t(tenant, "jobs") + (f":model:{model}" if model else "") + (f":state:{state}" if state else "")
+
     def list_jobs(self, tenant: str, state: str | None, model: str | None, offset: int, limit: int):
-        """(jobs, next offset or None), newest first, filtered by state and model."""
-        base = 0 if state or model else offset  # an unfiltered page reads its own ids (and one more), not all
-        ids = self.r.zrevrange(self._t(tenant, "jobs"), base, -1 if state or model else offset + limit)
-        if state:
-            members = self.r.smembers(PREFIX + "state:" + state)
-            ids = [i for i in ids if i in members]
-        out, position = [], offset - base
-        batch = limit if not model else 200  # without a model filter every fetched job is kept
-        while len(out) < limit and position < len(ids):
-            chunk = ids[position:position + batch]
+        """(jobs, next offset or None), newest first, filtered by state and model: one index holds exactly the
+        matching ids, so a page reads its own ids (and one more) and their records, whatever the filter. An id whose
+        record is gone, or whose job moved to another state since the index was read, is skipped."""
+        index, out, position = self._job_index(tenant, state, model), [], offset
+        while len(out) < limit:
+            want = limit - len(out)
+            ids = self.r.zrevrange(index, position, position + want)  # one more: is there a next page?
             pipe = self.r.pipeline(transaction=False)
-            for job_id in chunk:
+            for job_id in ids[:want]:
                 pipe.hgetall(self.job_key(job_id))
-            for raw in pipe.execute():
-                position += 1
-                if not raw:
-                    continue
-                job = _decode(raw)
-                if model and job.get("model") != model:
-                    continue
-                out.append(job)
-                if len(out) == limit:
-                    break
-        more = position < len(ids) or (not (state or model) and len(ids) > limit)
-        return out, (base + position if more else None)
+            found = [_decode(raw) for raw in pipe.execute() if raw] if ids else []
+            out += [j for j in found if state is None or j["state"] == state]
+            position += min(len(ids), want)
+            if len(ids) <= want:
+                return out, None
+        return out, position
 
     def active_jobs(self, tenant: str) -> int:
         return self.r.scard(self._t(tenant, "active"))
@@ -193,11 +214,15 @@ class Records:
 
     def discard_job(self, job: dict) -> None:
         """Remove a job that could not be queued (its creation is undone, so nothing waits for it)."""
+        job_id, state = job["id"], job["state"]
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.job_key(job["id"]))
-        pipe.zrem(self._t(job["tenant"], "jobs"), job["id"])
-        pipe.srem(self._t(job["tenant"], "active"), job["id"])
-        pipe.srem(PREFIX + "state:" + job["state"], job["id"])
+        pipe.delete(self.job_key(job_id))
+        for key in (self._job_index(job["tenant"], None, None), self._job_index(job["tenant"], state, None),
+                    self._job_index(job["tenant"], None, job["model"]),
+                    self._job_index(job["tenant"], state, job["model"])):
+            pipe.zrem(key, job_id)
+        pipe.srem(self._t(job["tenant"], "active"), job_id)
+        pipe.srem(PREFIX + "state:" + state, job_id)
         pipe.execute()
 
     # -- leases: one running attempt per job
