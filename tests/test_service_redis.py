@@ -173,3 +173,19 @@ def test_filtered_listings_follow_every_state_change_and_deletion(embedded):
     page, _ = records.list_jobs("indexed", RUNNING, "m0", 0, 50)
     commands = client.info("stats")["total_commands_processed"] - before - 1  # less the second INFO
     assert [j["id"] for j in page] == [jobs[2]["id"]] and commands <= 3  # ZREVRANGE, one HGETALL (pipelined)
+
+
+def test_jobs_recorded_before_the_indexes_are_indexed_once(embedded):
+    import json
+
+    from service.core.records import INDEXED, RUNNING, Records, connect
+
+    records = Records(connect(embedded.url))
+    old = {"id": "job_old", "tenant": "veteran", "state": RUNNING, "model": "m", "created_at": 50.0}
+    records.r.hset(records.job_key("job_old"), mapping={k: json.dumps(v) for k, v in old.items()})
+    records.r.zadd(records._t("veteran", "jobs"), {"job_old": 50.0})  # what an earlier version wrote
+    assert records.list_jobs("veteran", RUNNING, None, 0, 10)[0] == []
+    assert records.index_existing_jobs() >= 1 and records.r.exists(INDEXED)
+    for state, model in ((RUNNING, None), (None, "m"), (RUNNING, "m")):
+        assert [j["id"] for j in records.list_jobs("veteran", state, model, 0, 10)[0]] == ["job_old"]
+    assert records.index_existing_jobs() == 0  # once per store

@@ -31,6 +31,17 @@ local function index(t, id, created, model, old, new)
 end
 """
 
+# KEYS: job hash, prefix of the tenant keys. ARGV: job id. Index a job recorded before the listing indexes existed.
+_REINDEX = _INDEX + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'model', 'created_at')
+if not f[1] or not f[2] or not f[3] then return 0 end
+local model = cjson.decode(f[2])
+redis.call('ZADD', KEYS[2] .. 'jobs:model:' .. model, tonumber(f[3]), ARGV[1])
+index(KEYS[2], ARGV[1], tonumber(f[3]), model, nil, cjson.decode(f[1]))
+return 1
+"""
+INDEXED = PREFIX + "job-indexes:v1"  # set once every job recorded before the indexes existed is in them
+
 # KEYS: job hash, tenant prefix, global state-set prefix. ARGV: job id, quota, created_at, state, model, fields...
 _CREATE = _INDEX + """
 local quota = tonumber(ARGV[2])
@@ -96,6 +107,7 @@ class Records:
         self.r = client
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
+        self._reindex = client.register_script(_REINDEX)
 
     # -- keys
     @staticmethod
@@ -167,6 +179,19 @@ class Records:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "cancel_requested") == "true"
+
+    def index_existing_jobs(self) -> int:
+        """Put the jobs of a store written before the listing indexes existed into them (once per store; each job
+        in one script, so a job that changes state meanwhile is indexed under its state). Returns how many."""
+        if self.r.exists(INDEXED):
+            return 0
+        n = 0
+        for key in self.r.scan_iter(match=PREFIX + "t:*:jobs", count=500, _type="zset"):
+            prefix = key[:-len("jobs")]
+            for job_id, _ in self.r.zscan_iter(key, count=500):
+                n += self._reindex(keys=[self.job_key(job_id), prefix], args=[job_id])
+        self.r.set(INDEXED, "1")
+        return n
 
     def _job_index(self, tenant: str, state: str | None, model: str | None) -> str:
         return self._t(tenant, "jobs") + (f":model:{model}" if model else "") + (f":state:{state}" if state else "")
