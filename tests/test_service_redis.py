@@ -189,3 +189,28 @@ def test_jobs_recorded_before_the_indexes_are_indexed_once(embedded):
     for state, model in ((RUNNING, None), (None, "m"), (RUNNING, "m")):
         assert [j["id"] for j in records.list_jobs("veteran", state, model, 0, 10)[0]] == ["job_old"]
     assert records.index_existing_jobs() == 0  # once per store
+
+
+def test_polling_a_job_is_rate_limited_in_its_single_round_trip(embedded, tmp_path):
+    """GET /v1/jobs/{id} counts itself against the rate limit in the same Redis round trip that reads the job:
+    over the limit it is 429 like every other route, and another tenant's job stays a 404."""
+    from service.app import create_app
+    from service.core.records import QUEUED, Records, connect
+    from service.core.settings import Settings
+    from service.core.signing import ensure_signing_key
+
+    records = Records(connect(embedded.url))
+    records.create_job({"id": "job_polled", "tenant": "poller", "state": QUEUED, "model": "m", "created_at": 1.0})
+    settings = Settings(redis_url=embedded.url, data_dir=str(tmp_path), rate_limit_per_s=3,
+                        tokens="poller:poller-token-0123456789,other:other-token-0123456789")
+    ensure_signing_key(settings)
+    client = create_app(settings, queue=object()).test_client()
+    other = client.get("/v1/jobs/job_polled", headers={"Authorization": "Bearer other-token-0123456789"})
+    assert other.status_code == 404
+    codes = []
+    for _ in range(10):
+        r = client.get("/v1/jobs/job_polled", headers={"Authorization": "Bearer poller-token-0123456789"})
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            assert r.json["id"] == "job_polled" and "tenant" not in r.json
+    assert codes[0] == 200 and codes.count(200) <= 6  # 3 a second: the window may roll once during the loop

@@ -12,6 +12,7 @@ from marshmallow import RAISE
 from certify.config import job_warnings
 from certify.errors import ModelRejected
 from service.api.common import iso
+from service.auth import enforce_rate_limit
 from service.context import require_write, services, tenant
 from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
 from service.core.webhooks import WebhookRefused, check_webhook_target
@@ -24,9 +25,12 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Certificat
 _TIMES = ("created_at", "started_at", "finished_at", "updated_at")
 
 
+_PUBLIC = frozenset(JobSchema._declared_fields)  # what a job document shows (not tenant, report key, counters)
+
+
 def render(job: dict) -> dict:
-    """The public view of a job record."""
-    out = {k: v for k, v in job.items() if k not in ("tenant", "report_keyid")}
+    """The public view of a job record: exactly JobSchema's fields, JSON-ready."""
+    out = {k: v for k, v in job.items() if k in _PUBLIC}
     for k in _TIMES:
         out[k] = iso(job.get(k))
     out.setdefault("progress", 0.0)
@@ -39,8 +43,9 @@ def render(job: dict) -> dict:
     return out
 
 
-def _owned(job_id: str) -> dict:
-    job = services().records.tenant_job(tenant().name, job_id)
+def _owned(job_id: str, job: dict | None = None) -> dict:
+    """The tenant's job (``job`` when it was read already), or 404 (also for another tenant's)."""
+    job = job or services().records.tenant_job(tenant().name, job_id)
     if job is None:
         raise ApiProblem(404, "not_found", f"no job {job_id}")
     return job
@@ -213,7 +218,11 @@ def list_jobs(query):
 @blp.response(200, JobSchema)
 def get_job(job_id):
     """State, stage, progress, ETA, timestamps and, on failure, the error."""
-    return render(_owned(job_id))
+    ctx = services()
+    allowed, job = ctx.records.allow_and_get_job(tenant().name, ctx.settings.rate_limit_per_s, job_id)
+    enforce_rate_limit(allowed)  # counted here: one Redis round trip for the whole request
+    # render() gives exactly JobSchema's fields: sent as they are, without a second pass through marshmallow
+    return Response(json.dumps(render(_owned(job_id, job))), mimetype="application/json")
 
 
 @blp.route("/<string:job_id>", methods=["DELETE"])

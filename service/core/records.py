@@ -275,13 +275,26 @@ class Records:
         return self.r.get(self._t(tenant, "report", model))
 
     # -- rate limiting: a fixed one-second window per tenant
-    def allow_request(self, tenant: str, per_second: int) -> bool:
+    def _count_request(self, pipe, tenant: str) -> None:
         key = self._t(tenant, "rl", str(int(time.time())))
-        pipe = self.r.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 2)
+
+    def allow_request(self, tenant: str, per_second: int) -> bool:
+        pipe = self.r.pipeline(transaction=False)
+        self._count_request(pipe, tenant)
         count, _ = pipe.execute()
         return count <= per_second
+
+    def allow_and_get_job(self, tenant: str, per_second: int, job_id: str) -> tuple[bool, dict | None]:
+        """:meth:`allow_request` and :meth:`tenant_job` in one round trip: what a polling client costs."""
+        pipe = self.r.pipeline(transaction=False)
+        self._count_request(pipe, tenant)
+        if job_id.startswith("job_"):
+            pipe.hgetall(self.job_key(job_id))
+        count, _, *raw = pipe.execute()
+        job = _decode(raw[0]) if raw and raw[0] else None
+        return count <= per_second, job if job and job.get("tenant") == tenant else None
 
     # -- metrics counters and worker heartbeats
     def add_upload_bytes(self, kind: str, n: int) -> None:
