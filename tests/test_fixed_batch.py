@@ -77,3 +77,14 @@ def test_local_bounds_of_a_fixed_batch_of_4_with_a_partial_last_chunk_match_the_
             assert np.allclose(a.lower[m], b.lower[m], rtol=1e-9, atol=1e-12, equal_nan=True), m
         assert np.allclose(a.radius, b.radius, rtol=1e-9, atol=1e-12, equal_nan=True)
         assert b.any_certified.any() or eps > 0.01
+
+
+def test_unit_activations_of_a_fixed_batch_of_4_with_a_partial_last_chunk_match_the_free_batch_export():
+    from certify.units import activations, default_node
+
+    x, _, _ = _dataset()
+    fixed, free = (to_torch(load_onnx(flatten_mlp(b).SerializeToString())) for b in (4, None))
+    node = default_node(free)
+    a, b = ([(start, phi) for start, phi in activations(m, x, node, batch_size=4)] for m in (free, fixed))
+    assert [s for s, _ in b] == [0, 4, 8] and [len(p) for _, p in b] == [4, 4, 2]
+    assert np.allclose(np.concatenate([p for _, p in a]), np.concatenate([p for _, p in b]), atol=1e-6)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from certify.convert import pad_batch
 from certify.local.bounds import DEFAULT_MEMORY, Propagation, check_supported, float64_graph
 from certify.local.float_error import forward_errors
 from certify.local.lipschitz import LayerBound, local_lipschitz
@@ -145,23 +146,13 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     layer_rows: list[list[LayerBound]] = []
     for first in range(0, n, batch_size):
         batch = slice(first, min(n, first + batch_size))
-        xb, yb, mb = (_padded(a[batch], batch_size) if whole else a[batch] for a in (x, y, margin))
+        xb, yb, mb = (pad_batch(a[batch], batch_size) if whole else a[batch] for a in (x, y, margin))
         rows = _certify_batch(graph, xb, yb, eps, norm, input_range, order, result, batch, start, time_budget, mb,
                               skip_certified, alpha_steps, memory, global_pairs, float_error, whole)
         if rows:
             layer_rows.append(rows)
     result.layers = _merged_layers(layer_rows)
     return result
-
-
-def _padded(a, size: int):
-    """``a`` (samples first) filled up to ``size`` samples with copies of its last (a fixed batch's last chunk)."""
-    short = size - a.shape[0]
-    if not short:
-        return a
-    if isinstance(a, np.ndarray):
-        return np.concatenate([a, np.repeat(a[-1:], short, axis=0)])
-    return torch.cat([a, a[-1:].expand(short, *a.shape[1:])])
 
 
 def _merged_layers(batches: list[list[LayerBound]]) -> list[LayerBound]:
