@@ -42,6 +42,10 @@ def test_an_uploaded_property_is_checked_listed_named_by_jobs_and_deleted(servic
     assert bob.get(service.url(f"/v1/properties/{prop['id']}")).status_code == 404  # tenant-scoped
     assert prop["id"] in [p["id"] for p in alice.get(service.url("/v1/properties")).json()["items"]]
     assert prop["id"] not in [p["id"] for p in bob.get(service.url("/v1/properties")).json()["items"]]
+    other = service.upload("properties", text.encode() + b"; a second file\n").json()
+    first = alice.get(service.url("/v1/properties"), params={"limit": 1}).json()
+    second = alice.get(service.url(first["next"])).json()
+    assert [p["id"] for p in first["items"] + second["items"]][:2] == [other["id"], prop["id"]]  # newest first
 
     both = service.submit(digits_model, properties=[{"name": "p", "vnnlib": text, "property_id": prop["id"]}])
     assert both.status_code == 400 and "properties" in both.json()["errors"], both.text
