@@ -67,9 +67,8 @@ for _, s in ipairs(allowed) do
     redis.call('HSET', KEYS[1], 'state', cjson.encode(new), unpack(ARGV, 4))
     redis.call('SREM', KEYS[3] .. old, ARGV[3])
     redis.call('SADD', KEYS[3] .. new, ARGV[3])
-    local created = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
-    local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
-    index(KEYS[2], ARGV[3], created, model, old, new)
+    local f = redis.call('HMGET', KEYS[1], 'created_at', 'model')
+    if f[1] and f[2] then index(KEYS[2], ARGV[3], tonumber(f[1]), cjson.decode(f[2]), old, new) end
     if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
       redis.call('SREM', KEYS[2] .. 'active', ARGV[3])
     end
