@@ -61,6 +61,8 @@ def test_an_uploaded_property_is_checked_listed_named_by_jobs_and_deleted(servic
                        property_timeout_s=20)
     assert r.status_code == 202, r.text
     assert r.json()["config"]["properties"] == [{"name": "uploaded", "property_id": prop["id"]}]
+    assert bob.delete(service.url(f"/v1/properties/{prop['id']}")).status_code == 404
+    assert alice.delete(service.url(f"/v1/properties/{prop['id']}")).status_code == 204  # the queued job keeps it
     done = service.wait_job(r.json()["id"])
     assert done["state"] == "succeeded", done
     from certify.report.dsse import peek_statement
@@ -70,8 +72,6 @@ def test_an_uploaded_property_is_checked_listed_named_by_jobs_and_deleted(servic
     assert (result["name"], result["result"]) == ("uploaded", "holds")
     assert "sha256:" + result["sha256"] == prop["id"]  # the report names the very bytes uploaded
 
-    assert bob.delete(service.url(f"/v1/properties/{prop['id']}")).status_code == 404
-    assert alice.delete(service.url(f"/v1/properties/{prop['id']}")).status_code == 204
     assert alice.get(service.url(f"/v1/properties/{prop['id']}")).status_code == 404
     assert prop["id"] not in [p["id"] for p in alice.get(service.url("/v1/properties")).json()["items"]]
     gone = service.submit(digits_model, properties=[{"name": "p", "property_id": prop["id"]}])
