@@ -3,7 +3,7 @@
 
 Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
 (a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
-low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
+low-dimensional inputs, input splitting (:mod:`certify.input_split`: batched bisection) with bounds on every
 sub-box and the sub-box centres checked as candidates; for high-dimensional inputs of a network with Relu-like
 units, branch and bound over their signs (:mod:`certify.local.bab`, beta-CROWN) for ``BAB_SHARE`` of the time
 left, its subdomains' minimising vertices checked as candidates, then the attack resumes for the rest; any other
@@ -32,12 +32,12 @@ import torch
 
 from certify.errors import ModelRejected
 from certify.falsify import Checker, Counterexample, attack_case
+from certify.input_split import Bounded, Boxes, CrownSteps, split_search
 from certify.local.bounds import BoundTimeout
 from certify.vnnlib import Case, Property
 
 BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
-SPLIT_BATCH = 512
 DEFAULT_MARGIN = 1e-5
 QUICK_RESTARTS = 8  # starts per disjunct of the first, short attack round (a round must fit its 20% share)
 BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; then the attack resumes
@@ -123,8 +123,6 @@ class Engine:
         """The batched bound step of input splitting (:class:`certify.input_split.CrownSteps`) and the root
         box's float32 allowance per row (1, S); a box's own allowance uses the root's global error bound (it
         covers every sub-box) beside the box's forward error analysis."""
-        from certify.input_split import CrownSteps
-
         prop, c = self._propagation(lower, upper, C, deadline)
         global_error = self.float_error(lower, upper)
         allowance = lambda p, cc: _allowance(p, cc, global_error, C)  # noqa: E731
@@ -310,8 +308,6 @@ class Decider:
         confirmed counterexample among the sub-box centres, or False when time runs out; ``stats`` counts the
         boxes bounded and proved. With the bound engine, boxes get its batched cheap-then-strong steps; with any
         other bound function, its bounds and the gradient smear at the centre."""
-        from certify.input_split import Boxes, split_search
-
         C, d, groups = _rows(case)
         check = lambda lo, hi: self._check_centres(case, index, lo, hi)  # noqa: E731
         lower, upper = case.lower[None].copy(), case.upper[None].copy()
@@ -327,8 +323,6 @@ class Decider:
 
     def _generic_step(self, C: np.ndarray, d: np.ndarray):
         """The split step of a plain bound function: its bounds, and the gradient smear at each centre."""
-        from certify.input_split import Bounded
-
         def step(boxes, deadline):
             scores = self._gradients(C, boxes.lower, boxes.upper) * (boxes.upper - boxes.lower)
             return Bounded(self.bounds(boxes.lower, boxes.upper, C) - d, scores, boxes.allowance, {})
