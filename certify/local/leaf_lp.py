@@ -104,15 +104,17 @@ def programs(prop, names: list[str], leaves: np.ndarray, C: np.ndarray) -> list[
             keep.append(flat[:, units].T != 0)
     lo, hi = sub.region.lower.reshape(L, -1).numpy(), sub.region.upper.reshape(L, -1).numpy()
     A = A.reshape(len(C), L, -1).numpy()
+    b = np.nextafter(b.numpy(), -np.inf)  # the subtraction above rounded: one ulp outward covers it
+    rs = [np.nextafter(h.numpy(), np.inf) for h in rs]
     found = []
     for i in range(L):
         if Gs:
             mask = torch.cat([k[:, i] for k in keep]).numpy()
             G = torch.cat([g[:, i] for g in Gs]).numpy()[mask]
-            r = torch.cat([h[:, i] for h in rs]).numpy()[mask]
+            r = np.concatenate([h[:, i] for h in rs])[mask]
         else:
             G, r = np.zeros((0, lo.shape[1])), np.zeros(0)
-        found.append(LeafProgram(lo[i], hi[i], A[:, i], b[:, i].numpy(), G, r))
+        found.append(LeafProgram(lo[i], hi[i], A[:, i], b[:, i], G, r))
     return found
 
 
