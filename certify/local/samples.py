@@ -218,15 +218,19 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
             result.seconds[method] += time.monotonic() - began
         if float_error:
             low = low - (_float_margin(used, spec[:, run], result) if rounding is None else rounding)
-        low = low[:, index] if whole else low  # the samples this method was for
-        local = index.cpu().numpy()
-        smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
-        rows = np.arange(batch.start, batch.stop)[local]
-        result.lower[method][rows] = smallest
-        result.ran[method][rows] = True
-        result.certified[method][rows] = smallest > 0
-        done[index[torch.as_tensor(smallest > 0, device=index.device)]] = True
+        _record(result, method, low[:, index] if whole else low, index, yb, margin, batch, done)
     return layers
+
+
+def _record(result: SampleVerdicts, method: str, low, index, yb, margin, batch: slice, done) -> None:
+    """Keep ``method``'s certified lower margins ``low`` of the samples ``index`` of the batch; mark them done."""
+    local = index.cpu().numpy()
+    smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
+    rows = np.arange(batch.start, batch.stop)[local]
+    result.lower[method][rows] = smallest
+    result.ran[method][rows] = True
+    result.certified[method][rows] = smallest > 0
+    done[index[torch.as_tensor(smallest > 0, device=index.device)]] = True
 
 
 def _float_margin(prop: Propagation, spec, result: SampleVerdicts):
