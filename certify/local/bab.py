@@ -231,6 +231,7 @@ class ReluSearch:
                                alpha_steps=ROOT_INTERMEDIATE_STEPS)
             steps, warm = ROOT_ALPHA_STEPS, None
             self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
+            self._errors = self._root_errors(prop)
         else:
             prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
             prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
@@ -307,17 +308,27 @@ class ReluSearch:
     def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float) -> np.ndarray:
         """(n, S) float32 error allowances: the whole box's (``spec.error``), and for the subdomains only that keeps
         open, the smaller one of the forward error analysis over their own boxes (tighter than the box's, with the
-        split neurons stable). Sound: every input of a subdomain has exact values inside its boxes."""
+        split neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside
+        its boxes."""
         error = np.broadcast_to(spec.error, exact.shape).copy()
         pick = np.flatnonzero(self._closed(exact, spec, margin)[0] & ~self._closed(exact - error, spec, margin)[0])
         if pick.size:
             index = torch.as_tensor(pick)
             try:
-                local = forward_errors(prop.subset(index)).spec(c[:, index]).T.numpy()
+                local = forward_errors(prop.subset(index), prior=self._errors, signed=False).spec(c[:, index]).T.numpy()
             except UnsupportedOperator:
                 return error
             error[pick] = np.fmin(error[pick], np.where(np.isfinite(local), local, np.inf))
         return error
+
+    @staticmethod
+    def _root_errors(prop) -> dict:
+        """The float32 error bounds over the whole box (they hold in every subdomain): each subdomain's own analysis
+        starts from them."""
+        try:
+            return forward_errors(prop).errors
+        except UnsupportedOperator:
+            return {}
 
     def _leaves_closed(self, prop, spec: Spec, margin: float, leaves: np.ndarray) -> bool:
         """Whether subdomains without unstable neurons close after a longer beta optimisation."""
