@@ -76,8 +76,9 @@ def _symmetric(args, values: dict, names) -> list:
 class ForwardErrors:
     """``errors[name]``: the elementwise float32 error bound of every varying tensor of ``prop`` (N, *shape)."""
 
-    def __init__(self, prop, u: float = UNIT_ROUNDOFF, prior: dict | None = None, signed: bool = True):
-        self.prop, self.u, self.signed = prop, u, signed
+    def __init__(self, prop, u: float = UNIT_ROUNDOFF, prior: dict | None = None, signed: bool = True,
+                 relative: float = SIGNED_RELATIVE):
+        self.prop, self.u, self.signed, self.relative = prop, u, signed, relative
         widest = max(b.lo[0].numel() for b in prop.bounds.values())
         self.widest = widest
         self.slack = 4 * gamma(widest, 2.0**-53)
@@ -103,7 +104,7 @@ class ForwardErrors:
             return error
         flat = error.flatten(1)
         n, k = flat.shape
-        wide = (flat > SIGNED_RELATIVE * _maxabs(self.prop.bounds[name]).flatten(1)).any(0).nonzero().flatten()
+        wide = (flat > self.relative * _maxabs(self.prop.bounds[name]).flatten(1)).any(0).nonzero().flatten()
         if wide.numel() == 0 or wide.numel() * n > SIGNED_ROWS or wide.numel() * n * self.widest > SIGNED_LIMIT:
             return error
         rows = torch.zeros((wide.numel(), n, k), dtype=error.dtype, device=error.device)
