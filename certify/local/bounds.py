@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import weakref
 
 import torch
 from torch.func import vjp, vmap
@@ -52,6 +53,8 @@ DEFAULT_MEMORY = 2**28  # bytes of backward coefficients per chunk
 #: Largest (rows x samples x widest tensor) for which intermediate bounds get optimised slopes; beyond it they
 #: keep their CROWN bounds (optimising thousands of convolutional neurons costs more than it brings).
 ALPHA_INTERMEDIATE_LIMIT = 2**22
+#: Per dense operator module: the matrix of its linear part (see ``Propagation._dense_matrix``).
+_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class BoundTimeout(Exception):
@@ -267,10 +270,13 @@ class Propagation:
         if x.lo.dim() != 2 or any(n and self.graph.constant(n) is None for n in inputs[1:]):
             return None
         k = x.lo.shape[1]
-        eye = torch.eye(k, dtype=x.lo.dtype, device=x.lo.device)
-        with torch.no_grad():
-            out = op(eye, *args[1:2]) if op.op_type == "Gemm" else op(eye, *args[1:])
-        return out.T.contiguous() if out.dim() == 2 and out.shape[0] == k else None
+        key = (k, x.lo.dtype, x.lo.device)
+        if _DENSE.get(op, (None,))[0] != key:  # the matrix depends on the operator's constants only
+            eye = torch.eye(k, dtype=x.lo.dtype, device=x.lo.device)
+            with torch.no_grad():
+                out = op(eye, *args[1:2]) if op.op_type == "Gemm" else op(eye, *args[1:])
+            _DENSE[op] = (key, out.T.contiguous() if out.dim() == 2 and out.shape[0] == k else None)
+        return _DENSE[op][1]
 
     def backward(self, target: str, a: torch.Tensor, thetas: dict | None = None, betas: dict | None = None,
                  record: dict | None = None):
