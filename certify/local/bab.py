@@ -3,11 +3,16 @@
 A subdomain fixes the sign of some Relu-like pre-activations (+1 active, -1 inactive). Each is bounded by
 :class:`~certify.local.bounds.Propagation` with its ``splits`` (the split neurons' relaxations become their exact
 linear pieces, and alpha-CROWN also optimises the split multipliers: beta-CROWN, Wang et al. 2021) and with its
-parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch.
+parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch, each
+warm-started from the slopes and multipliers its parent ended with (any start is sound; a good one saves steps).
+The root gets optimised intermediate bounds (alpha-CROWN per intermediate neuron, Xu et al. 2021) and more steps.
 
 The specification is a disjunction of groups of rows ``C y - d``; a subdomain is done when, for every group, some
 row's lower bound minus the row's float32 error allowance exceeds ``margin``, or when its boxes are empty (no input
-has that sign pattern). Every other subdomain is split in two on the neuron of largest score, an estimate of how
+has that sign pattern). After the root, every group still open is searched on its own rows (each must be refuted,
+and a split that helps one group need not help another), the hardest first. The allowance is the whole box's; a
+subdomain that only the allowance keeps open gets its own (the forward error analysis over its boxes, started
+from the root's). Every open subdomain is split in two on the neuron of largest score, an estimate of how
 much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the intercept the upper relaxation
 line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
 relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
