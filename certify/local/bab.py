@@ -154,7 +154,7 @@ class ReluSearch:
         starts = []
         for rows in spec.groups:
             part = spec.subset(rows)
-            first = self._bound(lower, upper, part, margin, root.rows(rows), deadline, candidate, outcome)
+            first = self._bound(lower, upper, part, margin, root.rows(rows), deadline, candidate, outcome, steps=0)
             if outcome.result != "timeout":
                 return
             if first is not None:
@@ -225,23 +225,23 @@ class ReluSearch:
         return set(self.names[: layer + 1])
 
     def _bound(self, lower, upper, spec: Spec, margin, domains: Domains | None, deadline, candidate,
-               outcome: Outcome) -> Domains | None:
-        """Bound ``domains`` (None: the root), record progress in ``outcome``; the open ones with their next
-        branch, or None when none is open."""
+               outcome: Outcome, steps: int | None = None) -> Domains | None:
+        """Bound ``domains`` (None: the root) with ``steps`` alpha steps (default: the root's or the children's),
+        record progress in ``outcome``; the open ones with their next branch, or None when none is open."""
         n = 1 if domains is None else len(domains)
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         if domains is None:
             prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
                                alpha_steps=ROOT_INTERMEDIATE_STEPS)
-            steps, warm = ROOT_ALPHA_STEPS, None
+            steps, warm = ROOT_ALPHA_STEPS if steps is None else steps, None
             self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
             self._errors = self._root_errors(prop)
         else:
             prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
             prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
                                deadline=deadline, keep_prior=self._kept(domains))
-            steps = self.alpha_steps
+            steps = self.alpha_steps if steps is None else steps
             warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
         c = self._spec_rows(prop, spec, n)
         kept: dict = {}
