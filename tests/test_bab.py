@@ -42,7 +42,7 @@ def root_bound(g64, lower, upper) -> float:
     return float(Propagation(g64, region, "crown").lower(torch.ones((1, 1, 1), dtype=torch.float64), alpha_steps=20))
 
 
-def search(g64, lower, upper, threshold, seconds=20.0):
+def search(g64, lower, upper, threshold, seconds=20.0, refine=False):
     """Prove ``y > threshold`` over the box; the candidate check is the exact (float64) network."""
 
     def candidate(xs):
@@ -52,11 +52,12 @@ def search(g64, lower, upper, threshold, seconds=20.0):
         return xs[bad[0]] if bad.size else None
 
     spec = Spec(np.ones((1, 1)), np.array([threshold]), [np.array([0])], np.zeros(1))
-    return ReluSearch(g64, lower.shape).run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
+    search = ReluSearch(g64, lower.shape, refine=refine)
+    return search.run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed):
+@pytest.mark.parametrize("seed, refine", [(1, False), (2, False), (1, True)])
+def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed, refine):
     model, _ = mlp(2, (10, 10), seed)
     g64 = float64_graph(to_torch(model))
     lower, upper = -np.ones(2), np.ones(2)
@@ -69,8 +70,8 @@ def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed):
     slope = np.abs(np.diff(square, axis=0)).max() + np.abs(np.diff(square, axis=1)).max()
     below = grid_min - max(0.05, 2 * slope)  # the true minimum is within one grid step of the grid's
     assert root_bound(g64, lower, upper) < below  # plain (alpha-)CROWN cannot prove it
-    assert search(g64, lower, upper, below).result == "holds"
-    above = search(g64, lower, upper, grid_min + 1e-3, seconds=4)  # a grid point breaks it
+    assert search(g64, lower, upper, below, refine=refine).result == "holds"
+    above = search(g64, lower, upper, grid_min + 1e-3, seconds=4, refine=refine)  # a grid point breaks it
     assert above.result != "holds"  # found, stuck or out of time (a leaf's vertices need not break it)
 
 
