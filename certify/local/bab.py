@@ -41,6 +41,7 @@ MAX_BATCH = 1024  # parents split per batch (twice as many children bounded)
 BATCH_ELEMENTS = 2**23  # children x rows x widest tensor per batch (bounds the backward coefficients' memory)
 DEFAULT_ALPHA_STEPS = 8  # per child, warm-started from its parent's parameters
 ROOT_ALPHA_STEPS, ROOT_INTERMEDIATE_STEPS = 30, 10  # the root: the output's and every intermediate bound's slopes
+ROOT_INTERMEDIATE_SHARE = 0.25  # of the time left: the most the root's intermediate optimisation may take
 DEFAULT_MAX_BYTES = 2**30
 LEAF_STEPS, LEAF_LR = 200, 0.5  # beta optimisation of a subdomain with every neuron split
 
@@ -232,8 +233,9 @@ class ReluSearch:
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         if domains is None:
+            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
             prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
-                               alpha_steps=ROOT_INTERMEDIATE_STEPS)
+                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
             steps, warm = ROOT_ALPHA_STEPS if steps is None else steps, None
             self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
             self._errors = self._root_errors(prop)

@@ -96,13 +96,14 @@ class Propagation:
 
     ``method``: ``"ibp"`` (interval only) or ``"crown"`` (intermediate bounds tightened by backward
     substitution to the input); ``alpha_steps`` > 0 optimises each intermediate bound's slopes too (alpha-CROWN,
-    separate slopes per bounded neuron). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over
-    the region's samples). ``lower(C)`` bounds a specification on the graph's first output.
+    separate slopes per bounded neuron), until ``alpha_until`` (``time.monotonic()``; later intermediate bounds keep
+    CROWN's slopes). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over the region's
+    samples). ``lower(C)`` bounds a specification on the graph's first output.
     """
 
     def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY,
                  alpha_steps: int = 0, lr: float = 0.25, splits: dict | None = None, prior: dict | None = None,
-                 deadline: float | None = None, keep_prior: bool | set = False):
+                 deadline: float | None = None, keep_prior: bool | set = False, alpha_until: float | None = None):
         if method not in ("ibp", "crown"):
             raise ValueError(f"method must be 'ibp' or 'crown', not {method!r}")
         check_supported(graph)
@@ -116,7 +117,7 @@ class Propagation:
         self.splits = {n: t.to(self.region.lower.device, torch.float64) for n, t in (splits or {}).items()}
         self.prior = prior or {}
         self.keep = set(self.prior) if keep_prior is True else set(keep_prior or ()) & set(self.prior)
-        self.deadline = deadline
+        self.deadline, self.alpha_until = deadline, alpha_until
         self.steps = list(graph.steps())
         self.varying = varying_names(graph)
         self.input_name = graph.input_names[0]
@@ -407,6 +408,8 @@ class Propagation:
         try:
             for _ in range(steps):
                 self._tick()
+                if target != self.output_name and self.alpha_until is not None and time.monotonic() > self.alpha_until:
+                    break  # intermediate bounds keep their best iterate so far
                 low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
                 best = torch.maximum(best, low.detach())
                 if stop is not None and stop(best):
