@@ -97,10 +97,10 @@ class JobConfigSchema(Schema):
             except PolicyError as e:
                 raise ValidationError(str(e), "policy") from None
         if data["properties"]:
-            from certify.properties import parse_specs
+            from certify.properties import check_entries
 
             try:
-                parse_specs(data["properties"])
+                check_entries(data["properties"])
             except ModelRejected as e:
                 raise ValidationError(e.message, "properties") from None
         if unknown := [a for a in data["analyses"] if a not in ANALYSES]:

@@ -221,16 +221,23 @@ class OnnxGraph(nn.Module):
         n, size = args[0].shape[0], self.fixed_batch
         parts = []
         for first in range(0, n, size):
-            chunk = [a[first:first + size] for a in args]
-            short = size - chunk[0].shape[0]
-            if short:
-                chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) for c in chunk]
-            parts.append(self.run(*chunk))
+            parts.append(self.run(*[pad_batch(a[first:first + size], size) for a in args]))
         return tuple(torch.cat([p[i] for p in parts])[:n] for i in range(len(parts[0])))
 
     def input_dtype(self, name: str | None = None) -> torch.dtype:
         name = name or self.input_names[0]
         return TORCH_OF_ONNX.get(self.input_dtypes.get(name), torch.float32)
+
+
+def pad_batch(a, size: int):
+    """``a`` (samples first, a tensor or an array) filled up to ``size`` samples with copies of its last: the last
+    chunk of a graph exported for a fixed batch, whose padding the caller drops again."""
+    short = size - a.shape[0]
+    if short <= 0:
+        return a
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, a[-1:].expand(short, *a.shape[1:])])
+    return np.concatenate([a, np.repeat(a[-1:], short, axis=0)])
 
 
 def _fixed_batch(graph: onnx.GraphProto, input_names: list[str], shapes: dict) -> int | None:

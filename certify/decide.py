@@ -3,7 +3,7 @@
 
 Order, as the leading verifiers do: a short attack first (cheap counterexamples), then bounds over each input box
 (a disjunct ``C y <= d`` is infeasible where some row's lower bound of ``C y - d`` exceeds ``margin``), then, for
-low-dimensional inputs, input splitting (bisect the side of largest gradient times width) with bounds on every
+low-dimensional inputs, input splitting (:mod:`certify.input_split`: batched bisection) with bounds on every
 sub-box and the sub-box centres checked as candidates; for high-dimensional inputs of a network with Relu-like
 units, branch and bound over their signs (:mod:`certify.local.bab`, beta-CROWN) for ``BAB_SHARE`` of the time
 left, its subdomains' minimising vertices checked as candidates, then the attack resumes for the rest; any other
@@ -32,12 +32,12 @@ import torch
 
 from certify.errors import ModelRejected
 from certify.falsify import Checker, Counterexample, attack_case
+from certify.input_split import Bounded, Boxes, CrownSteps, split_search
 from certify.local.bounds import BoundTimeout
 from certify.vnnlib import Case, Property
 
 BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
-SPLIT_BATCH = 512
 DEFAULT_MARGIN = 1e-5
 QUICK_RESTARTS = 8  # starts per disjunct of the first, short attack round (a round must fit its 20% share)
 BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; then the attack resumes
@@ -117,6 +117,17 @@ class Engine:
         steps = self.alpha_steps if lower.shape[0] == 1 else 0
         exact = prop.lower(c, alpha_steps=steps).detach().T.numpy()
         return exact - _allowance(prop, c, self.float_error(lower, upper), C)
+
+    def split_steps(self, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray, groups: list,
+                    margin: float, deadline: float, gradients):
+        """The batched bound step of input splitting (:class:`certify.input_split.CrownSteps`) and the root
+        box's float32 allowance per row (1, S); a box's own allowance uses the root's global error bound (it
+        covers every sub-box) beside the box's forward error analysis."""
+        prop, c = self._propagation(lower, upper, C, deadline)
+        global_error = self.float_error(lower, upper)
+        allowance = lambda p, cc: _allowance(p, cc, global_error, C)  # noqa: E731
+        step = CrownSteps(self.g64, self.shape, C, d, groups, margin, allowance, gradients)
+        return step, allowance(prop, c)
 
     def branch_and_bound(self, case: Case, margin: float, deadline: float, candidate):
         """Branch and bound on ``case`` (:class:`certify.local.bab.Outcome`); every row's float32 allowance is
@@ -293,54 +304,42 @@ class Decider:
         return bool(proved(self._timed(deadline), case, case.lower[None], case.upper[None], self.margin)[0])
 
     def _split(self, case: Case, index: int, deadline: float, stats: dict):
-        """Bisect sub-boxes until all are proved (True), a centre is a counterexample, or time runs out (False);
-        ``stats`` counts the boxes bounded and proved."""
+        """Input splitting (:func:`certify.input_split.split_search`): True when every sub-box is proved, a
+        confirmed counterexample among the sub-box centres, or False when time runs out; ``stats`` counts the
+        boxes bounded and proved. With the bound engine, boxes get its batched cheap-then-strong steps; with any
+        other bound function, its bounds and the gradient smear at the centre."""
+        C, d, groups = _rows(case)
+        check = lambda lo, hi: self._check_centres(case, index, lo, hi)  # noqa: E731
         lower, upper = case.lower[None].copy(), case.upper[None].copy()
-        width0 = np.where(case.upper > case.lower, case.upper - case.lower, 1.0)
-        batch = 16
-        while lower.shape[0]:
-            now = time.monotonic()
-            if now > deadline:
-                return False
-            lo, hi = lower[:batch], upper[:batch]
-            lower, upper = lower[batch:], upper[batch:]
-            stats["boxes"] += lo.shape[0]
-            found = self._check_centres(case, index, lo, hi)
-            if found is not None:
-                return found
-            try:
-                done = proved(self._timed(deadline), case, lo, hi, self.margin)
-            except BoundTimeout:
-                return False
-            # grow the batch while one takes under a quarter of the time left (a batch cannot be interrupted)
-            spent, left = time.monotonic() - now, deadline - time.monotonic()
-            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, SPLIT_BATCH))
-            stats["proved"] += int(done.sum())
-            lo, hi = lo[~done], hi[~done]
-            dim = self._split_dims(case, lo, hi, width0)
-            mid = (lo[np.arange(len(dim)), dim] + hi[np.arange(len(dim)), dim]) / 2
-            left_hi, right_lo = hi.copy(), lo.copy()
-            left_hi[np.arange(len(dim)), dim] = mid
-            right_lo[np.arange(len(dim)), dim] = mid
-            lower = np.concatenate([lo, right_lo, lower])
-            upper = np.concatenate([left_hi, hi, upper])
-        return True
+        try:
+            if self.engine is None or self.bounds != self.engine.bounds:
+                root = Boxes(lower, upper, np.zeros((1, len(d))), {})
+                return split_search(self._generic_step(C, d), root, groups, self.margin, deadline, check, stats)
+            step, allowance = self.engine.split_steps(lower, upper, C, d, groups, self.margin, deadline,
+                                                      lambda lo, hi: self._gradients(C, lo, hi))
+            return split_search(step, Boxes(lower, upper, allowance, {}), groups, self.margin, deadline, check, stats)
+        except BoundTimeout:
+            return False
 
-    def _split_dims(self, case: Case, lo: np.ndarray, hi: np.ndarray, width0: np.ndarray) -> np.ndarray:
-        """Per box, the side to bisect: the largest gradient times width of the rows at the centre ("smear",
-        Kearfott 1996), ties and flat regions broken by the widest side relative to the original box."""
-        if lo.shape[0] == 0:
-            return np.zeros(0, dtype=int)
-        C = torch.as_tensor(_rows(case)[0], dtype=torch.float32)
+    def _generic_step(self, C: np.ndarray, d: np.ndarray):
+        """The split step of a plain bound function: its bounds, and the gradient smear at each centre."""
+        def step(boxes, deadline):
+            scores = self._gradients(C, boxes.lower, boxes.upper) * (boxes.upper - boxes.lower)
+            return Bounded(self.bounds(boxes.lower, boxes.upper, C) - d, scores, boxes.allowance, {})
+
+        return step
+
+    def _gradients(self, C: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """(N, n): the absolute gradients of the rows ``C y``, summed, at each box's centre."""
+        rows = torch.as_tensor(C, dtype=torch.float32)
         x = torch.as_tensor((lo + hi) / 2, dtype=torch.float32).requires_grad_(True)
         with torch.enable_grad():
-            y = self.graph(x.reshape(len(x), *self.shape)).flatten(1) @ C.T
+            y = self.graph(x.reshape(len(x), *self.shape)).flatten(1) @ rows.T
             score = torch.zeros_like(x)
             for r in range(y.shape[1]):
                 (g,) = torch.autograd.grad(y[:, r].sum(), x, retain_graph=r + 1 < y.shape[1])
                 score += g.abs()
-        rel = (hi - lo) / width0
-        return np.argmax(score.numpy() * (hi - lo) + 1e-9 * rel, axis=1)
+        return score.numpy()
 
     def _check_centres(self, case: Case, index: int, lo: np.ndarray, hi: np.ndarray) -> Counterexample | None:
         """The sub-box centres that torch puts in the unsafe set, confirmed in onnxruntime."""

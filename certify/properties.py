@@ -9,6 +9,7 @@ raw units of a preprocessing lipcert prepends for eps.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,23 +49,59 @@ class PropertyResult:
         return out
 
 
+def _check_entries(entries: list[dict]) -> None:
+    if len(entries) > MAX_PROPERTIES:
+        raise ModelRejected("invalid_config", f"properties: at most {MAX_PROPERTIES} properties per job")
+    seen = set()
+    for i, entry in enumerate(entries):
+        if entry["name"] in seen:
+            raise ModelRejected("invalid_config", f"properties[{i}].name: {entry['name']!r} is given twice")
+        seen.add(entry["name"])
+
+
+def _parse(i: int, entry: dict) -> PropertySpec:
+    name, text = entry["name"], entry["vnnlib"]
+    try:
+        parsed = parse_vnnlib(text)
+    except ModelRejected as e:
+        raise ModelRejected(e.code, f"properties[{i}] ({name}): {e.message}") from None
+    return PropertySpec(name, hashlib.sha256(text.encode()).hexdigest(), parsed)
+
+
 def parse_specs(entries: list[dict]) -> list[PropertySpec]:
     """Check a job's ``properties`` (``[{name, vnnlib}]``): unique names, each text a supported VNN-LIB file.
     A bad entry is refused with ``invalid_vnnlib`` naming ``properties[i]``."""
-    if len(entries) > MAX_PROPERTIES:
-        raise ModelRejected("invalid_config", f"properties: at most {MAX_PROPERTIES} properties per job")
-    specs, seen = [], set()
+    _check_entries(entries)
+    return [_parse(i, entry) for i, entry in enumerate(entries)]
+
+
+def check_entries(entries: list[dict]) -> None:
+    """:func:`parse_specs` for a job request, where an entry may name an uploaded property (``property_id``)
+    instead of carrying its text: such a file was parsed at upload, and the worker reads it from the store."""
+    _check_entries(entries)
     for i, entry in enumerate(entries):
-        name, text = entry["name"], entry["vnnlib"]
-        if name in seen:
-            raise ModelRejected("invalid_config", f"properties[{i}].name: {name!r} is given twice")
-        seen.add(name)
-        try:
-            parsed = parse_vnnlib(text)
-        except ModelRejected as e:
-            raise ModelRejected(e.code, f"properties[{i}] ({name}): {e.message}") from None
-        specs.append(PropertySpec(name, hashlib.sha256(text.encode()).hexdigest(), parsed))
-    return specs
+        if "vnnlib" in entry:
+            _parse(i, entry)
+
+
+def _size(shape) -> int | None:
+    """Elements per sample of a declared (batch-first) shape; None when a dimension is dynamic."""
+    dims = list(shape or [])[1:]
+    return math.prod(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+
+
+def check_declared_fit(n_inputs: int, n_outputs: int, inputs: list[dict], outputs: list[dict]) -> None:
+    """What :meth:`certify.decide.Decider.check_fits` refuses, told from the model's declared inputs and outputs
+    (``[{name, shape}]``) without loading it, for a property of ``n_inputs`` X and ``n_outputs`` Y variables: one
+    input, and as many variables as the model has elements per sample (a dynamic dimension is left to the worker).
+    ``property_mismatch`` otherwise."""
+    if len(inputs) != 1:
+        raise ModelRejected("property_mismatch", f"the model has {len(inputs)} inputs; VNN-LIB properties need one")
+    sizes = {"inputs": (n_inputs, _size(inputs[0].get("shape"))),
+             "outputs": (n_outputs, _size(outputs[0].get("shape")) if len(outputs) == 1 else None)}
+    for what, (declared, model_size) in sizes.items():
+        if model_size is not None and model_size != declared:
+            raise ModelRejected("property_mismatch", f"the property has {declared} {what}, the model {model_size}")
 
 
 def decide_properties(model_path, specs: list[PropertySpec], timeout_s: float, *, seed: int = 0,

@@ -81,15 +81,20 @@ def activations(graph, x: np.ndarray, node: str, batch_size: int = 256):
     """Yield ``(offset, phi)`` per batch: the node's activations, flattened to (batch, width), as float64."""
     import torch
 
+    from certify.convert import pad_batch
+
     dtype = graph.input_dtype()
     if graph.reshapes_by_batch():  # a graph exported for a fixed batch runs that many samples at a time
         batch_size = graph.fixed_batch
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(dtype)
+            n = len(xb)
+            if graph.reshapes_by_batch():  # the last chunk padded to the batch, the padding dropped
+                xb = pad_batch(xb, batch_size)
             for _, _, outputs, env in graph.execute(xb, release=True):
                 if node in outputs:
-                    yield start, env[node].reshape(len(xb), -1).double().numpy()
+                    yield start, env[node].reshape(len(xb), -1)[:n].double().numpy()
                     break
 
 

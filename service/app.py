@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask
 from flask_smorest import Api
 
@@ -59,9 +60,14 @@ def create_app(settings: Settings | None = None, queue=None) -> Flask:
     tokens = TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
     if queue is None:
         queue = celery_queue(settings)
+    records = Records(connect(settings.redis_url))
+    try:
+        records.index_existing_jobs()  # a store from before the listing indexes; a no-op afterwards
+    except redis.exceptions.RedisError as e:  # Redis away at start: the API answers 503 until it is back
+        logging.getLogger("lipcert.api").warning("job listing indexes not checked: %s", e)
     app.extensions["lipcert"] = Services(
         settings=settings,
-        records=Records(connect(settings.redis_url)),
+        records=records,
         store=LocalArtifactStore(settings.store_dir),
         tokens=tokens,
         queue=queue,
@@ -73,9 +79,9 @@ def create_app(settings: Settings | None = None, queue=None) -> Flask:
     api = ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.spec.components.schema("Envelope", schema=EnvelopeSchema)
-    from service.api import datasets, health, jobs, keys, models, reports
+    from service.api import datasets, health, jobs, keys, models, properties, reports
 
-    for module in (models, datasets, jobs, reports, keys, health):
+    for module in (models, datasets, properties, jobs, reports, keys, health):
         api.register_blueprint(module.blp)
     from service.ui import blueprint as dashboard
 

@@ -5,9 +5,9 @@ The job request extends :class:`certify.config.JobConfigSchema`, so the job conf
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from certify.config import JobConfigSchema
+from certify.config import JobConfigSchema, PropertyEntrySchema
 from service.core.records import STATES
 
 DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex digits>")
@@ -58,6 +58,31 @@ class DatasetSchema(Schema):
     created_at = fields.String()
 
 
+class PropertySchema(Schema):
+    """An uploaded VNN-LIB file, parsed at upload."""
+
+    id = fields.String()
+    name = fields.String()
+    size = fields.Integer()
+    inputs = fields.Integer(metadata={"description": "input variables X_i (the model's input size)"})
+    outputs = fields.Integer(metadata={"description": "output variables Y_j (the model's output size)"})
+    cases = fields.Integer(metadata={"description": "input boxes, each with its unsafe output set"})
+    created_at = fields.String()
+
+
+class PageQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class PropertyPageSchema(Schema):
+    items = fields.List(fields.Nested(PropertySchema))
+    next = fields.String(allow_none=True)
+
+
 class UploadQuerySchema(Schema):
     class Meta:
         unknown = RAISE
@@ -65,11 +90,27 @@ class UploadQuerySchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "a display name"})
 
 
+class JobPropertySchema(PropertyEntrySchema):
+    """A job's property: the VNN-LIB text inline, or the id of one uploaded to /v1/properties."""
+
+    vnnlib = fields.String(validate=validate.Length(min=1, max=16 * 2**20),
+                           metadata={"description": "the .vnnlib file's text (or give property_id)"})
+    property_id = fields.String(validate=DIGEST, metadata={"description": "an uploaded property (or give vnnlib)"})
+
+    @validates_schema
+    def _one_source(self, data, **_):
+        if ("vnnlib" in data) == ("property_id" in data):
+            raise ValidationError("give exactly one of vnnlib (the file's text) and property_id (an upload)")
+
+
 class JobCreateSchema(JobConfigSchema):
     """POST /v1/jobs: the model and dataset ids plus the job configuration."""
 
     class Meta:
         unknown = RAISE
+
+    properties = fields.List(fields.Nested(JobPropertySchema), load_default=list,
+                             metadata=JobConfigSchema._declared_fields["properties"].metadata)
 
     model = fields.String(required=True, validate=DIGEST)
     dataset = fields.String(load_default=None, allow_none=True, validate=DIGEST)
@@ -119,14 +160,9 @@ class JobSchema(Schema):
     links = fields.Dict(keys=fields.String(), values=fields.String())
 
 
-class JobListQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
+class JobListQuerySchema(PageQuerySchema):
     state = fields.String(validate=validate.OneOf(STATES))
     model = fields.String(validate=DIGEST)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
 
 class JobPageSchema(Schema):

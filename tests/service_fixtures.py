@@ -151,6 +151,7 @@ def service(tmp_path_factory):
         "LIPCERT_WORKER_HEARTBEAT_S": "0.5",
         "LIPCERT_MAX_MODEL_BYTES": str(1024 * 1024),
         "LIPCERT_MAX_DATASET_BYTES": str(1024 * 1024),
+        "LIPCERT_MAX_PROPERTY_BYTES": str(1024 * 1024),
         "LIPCERT_HARD_LIMIT_GRACE_S": "5",
         "LIPCERT_JOB_MEMORY_MB": "1024",
         "LIPCERT_RATE_LIMIT": "100000",

@@ -57,3 +57,34 @@ def test_pipeline_on_a_fixed_batch_model_matches_the_free_batch_export():
     for a, b in zip(fixed["analyses"]["units"]["directions"], free["analyses"]["units"]["directions"], strict=True):
         assert (a["kind"], a.get("unit"), a["top"], a["labels"]) == (b["kind"], b.get("unit"), b["top"], b["labels"])
         assert np.allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-6)  # float32 sums in another order
+
+
+def test_local_bounds_of_a_fixed_batch_of_4_with_a_partial_last_chunk_match_the_free_batch_export():
+    """A graph exported for a batch of 4 on 10 samples: chunks of 4, 4 and 2 (padded), and chunks where some
+    samples are misclassified or already certified, so a method bounds fewer than 4 of them. Every method gives
+    each sample what the export for any batch gives."""
+    from certify.local.samples import METHODS, certify_samples
+
+    x, y, _ = _dataset()
+    y[[3, 9]] = (y[[3, 9]] + 1) % 10  # misclassified: one in a full chunk, one in the partial last chunk
+    fixed, free = (to_torch(load_onnx(flatten_mlp(b).SerializeToString())) for b in (4, None))
+    assert fixed.fixed_batch == 4 and fixed.reshapes_by_batch()
+    for eps, skip in ((0.005, True), (0.02, False)):
+        a, b = (certify_samples(m, x, y, eps, "linf", methods=METHODS, skip_certified=skip) for m in (free, fixed))
+        assert np.array_equal(a.correct, b.correct) and not b.correct[[3, 9]].any()
+        for m in METHODS:
+            assert np.array_equal(a.ran[m], b.ran[m]) and np.array_equal(a.certified[m], b.certified[m]), m
+            assert np.allclose(a.lower[m], b.lower[m], rtol=1e-9, atol=1e-12, equal_nan=True), m
+        assert np.allclose(a.radius, b.radius, rtol=1e-9, atol=1e-12, equal_nan=True)
+        assert b.any_certified.any() or eps > 0.01
+
+
+def test_unit_activations_of_a_fixed_batch_of_4_with_a_partial_last_chunk_match_the_free_batch_export():
+    from certify.units import activations, default_node
+
+    x, _, _ = _dataset()
+    fixed, free = (to_torch(load_onnx(flatten_mlp(b).SerializeToString())) for b in (4, None))
+    node = default_node(free)
+    a, b = ([(start, phi) for start, phi in activations(m, x, node, batch_size=4)] for m in (free, fixed))
+    assert [s for s, _ in b] == [0, 4, 8] and [len(p) for _, p in b] == [4, 4, 2]
+    assert np.allclose(np.concatenate([p for _, p in a]), np.concatenate([p for _, p in b]), atol=1e-6)

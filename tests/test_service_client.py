@@ -118,3 +118,28 @@ def test_the_worker_records_an_eta_that_does_not_rise_near_the_end(service):
     late = [eta for p, eta in seen if p >= 0.5 and eta is not None]
     assert late and all(b <= a for a, b in zip(late, late[1:])), seen
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+
+
+def test_submit_uploads_its_properties_and_names_them_by_id(service, tmp_path):
+    """``lipcert submit --property`` uploads each file to /v1/properties and the job names it by id, so a file
+    larger than a whole job request (256 KiB) is decided too."""
+    import numpy as np
+    from test_properties import DATA, robustness_property
+
+    from service.api.jobs import MAX_JOB_BODY
+
+    data = np.load(DATA)
+    text = robustness_property(data["x"][2].astype(np.float64), int(data["y"][2]), 0.001)
+    padded = text + "".join(f"; {'padding ' * 12}{i}\n" for i in range(MAX_JOB_BODY // 100 + 1))
+    prop = tmp_path / "large.vnnlib"
+    prop.write_text(padded)
+    assert len(padded) > MAX_JOB_BODY
+    model = tmp_path / "digits_mlp.onnx"
+    model.write_bytes(open("examples/digits_mlp.onnx", "rb").read())
+    r = CliRunner().invoke(main, ["submit", str(model), "--samples", "2", "--attacks", "none", "--property", str(prop),
+                                  "--property-timeout", "20", "--wait", "--json"], env=_env(service))
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)
+    (entry,) = job["config"]["properties"]
+    assert entry["name"] == "large" and entry["property_id"].startswith("sha256:") and "vnnlib" not in entry
+    assert job["state"] == "succeeded", job

@@ -128,3 +128,19 @@ def test_webhook_is_called_when_the_job_ends(service, tiny_model):
         assert received == [{"id": job_id, "state": "succeeded", "model": tiny_model, "error": None}]
     finally:
         server.shutdown()
+
+
+def test_filtered_listings_follow_a_job_through_its_states(service, tiny_model):
+    """Over HTTP: a cancelled job and a finished one each appear under their current state (and model) only."""
+    s = service.session("slow")
+    runs, stops = (s.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 2, "attacks": "none"})
+                   .json()["id"] for _ in range(2))
+    assert s.delete(service.url(f"/v1/jobs/{stops}")).status_code == 202
+
+    def listed(state):
+        r = s.get(service.url("/v1/jobs"), params={"state": state, "model": tiny_model, "limit": 500})
+        return {j["id"] for j in r.json()["items"]}
+
+    assert stops in listed("cancelled") and stops not in listed("queued") | listed("running")
+    assert service.wait_job(runs, who="slow", timeout=120)["state"] == "succeeded"
+    assert runs in listed("succeeded") and runs not in listed("queued") | listed("running") | listed("cancelled")

@@ -230,6 +230,48 @@ def test_job_quota(service, tiny_model):
             bob.delete(service.url(f"/v1/jobs/{job_id}"))
 
 
+def test_concurrent_job_requests_never_exceed_the_quota(service, tiny_model):
+    """Many simultaneous POSTs for one tenant (whose jobs run slowly, so they stay active): the tenant's queued and
+    running jobs, sampled in Redis throughout, never exceed the quota; the requests over it get 429."""
+    import threading
+
+    from service_fixtures import JOB_QUOTA
+
+    from service.core.records import Records, connect
+
+    records = Records(connect(service.env["REDIS_URL"]))
+    slow, highest, done = service.session("slow"), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            highest[0] = max(highest[0], records.active_jobs("slow"))
+
+    barrier, answers = threading.Barrier(3 * JOB_QUOTA), []
+
+    def post():
+        session = service.session("slow")
+        barrier.wait()
+        answers.append(session.post(service.url("/v1/jobs"), json={"model": tiny_model, "samples": 4,
+                                                                   "attacks": "none"}, timeout=30))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=post) for _ in range(3 * JOB_QUOTA)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    sampler.join()
+    created = [r.json()["id"] for r in answers if r.status_code == 202]
+    try:
+        assert highest[0] <= JOB_QUOTA and 1 <= len(created) <= JOB_QUOTA, (highest[0], len(created))
+        assert {r.status_code for r in answers} == {202, 429}
+    finally:
+        for job_id in created:
+            slow.delete(service.url(f"/v1/jobs/{job_id}"))
+
+
 def test_webhook_to_an_internal_address_is_refused(service, tiny_model):
     r = service.submit(tiny_model, webhook_url="http://169.254.169.254/latest/meta-data")
     body = problem(r, 422, "webhook_refused")

@@ -198,6 +198,7 @@ class JobRunner:
 
             raise ModelRejected("artifact_missing", "the model or dataset is no longer in the artifact store")
         config = dict(job["config"], time_budget_s=budget)  # the pipeline stops at the budget the service allows
+        config["properties"] = [self._property_text(entry) for entry in config.get("properties") or []]
         if config.get("device", "auto") == "auto":
             config["device"] = self.device
         transfer_paths = [self.store.local_path("models", other) for other in job.get("transfer_to") or []]
@@ -208,6 +209,18 @@ class JobRunner:
         return run_pipeline(model_path, config, dataset=dataset_path, progress=self.progress(job),
                             cancelled=lambda: self.records.cancel_requested(job["id"]), signer=self.signer(),
                             model_name=job.get("model_name") or "model.onnx", transfer_to=transfer_paths)
+
+    def _property_text(self, entry: dict) -> dict:
+        """A job's property with its VNN-LIB text: one uploaded to /v1/properties is read from the store."""
+        if "property_id" not in entry:
+            return entry
+        path = self.store.local_path("properties", entry["property_id"])
+        if path is None:
+            from certify.errors import ModelRejected
+
+            raise ModelRejected("artifact_missing", f"the property {entry['name']} is no longer in the artifact store")
+        with open(path, "rb") as f:
+            return {"name": entry["name"], "vnnlib": f.read().decode("utf-8")}  # checked as UTF-8 at upload
 
     def progress(self, job: dict):
         """The progress callback of ``job``'s pipeline run."""

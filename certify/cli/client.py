@@ -60,8 +60,12 @@ class ApiClient:
 
     def upload(self, kind: str, path: str) -> dict:
         with open(path, "rb") as f:
-            return self.call("POST", f"/v1/{kind}", data=f, params={"name": os.path.basename(path)},
-                             headers={"Content-Type": "application/octet-stream"}).json()
+            return self.send(kind, f, os.path.basename(path))
+
+    def send(self, kind: str, data, name: str) -> dict:
+        """POST ``data`` (bytes or a file) to /v1/``kind``; the record the server keeps."""
+        return self.call("POST", f"/v1/{kind}", data=data, params={"name": name},
+                         headers={"Content-Type": "application/octet-stream"}).json()
 
     def job(self, job_id: str) -> dict:
         return self.call("GET", f"/v1/jobs/{job_id}").json()
@@ -141,6 +145,10 @@ def submit(model, data, norms, epsilons, certifiers, attacks, samples, seed, inp
     except ModelRejected as e:
         _fail(e.code, e.message)
     client = ApiClient(url, token)
+    # properties go up as files, named by id in the job (whose body is capped far below a large .vnnlib)
+    config["properties"] = [{"name": p["name"], "property_id": client.send("properties", p["vnnlib"].encode(),
+                                                                           f"{p['name']}.vnnlib")["id"]}
+                            for p in config.get("properties") or []]
     body = {"model": client.upload("models", model)["id"], **config}
     if data:
         body["dataset"] = client.upload("datasets", data)["id"]

@@ -17,7 +17,9 @@ much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the
 line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
 relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
 subdomain is offered to ``candidate`` (which confirms counterexamples), and a subdomain with no unstable neuron
-left that is still open ends the search (``stuck``: its bound is as tight as this relaxation gets).
+left is a leaf: the network is affine on it, and its linear programs (:mod:`certify.local.leaf_lp`) bound it
+exactly (their minimisers are candidates too); one they leave open gets a longer beta optimisation, and one still
+open ends the search (``stuck``).
 
 The search stops at ``deadline`` (checked between batches and inside every propagation), when the open
 subdomains would exceed ``max_bytes`` of stored boxes, or when a candidate is confirmed.
@@ -34,6 +36,7 @@ import torch
 
 from certify.local.bounds import BoundTimeout, Propagation, varying_names
 from certify.local.float_error import forward_errors
+from certify.local.leaf_lp import close_leaves
 from certify.local.region import Region
 from certify.local.rules import Interval, UnsupportedOperator
 
@@ -264,8 +267,14 @@ class ReluSearch:
                 return None
             branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
             leaves = open_[~has.numpy()]
-            if leaves.size:  # every neuron split: optimise the multipliers further (the LP dual of the leaf)
-                if not self._leaves_closed(prop, spec, margin, leaves):
+            if leaves.size:  # every neuron split: the leaf's exact LP, then a longer beta optimisation
+                lp_closed, found = close_leaves(prop, [name for _, name in self.steps], spec, margin, leaves,
+                                                candidate)
+                if found is not None:
+                    outcome.result, outcome.found = "found", found
+                    return None
+                rest = leaves[~lp_closed]
+                if rest.size and not self._leaves_closed(prop, spec, margin, rest):
                     outcome.result = "stuck"
                     return None
                 done[leaves] = True

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from certify.convert import pad_batch
 from certify.local.bounds import DEFAULT_MEMORY, Propagation, check_supported, float64_graph
 from certify.local.float_error import forward_errors
 from certify.local.lipschitz import LayerBound, local_lipschitz
@@ -135,7 +136,8 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     margin = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
     if not np.all(margin >= 0):
         raise ValueError("margin must be non-negative (it is an error bound)")
-    if graph.reshapes_by_batch():  # a graph exported for a fixed batch: propagate that many samples at a time
+    whole = graph.reshapes_by_batch()  # a graph exported for a fixed batch: propagate exactly that many samples
+    if whole:
         batch_size = graph.fixed_batch
     start = time.monotonic()
     result = SampleVerdicts(norm, float(eps), order, np.zeros(n, bool), {m: np.zeros(n, bool) for m in order},
@@ -144,9 +146,9 @@ def certify_samples(module, x, y, eps: float, norm: str = "linf", input_range=(0
     layer_rows: list[list[LayerBound]] = []
     for first in range(0, n, batch_size):
         batch = slice(first, min(n, first + batch_size))
-        rows = _certify_batch(graph, x[batch], y[batch], eps, norm, input_range, order, result, batch, start,
-                              time_budget, margin[batch], skip_certified, alpha_steps, memory, global_pairs,
-                              float_error)
+        xb, yb, mb = (pad_batch(a[batch], batch_size) if whole else a[batch] for a in (x, y, margin))
+        rows = _certify_batch(graph, xb, yb, eps, norm, input_range, order, result, batch, start, time_budget, mb,
+                              skip_certified, alpha_steps, memory, global_pairs, float_error, whole)
         if rows:
             layer_rows.append(rows)
     result.layers = _merged_layers(layer_rows)
@@ -165,11 +167,15 @@ def _merged_layers(batches: list[list[LayerBound]]) -> list[LayerBound]:
 
 def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleVerdicts, batch: slice, start,
                    time_budget, margin, skip_certified, alpha_steps, memory, global_pairs,
-                   float_error=True) -> list[LayerBound]:
+                   float_error=True, whole=False) -> list[LayerBound]:
+    """Certify the samples ``batch`` (``xb``, beyond them the padding of a fixed batch's last chunk). ``whole``:
+    bound every sample of ``xb`` in each method (a graph exported for a fixed batch runs on no other count), and
+    keep the results of those the method was for."""
     with torch.no_grad():
         logits = graph(xb).reshape(xb.shape[0], -1)
     correct = logits.argmax(1) == yb
-    result.correct[batch] = correct.cpu().numpy()
+    correct[batch.stop - batch.start:] = False  # the padding is nobody's sample
+    result.correct[batch] = correct[:batch.stop - batch.start].cpu().numpy()
     spec = margin_spec(yb, logits.shape[1])
     region = Region.ball(xb, eps, norm, input_range)
     done = torch.zeros_like(correct)
@@ -183,33 +189,36 @@ def _certify_batch(graph, xb, yb, eps, norm, input_range, order, result: SampleV
         index = active.nonzero().flatten()
         if index.numel() == 0:
             continue
+        run = torch.arange(xb.shape[0], device=index.device) if whole else index  # the samples bounded
         began = time.monotonic()
         rounding = None  # the float error of the margin rows over ``used``, once per method and batch
         try:
             if method == "ibp":
-                used = Propagation(graph, region.subset(index), "ibp", memory)
-                low = used.lower(spec[:, index])
+                used = Propagation(graph, region.subset(run), "ibp", memory)
+                low = used.lower(spec[:, run])
             else:
-                if crown is None or not bool(torch.isin(index, crown[0]).all()):
-                    crown = (index, Propagation(graph, region.subset(index), "crown", memory))
-                where = torch.searchsorted(crown[0], index)
+                if crown is None or not bool(torch.isin(run, crown[0]).all()):
+                    crown = (run, Propagation(graph, region.subset(run), "crown", memory))
+                where = torch.searchsorted(crown[0], run)
                 prop = used = crown[1] if where.numel() == crown[0].numel() else crown[1].subset(where)
                 if method == "crown":
-                    low = prop.lower(spec[:, index])
+                    low = prop.lower(spec[:, run])
                 elif method == "alpha-crown":
-                    tuned = Propagation(graph, region.subset(index), "crown", memory, alpha_steps=alpha_steps)
-                    low = torch.maximum(tuned.lower(spec[:, index]), prop.lower(spec[:, index]))
+                    tuned = Propagation(graph, region.subset(run), "crown", memory, alpha_steps=alpha_steps)
+                    low = torch.maximum(tuned.lower(spec[:, run]), prop.lower(spec[:, run]))
                 else:
-                    rounding = _float_margin(prop, spec[:, index], result) if float_error else None
-                    low, layers = _lipschitz_lower(prop, logits[index], yb[index], spec[:, index], eps, result, batch,
-                                                   index, global_pairs, margin, 0.0 if rounding is None else rounding)
+                    rounding = _float_margin(prop, spec[:, run], result) if float_error else None
+                    low, layers = _lipschitz_lower(prop, logits[run], yb[run], spec[:, run], eps, result, batch,
+                                                   run, index, global_pairs, margin,
+                                                   0.0 if rounding is None else rounding)
         except UnsupportedOperator as e:
             result.skipped.setdefault(method, e.message)
             continue
         finally:
             result.seconds[method] += time.monotonic() - began
         if float_error:
-            low = low - (_float_margin(used, spec[:, index], result) if rounding is None else rounding)
+            low = low - (_float_margin(used, spec[:, run], result) if rounding is None else rounding)
+        low = low[:, index] if whole else low  # the samples this method was for
         local = index.cpu().numpy()
         smallest = _smallest_margin(low, yb[index]).cpu().numpy() - margin[local]
         rows = np.arange(batch.start, batch.stop)[local]
@@ -230,19 +239,20 @@ def _float_margin(prop: Propagation, spec, result: SampleVerdicts):
         return 0.0
 
 
-def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, index,
+def _lipschitz_lower(prop: Propagation, logits, labels, spec, eps, result: SampleVerdicts, batch: slice, run, index,
                      global_pairs, margin: np.ndarray, rounding=0.0):
-    """Lower bounds ``m_j - L_j eps`` of each margin over the ball, and the per-layer rows; records radii (less
-    ``margin`` per sample and the float error ``rounding`` per row and sample)."""
+    """Lower bounds ``m_j - L_j eps`` of each margin over the ball for the samples ``run`` (of the batch), and the
+    per-layer rows; records the radii of the samples ``index`` (among ``run``), less ``margin`` per sample and the
+    float error ``rounding`` per row and sample."""
     bounds = local_lipschitz(prop, labels, global_pairs)
     margins = torch.einsum("snk,nk->sn", spec, logits) - prop._spec_rounding(spec)  # (S, N)
     low = margins - bounds.pair.T * eps
     masked = (margins - rounding).T.clone()  # the radii hold for the float32 network too
     masked[torch.arange(labels.shape[0], device=labels.device), labels] = torch.inf
-    local = index.cpu().numpy()
-    masked = masked - torch.as_tensor(margin[local], dtype=masked.dtype, device=masked.device)[:, None]
-    rows = np.arange(batch.start, batch.stop)[local]
-    result.radius[rows] = bounds.radii(masked, eps).cpu().numpy()
+    masked = masked - torch.as_tensor(margin[run.cpu().numpy()], dtype=masked.dtype, device=masked.device)[:, None]
+    radii = bounds.radii(masked, eps)
+    keep = torch.searchsorted(run, index)  # where each of ``index`` sits in ``run``
+    result.radius[np.arange(batch.start, batch.stop)[index.cpu().numpy()]] = radii[keep].cpu().numpy()
     return low, bounds.layers
 
 

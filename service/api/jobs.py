@@ -10,7 +10,9 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from certify.config import job_warnings
+from certify.errors import ModelRejected
 from service.api.common import iso
+from service.auth import enforce_rate_limit
 from service.context import require_write, services, tenant
 from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
 from service.core.webhooks import WebhookRefused, check_webhook_target
@@ -23,9 +25,12 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Certificat
 _TIMES = ("created_at", "started_at", "finished_at", "updated_at")
 
 
+_PUBLIC = frozenset(JobSchema._declared_fields)  # what a job document shows (not tenant, report key, counters)
+
+
 def render(job: dict) -> dict:
-    """The public view of a job record."""
-    out = {k: v for k, v in job.items() if k not in ("tenant", "report_keyid")}
+    """The public view of a job record: exactly JobSchema's fields, JSON-ready."""
+    out = {k: v for k, v in job.items() if k in _PUBLIC}
     for k in _TIMES:
         out[k] = iso(job.get(k))
     out.setdefault("progress", 0.0)
@@ -38,8 +43,9 @@ def render(job: dict) -> dict:
     return out
 
 
-def _owned(job_id: str) -> dict:
-    job = services().records.tenant_job(tenant().name, job_id)
+def _owned(job_id: str, job: dict | None = None) -> dict:
+    """The tenant's job (``job`` when it was read already), or 404 (also for another tenant's)."""
+    job = job or services().records.tenant_job(tenant().name, job_id)
     if job is None:
         raise ApiProblem(404, "not_found", f"no job {job_id}")
     return job
@@ -69,8 +75,33 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
     check_fit(model, dataset, body)
+    _check_properties(t_name, body["properties"], model)
     _check_device(body.get("device", "auto"))
     return model, dataset
+
+
+def _check_properties(t_name: str, entries: list[dict], model: dict) -> None:
+    """Each uploaded property named exists for the tenant, and every property fits the model's declared sizes."""
+    from certify.properties import check_declared_fit
+    from certify.vnnlib import parse_vnnlib
+
+    records = services().records
+    for i, entry in enumerate(entries):
+        field = f"properties[{i}]"
+        if "property_id" in entry:
+            record = records.get_artifact(t_name, "properties", entry["property_id"])
+            if record is None:
+                raise ApiProblem(422, "unknown_property", f"no property {entry['property_id']}; upload it to "
+                                 "/v1/properties first", errors={f"{field}.property_id": ["unknown property"]})
+            sizes = record["inputs"], record["outputs"]
+        else:
+            parsed = parse_vnnlib(entry["vnnlib"])  # parsed by the schema already; cheap beside a job
+            sizes = parsed.n_inputs, parsed.n_outputs
+        try:
+            check_declared_fit(*sizes, model.get("inputs") or [], model.get("outputs") or [])
+        except ModelRejected as e:
+            raise ApiProblem(422, e.code, f"{field} ({entry['name']}): {e.message}",
+                             errors={field: [e.message]}) from None
 
 
 def _cuda_index(device: str) -> str:
@@ -150,10 +181,6 @@ def create_job(body):
 def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
     """Create the job record and queue it; a job that cannot be queued is removed again."""
     ctx = services()
-    if ctx.records.active_jobs(tenant_name) >= ctx.settings.job_quota:
-        raise ApiProblem(429, "job_quota_exceeded",
-                         f"{ctx.settings.job_quota} jobs are already queued or running for this tenant",
-                         headers={"Retry-After": "10"})
     config = {k: v for k, v in body.items() if k not in REQUEST_ONLY}
     created = now()
     job = {"id": job_id, "tenant": tenant_name, "state": QUEUED, "stage": None, "progress": 0.0, "eta_s": None,
@@ -161,7 +188,10 @@ def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
            "config": config, "transfer_to": body["transfer_to"], "webhook_url": body["webhook_url"], "attempts": 0,
            "error": None, "warnings": job_warnings(body["dataset"] is not None), "created_at": created,
            "started_at": None, "finished_at": None, "updated_at": created}
-    ctx.records.create_job(job)
+    if not ctx.records.create_job(job, ctx.settings.job_quota):  # checks the quota and creates in one step
+        raise ApiProblem(429, "job_quota_exceeded",
+                         f"{ctx.settings.job_quota} jobs are already queued or running for this tenant",
+                         headers={"Retry-After": "10"})
     try:
         ctx.queue.submit(job_id, float(config["time_budget_s"]))
     except Exception:
@@ -188,7 +218,11 @@ def list_jobs(query):
 @blp.response(200, JobSchema)
 def get_job(job_id):
     """State, stage, progress, ETA, timestamps and, on failure, the error."""
-    return render(_owned(job_id))
+    ctx = services()
+    allowed, job = ctx.records.allow_and_get_job(tenant().name, ctx.settings.rate_limit_per_s, job_id)
+    enforce_rate_limit(allowed)  # counted here: one Redis round trip for the whole request
+    # render() gives exactly JobSchema's fields: sent as they are, without a second pass through marshmallow
+    return Response(json.dumps(render(_owned(job_id, job))), mimetype="application/json")
 
 
 @blp.route("/<string:job_id>", methods=["DELETE"])

@@ -2,8 +2,10 @@
 
 Shared by the API and the workers; no Flask here. A job is a Redis hash whose values are JSON; every state change
 goes through one Lua script that checks the current state, so two processes can never both move a job (e.g. a
-cancel racing a completion). The script also keeps the per-state sets (metrics) and the per-tenant set of active
-jobs (quota) in step with the job hash.
+cancel racing a completion). The script also keeps the per-state sets (metrics), the per-tenant set of active
+jobs (quota) and the per-tenant listing indexes (sorted sets by creation time: all jobs, per state, per model, per
+model and state, so a filtered page reads only its own records) in step with the job hash. Creating a job is one
+script too, which checks the tenant's quota and writes the job, so concurrent creations never exceed the quota.
 """
 
 from __future__ import annotations
@@ -20,7 +22,41 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
-_TRANSITION = """
+_INDEX = """
+local function index(t, id, created, model, old, new)
+  for _, key in ipairs({t .. 'jobs:state:', t .. 'jobs:model:' .. model .. ':state:'}) do
+    if old then redis.call('ZREM', key .. old, id) end
+    if new then redis.call('ZADD', key .. new, created, id) end
+  end
+end
+"""
+
+# KEYS: job hash, prefix of the tenant keys. ARGV: job id. Index a job recorded before the listing indexes existed.
+_REINDEX = _INDEX + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'model', 'created_at')
+if not f[1] or not f[2] or not f[3] then return 0 end
+local model = cjson.decode(f[2])
+redis.call('ZADD', KEYS[2] .. 'jobs:model:' .. model, tonumber(f[3]), ARGV[1])
+index(KEYS[2], ARGV[1], tonumber(f[3]), model, nil, cjson.decode(f[1]))
+return 1
+"""
+INDEXED = PREFIX + "job-indexes:v1"  # set once every job recorded before the indexes existed is in them
+
+# KEYS: job hash, tenant prefix, global state-set prefix. ARGV: job id, quota, created_at, state, model, fields...
+_CREATE = _INDEX + """
+local quota = tonumber(ARGV[2])
+if quota >= 0 and redis.call('SCARD', KEYS[2] .. 'active') >= quota then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2] .. 'jobs', ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2] .. 'jobs:model:' .. ARGV[5], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[2] .. 'active', ARGV[1])
+redis.call('SADD', KEYS[3] .. ARGV[4], ARGV[1])
+index(KEYS[2], ARGV[1], ARGV[3], ARGV[5], nil, ARGV[4])
+return 1
+"""
+
+# KEYS: job hash, tenant prefix, global state-set prefix. ARGV: allowed states (JSON), new state, job id, fields...
+_TRANSITION = _INDEX + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 local allowed = cjson.decode(ARGV[1])
@@ -31,8 +67,10 @@ for _, s in ipairs(allowed) do
     redis.call('HSET', KEYS[1], 'state', cjson.encode(new), unpack(ARGV, 4))
     redis.call('SREM', KEYS[3] .. old, ARGV[3])
     redis.call('SADD', KEYS[3] .. new, ARGV[3])
+    local f = redis.call('HMGET', KEYS[1], 'created_at', 'model')
+    if f[1] and f[2] then index(KEYS[2], ARGV[3], tonumber(f[1]), cjson.decode(f[2]), old, new) end
     if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
-      redis.call('SREM', KEYS[2], ARGV[3])
+      redis.call('SREM', KEYS[2] .. 'active', ARGV[3])
     end
     return 1
   end
@@ -67,6 +105,8 @@ class Records:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._transition = client.register_script(_TRANSITION)
+        self._create = client.register_script(_CREATE)
+        self._reindex = client.register_script(_REINDEX)
 
     # -- keys
     @staticmethod
@@ -79,22 +119,37 @@ class Records:
 
     # -- models and datasets (records per tenant; the bytes are shared in the store)
     def put_artifact(self, tenant: str, kind: str, record: dict) -> bool:
-        """Save a model/dataset record; False when the tenant already had it (same id)."""
-        return bool(self.r.set(self._t(tenant, kind, record["id"]), json.dumps(record), nx=True))
+        """Save a model/dataset/property record (and list it); False when the tenant already had it (same id)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._t(tenant, kind, record["id"]), json.dumps(record), nx=True)
+        pipe.zadd(self._t(tenant, kind), {record["id"]: time.time()}, nx=True)
+        return bool(pipe.execute()[0])
 
     def get_artifact(self, tenant: str, kind: str, digest: str) -> dict | None:
         raw = self.r.get(self._t(tenant, kind, digest))
         return json.loads(raw) if raw else None
 
-    # -- jobs
-    def create_job(self, job: dict) -> None:
-        tenant, job_id = job["tenant"], job["id"]
+    def list_artifacts(self, tenant: str, kind: str, offset: int, limit: int) -> tuple[list[dict], int | None]:
+        """(records, next offset or None), newest first; reads only the page's ids and records."""
+        ids = self.r.zrevrange(self._t(tenant, kind), offset, offset + limit)  # one more: is there a next page?
+        page = ids[:limit]
+        raws = self.r.mget([self._t(tenant, kind, i) for i in page]) if page else []
+        return [json.loads(raw) for raw in raws if raw], (offset + limit if len(ids) > limit else None)
+
+    def delete_artifact(self, tenant: str, kind: str, digest: str) -> bool:
+        """Forget the tenant's record (the bytes stay: other tenants and queued jobs may hold the same digest)."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping=_encode(job))
-        pipe.zadd(self._t(tenant, "jobs"), {job_id: job["created_at"]})
-        pipe.sadd(self._t(tenant, "active"), job_id)
-        pipe.sadd(PREFIX + "state:" + job["state"], job_id)
-        pipe.execute()
+        pipe.delete(self._t(tenant, kind, digest))
+        pipe.zrem(self._t(tenant, kind), digest)
+        return bool(pipe.execute()[0])
+
+    # -- jobs
+    def create_job(self, job: dict, quota: int | None = None) -> bool:
+        """Record a new job, unless its tenant already has ``quota`` queued or running ones (then False)."""
+        flat = [x for kv in _encode(job).items() for x in kv]
+        keys = [self.job_key(job["id"]), self._t(job["tenant"], ""), PREFIX + "state:"]
+        args = [job["id"], -1 if quota is None else quota, job["created_at"], job["state"], job["model"], *flat]
+        return self._create(keys=keys, args=args) == 1
 
     def get_job(self, job_id: str) -> dict | None:
         raw = self.r.hgetall(self.job_key(job_id))
@@ -110,7 +165,7 @@ class Records:
         fields["updated_at"] = now()
         flat = [x for kv in _encode(fields).items() for x in kv]
         allowed = json.dumps([json.dumps(s) for s in from_states])
-        keys = [self.job_key(job["id"]), self._t(job["tenant"], "active"), PREFIX + "state:"]
+        keys = [self.job_key(job["id"]), self._t(job["tenant"], ""), PREFIX + "state:"]
         return self._transition(keys=keys, args=[allowed, to_state, job["id"], *flat]) == 1
 
     def update_job(self, job_id: str, **fields) -> None:
@@ -124,32 +179,39 @@ class Records:
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "cancel_requested") == "true"
 
+    def index_existing_jobs(self) -> int:
+        """Put the jobs of a store written before the listing indexes existed into them (once per store; each job
+        in one script, so a job that changes state meanwhile is indexed under its state). Returns how many."""
+        if self.r.exists(INDEXED):
+            return 0
+        n = 0
+        for key in self.r.scan_iter(match=PREFIX + "t:*:jobs", count=500, _type="zset"):
+            prefix = key[:-len("jobs")]
+            for job_id, _ in self.r.zscan_iter(key, count=500):
+                n += self._reindex(keys=[self.job_key(job_id), prefix], args=[job_id])
+        self.r.set(INDEXED, "1")
+        return n
+
+    def _job_index(self, tenant: str, state: str | None, model: str | None) -> str:
+        return self._t(tenant, "jobs") + (f":model:{model}" if model else "") + (f":state:{state}" if state else "")
+
     def list_jobs(self, tenant: str, state: str | None, model: str | None, offset: int, limit: int):
-        """(jobs, next offset or None), newest first, filtered by state and model."""
-        base = 0 if state or model else offset  # an unfiltered page reads its own ids (and one more), not all
-        ids = self.r.zrevrange(self._t(tenant, "jobs"), base, -1 if state or model else offset + limit)
-        if state:
-            members = self.r.smembers(PREFIX + "state:" + state)
-            ids = [i for i in ids if i in members]
-        out, position = [], offset - base
-        batch = limit if not model else 200  # without a model filter every fetched job is kept
-        while len(out) < limit and position < len(ids):
-            chunk = ids[position:position + batch]
+        """(jobs, next offset or None), newest first, filtered by state and model: one index holds exactly the
+        matching ids, so a page reads its own ids (and one more) and their records, whatever the filter. An id whose
+        record is gone, or whose job moved to another state since the index was read, is skipped."""
+        index, out, position = self._job_index(tenant, state, model), [], offset
+        while len(out) < limit:
+            want = limit - len(out)
+            ids = self.r.zrevrange(index, position, position + want)  # one more: is there a next page?
             pipe = self.r.pipeline(transaction=False)
-            for job_id in chunk:
+            for job_id in ids[:want]:
                 pipe.hgetall(self.job_key(job_id))
-            for raw in pipe.execute():
-                position += 1
-                if not raw:
-                    continue
-                job = _decode(raw)
-                if model and job.get("model") != model:
-                    continue
-                out.append(job)
-                if len(out) == limit:
-                    break
-        more = position < len(ids) or (not (state or model) and len(ids) > limit)
-        return out, (base + position if more else None)
+            found = [_decode(raw) for raw in pipe.execute() if raw] if ids else []
+            out += [j for j in found if state is None or j["state"] == state]
+            position += min(len(ids), want)
+            if len(ids) <= want:
+                return out, None
+        return out, position
 
     def active_jobs(self, tenant: str) -> int:
         return self.r.scard(self._t(tenant, "active"))
@@ -176,11 +238,15 @@ class Records:
 
     def discard_job(self, job: dict) -> None:
         """Remove a job that could not be queued (its creation is undone, so nothing waits for it)."""
+        job_id, state = job["id"], job["state"]
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.job_key(job["id"]))
-        pipe.zrem(self._t(job["tenant"], "jobs"), job["id"])
-        pipe.srem(self._t(job["tenant"], "active"), job["id"])
-        pipe.srem(PREFIX + "state:" + job["state"], job["id"])
+        pipe.delete(self.job_key(job_id))
+        for key in (self._job_index(job["tenant"], None, None), self._job_index(job["tenant"], state, None),
+                    self._job_index(job["tenant"], None, job["model"]),
+                    self._job_index(job["tenant"], state, job["model"])):
+            pipe.zrem(key, job_id)
+        pipe.srem(self._t(job["tenant"], "active"), job_id)
+        pipe.srem(PREFIX + "state:" + state, job_id)
         pipe.execute()
 
     # -- leases: one running attempt per job
@@ -208,13 +274,26 @@ class Records:
         return self.r.get(self._t(tenant, "report", model))
 
     # -- rate limiting: a fixed one-second window per tenant
-    def allow_request(self, tenant: str, per_second: int) -> bool:
+    def _count_request(self, pipe, tenant: str) -> None:
         key = self._t(tenant, "rl", str(int(time.time())))
-        pipe = self.r.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 2)
+
+    def allow_request(self, tenant: str, per_second: int) -> bool:
+        pipe = self.r.pipeline(transaction=False)
+        self._count_request(pipe, tenant)
         count, _ = pipe.execute()
         return count <= per_second
+
+    def allow_and_get_job(self, tenant: str, per_second: int, job_id: str) -> tuple[bool, dict | None]:
+        """:meth:`allow_request` and :meth:`tenant_job` in one round trip: what a polling client costs."""
+        pipe = self.r.pipeline(transaction=False)
+        self._count_request(pipe, tenant)
+        if job_id.startswith("job_"):
+            pipe.hgetall(self.job_key(job_id))
+        count, _, *raw = pipe.execute()
+        job = _decode(raw[0]) if raw and raw[0] else None
+        return count <= per_second, job if job and job.get("tenant") == tenant else None
 
     # -- metrics counters and worker heartbeats
     def add_upload_bytes(self, kind: str, n: int) -> None:

@@ -38,6 +38,7 @@ class Settings:
     public_keys: tuple[str, ...] = ()  # extra public key PEM paths published at /v1/keys (key rotation)
     max_model_bytes: int = 256 * 1024**2
     max_dataset_bytes: int = 256 * 1024**2
+    max_property_bytes: int = 16 * 1024**2  # an uploaded .vnnlib file (parsed whole at upload)
     upload_checks: int = 1  # concurrent upload checks per API process (each holds a few times the file in memory)
     rate_limit_per_s: int = 200  # requests per tenant per second
     job_quota: int = 50  # queued + running jobs per tenant
@@ -67,6 +68,7 @@ class Settings:
             public_keys=public,
             max_model_bytes=_int(env, "LIPCERT_MAX_MODEL_BYTES", cls.max_model_bytes),
             max_dataset_bytes=_int(env, "LIPCERT_MAX_DATASET_BYTES", cls.max_dataset_bytes),
+            max_property_bytes=_int(env, "LIPCERT_MAX_PROPERTY_BYTES", cls.max_property_bytes),
             upload_checks=max(1, _int(env, "LIPCERT_UPLOAD_CHECKS", cls.upload_checks)),
             rate_limit_per_s=_int(env, "LIPCERT_RATE_LIMIT", cls.rate_limit_per_s),
             job_quota=_int(env, "LIPCERT_JOB_QUOTA", cls.job_quota),

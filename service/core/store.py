@@ -1,4 +1,4 @@
-"""The artifact store: models, datasets and reports.
+"""The artifact store: models, datasets, VNN-LIB properties and reports.
 
 :class:`ArtifactStore` is the interface (an object store can implement it for multi-machine deployments);
 :class:`LocalArtifactStore` is the default, a content-addressed directory. Every write goes to a temporary file in
@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-KINDS = ("models", "datasets", "reports")
+KINDS = ("models", "datasets", "properties", "reports")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
