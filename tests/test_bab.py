@@ -42,7 +42,7 @@ def root_bound(g64, lower, upper) -> float:
     return float(Propagation(g64, region, "crown").lower(torch.ones((1, 1, 1), dtype=torch.float64), alpha_steps=20))
 
 
-def search(g64, lower, upper, threshold, seconds=20.0):
+def search(g64, lower, upper, threshold, seconds=20.0, refine=False):
     """Prove ``y > threshold`` over the box; the candidate check is the exact (float64) network."""
 
     def candidate(xs):
@@ -52,11 +52,12 @@ def search(g64, lower, upper, threshold, seconds=20.0):
         return xs[bad[0]] if bad.size else None
 
     spec = Spec(np.ones((1, 1)), np.array([threshold]), [np.array([0])], np.zeros(1))
-    return ReluSearch(g64, lower.shape).run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
+    search = ReluSearch(g64, lower.shape, refine=refine)
+    return search.run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed):
+@pytest.mark.parametrize("seed, refine", [(1, False), (2, False), (1, True)])
+def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed, refine):
     model, _ = mlp(2, (10, 10), seed)
     g64 = float64_graph(to_torch(model))
     lower, upper = -np.ones(2), np.ones(2)
@@ -69,8 +70,8 @@ def test_on_a_2d_grid_bab_proves_below_the_minimum_and_never_above_it(seed):
     slope = np.abs(np.diff(square, axis=0)).max() + np.abs(np.diff(square, axis=1)).max()
     below = grid_min - max(0.05, 2 * slope)  # the true minimum is within one grid step of the grid's
     assert root_bound(g64, lower, upper) < below  # plain (alpha-)CROWN cannot prove it
-    assert search(g64, lower, upper, below).result == "holds"
-    above = search(g64, lower, upper, grid_min + 1e-3, seconds=4)  # a grid point breaks it
+    assert search(g64, lower, upper, below, refine=refine).result == "holds"
+    above = search(g64, lower, upper, grid_min + 1e-3, seconds=4, refine=refine)  # a grid point breaks it
     assert above.result != "holds"  # found, stuck or out of time (a leaf's vertices need not break it)
 
 
@@ -187,3 +188,84 @@ def test_a_residual_cnn_with_pooling_goes_through_the_split_search(tmp_path):
         verdict = decider.decide(prop, timeout=5)
         assert verdict.result != ("violated" if threshold < root else "holds" if threshold > centre else "-")
     assert time.monotonic() - start < 25
+
+
+def grid_values(g64, lower, upper, points=201) -> np.ndarray:
+    axis = [np.linspace(lo, hi, points) for lo, hi in zip(lower, upper)]
+    grid = np.stack(np.meshgrid(*axis), -1).reshape(-1, 2)
+    with torch.no_grad():
+        return g64(torch.as_tensor(grid)).reshape(len(grid), -1).numpy()
+
+
+def test_warm_started_bounds_stay_sound_and_start_where_the_parent_ended():
+    """Any warm start (even out of range: it is clamped) gives a bound below the true minimum on each split
+    subdomain; started from the root's last slopes a child is at least as tight as plain CROWN on it."""
+    model, _ = mlp(2, (12, 12), 11)
+    g64 = float64_graph(to_torch(model))
+    name = ReluSearch(g64, (2,)).steps[0][1]
+    root = Propagation(g64, Region.box(-torch.ones((1, 2), dtype=torch.float64), torch.ones((1, 2),
+                                                                                               dtype=torch.float64)),
+                       "crown")
+    c = torch.ones((1, 2, 1), dtype=torch.float64)
+    kept: dict = {}
+    root.lower(c[:, :1], alpha_steps=10, keep=kept)
+    neuron = int(((root.bounds[name].lo < 0) & (root.bounds[name].hi > 0)).flatten().nonzero()[0])
+    splits = torch.zeros((2, *root.bounds[name].lo.shape[1:]))
+    splits[0, neuron], splits[1, neuron] = 1.0, -1.0
+    region = Region.box(-torch.ones((2, 2), dtype=torch.float64), torch.ones((2, 2), dtype=torch.float64))
+    child = Propagation(g64, region, "crown", splits={name: splits}, prior={name: root.bounds[name]},
+                        keep_prior=True)
+    values = grid_values(g64, -np.ones(2), np.ones(2))[:, 0]
+    with torch.no_grad():
+        pre = dict(g64.run(torch.as_tensor(np.stack(np.meshgrid(*[np.linspace(-1, 1, 201)] * 2), -1).reshape(-1, 2)),
+                           keep=True)[1])[name][:, neuron].numpy()
+    truth = [values[pre >= 0].min(), values[pre <= 0].min()]
+    plain = child.lower(c, alpha_steps=0)
+    warm = {"theta": {i: t.expand(1, 2, *t.shape[2:]) for i, t in kept["theta"].items()}}
+    assert bool((child.lower(c, alpha_steps=0, warm=warm) >= plain - 1e-12).all())
+    wild = {"theta": {i: torch.full_like(t, 5.0) for i, t in warm["theta"].items()},
+            "beta": {i: torch.full((1, 2, *splits.shape[1:]), -3.0) for i in warm["theta"]}}
+    for start in (warm, wild):
+        low = child.lower(c, alpha_steps=5, warm=start)[0].numpy()
+        assert np.all(low <= np.array(truth) + 1e-9)
+
+
+def test_a_dense_step_back_propagates_through_its_weight_matrix():
+    model, params = mlp(3, (5,), 12)
+    g64 = float64_graph(to_torch(model))
+    prop = Propagation(g64, Region.box(-torch.ones((2, 3), dtype=torch.float64), torch.ones((2, 3),
+                                                                                              dtype=torch.float64)))
+    index = next(i for i, (op, _, _) in enumerate(prop.steps) if op.op_type == "Gemm")
+    op, inputs, _ = prop.steps[index]
+    matrix = prop._dense_matrix(op, inputs, prop._args(inputs, prop.bounds))
+    weight = next(w for k, w in params.items() if w.shape == (5, 3))
+    assert matrix is not None and np.array_equal(matrix.numpy(), weight)
+
+
+def test_every_disjunct_is_refuted_on_its_own_and_a_reachable_one_is_never_proved():
+    """Two outputs, unsafe ``y0 <= t0`` or ``y1 <= t1``: below both grid minima it holds; with one threshold
+    above its minimum it is never proved."""
+    m = Model((1, 2), 13, scale=1.0)
+    h = "x"
+    for fan_in in (2, 10):
+        h = m.add("Relu", [m.add("Gemm", [h, m.weight(10, fan_in), m.weight(10)], transB=1)])
+    model = m.model(m.add("Gemm", [h, m.weight(2, 10), m.weight(2)], transB=1), ["N", 2])
+    g64 = float64_graph(to_torch(model))
+    lower, upper = -np.ones(2), np.ones(2)
+    values = grid_values(g64, lower, upper, 401)
+    square = values.reshape(401, 401, 2)
+    slope = np.abs(np.diff(square, axis=0)).max((0, 1)) + np.abs(np.diff(square, axis=1)).max((0, 1))
+    below = values.min(0) - np.maximum(0.05, 2 * slope)
+
+    def run(thresholds, seconds):
+        def candidate(xs):
+            with torch.no_grad():
+                y = g64(torch.as_tensor(xs)).numpy()
+            bad = np.flatnonzero((y <= thresholds).any(1))
+            return xs[bad[0]] if bad.size else None
+
+        spec = Spec(np.eye(2), thresholds, [np.array([0]), np.array([1])], np.zeros(2))
+        return ReluSearch(g64, (2,)).run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
+
+    assert run(below, 20).result == "holds"
+    assert run(np.array([below[0], values.min(0)[1] + 1e-3]), 4).result != "holds"

@@ -3,11 +3,16 @@
 A subdomain fixes the sign of some Relu-like pre-activations (+1 active, -1 inactive). Each is bounded by
 :class:`~certify.local.bounds.Propagation` with its ``splits`` (the split neurons' relaxations become their exact
 linear pieces, and alpha-CROWN also optimises the split multipliers: beta-CROWN, Wang et al. 2021) and with its
-parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch.
+parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch, each
+warm-started from the slopes and multipliers its parent ended with (any start is sound; a good one saves steps).
+The root gets optimised intermediate bounds (alpha-CROWN per intermediate neuron, Xu et al. 2021) and more steps.
 
 The specification is a disjunction of groups of rows ``C y - d``; a subdomain is done when, for every group, some
 row's lower bound minus the row's float32 error allowance exceeds ``margin``, or when its boxes are empty (no input
-has that sign pattern). Every other subdomain is split in two on the neuron of largest score, an estimate of how
+has that sign pattern). After the root, every group still open is searched on its own rows (each must be refuted,
+and a split that helps one group need not help another), the hardest first. The allowance is the whole box's; a
+subdomain that only the allowance keeps open gets its own (the forward error analysis over its boxes, started
+from the root's). Every open subdomain is split in two on the neuron of largest score, an estimate of how
 much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the intercept the upper relaxation
 line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
 relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
@@ -30,12 +35,16 @@ import numpy as np
 import torch
 
 from certify.local.bounds import BoundTimeout, Propagation, varying_names
+from certify.local.float_error import forward_errors
 from certify.local.leaf_lp import close_leaves
 from certify.local.region import Region
-from certify.local.rules import Interval
+from certify.local.rules import Interval, UnsupportedOperator
 
-MAX_BATCH = 256  # parents split per batch (twice as many children bounded)
-DEFAULT_ALPHA_STEPS = 8
+MAX_BATCH = 1024  # parents split per batch (twice as many children bounded)
+BATCH_ELEMENTS = 2**23  # children x rows x widest tensor per batch (bounds the backward coefficients' memory)
+DEFAULT_ALPHA_STEPS = 8  # per child, warm-started from its parent's parameters
+ROOT_ALPHA_STEPS, ROOT_INTERMEDIATE_STEPS = 30, 10  # the root: the output's and every intermediate bound's slopes
+ROOT_INTERMEDIATE_SHARE = 0.25  # of the time left: the most the root's intermediate optimisation may take
 DEFAULT_MAX_BYTES = 2**30
 LEAF_STEPS, LEAF_LR = 200, 0.5  # beta optimisation of a subdomain with every neuron split
 
@@ -49,6 +58,10 @@ class Spec:
     groups: list[np.ndarray]
     error: np.ndarray
 
+    def subset(self, rows: np.ndarray) -> Spec:
+        """The specification of one group of rows (a single disjunct)."""
+        return Spec(self.C[rows], self.d[rows], [np.arange(len(rows))], self.error[rows])
+
 
 @dataclass
 class Outcome:
@@ -60,28 +73,38 @@ class Outcome:
 
 @dataclass
 class Domains:
-    """A stack of subdomains: split signs and prior boxes per split tensor, (M, *shape) each."""
+    """A stack of subdomains: split signs and prior boxes per split tensor, (M, *shape) each, and the warm start of
+    their bounds: the alpha-CROWN slopes and split multipliers their parent ended with, (M, S, *shape) per step."""
 
     splits: dict[str, torch.Tensor]
     lo: dict[str, torch.Tensor]
     hi: dict[str, torch.Tensor]
+    theta: dict[int, torch.Tensor]
+    beta: dict[int, torch.Tensor]
     branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
     worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
+
+    FIELDS = ("splits", "lo", "hi", "theta", "beta")
 
     def __len__(self) -> int:
         return int(self.branch.shape[0])
 
     def take(self, index) -> Domains:
-        pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in ("splits", "lo", "hi")}
-        return Domains(pick["splits"], pick["lo"], pick["hi"], self.branch[index], self.worst[index])
+        pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in self.FIELDS}
+        return Domains(**pick, branch=self.branch[index], worst=self.worst[index])
+
+    def rows(self, rows: np.ndarray) -> Domains:
+        """The same subdomains with the warm start of some specification rows only."""
+        index = torch.as_tensor(rows)
+        return Domains(self.splits, self.lo, self.hi, {i: t[:, index] for i, t in self.theta.items()},
+                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst)
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         first = parts[0]
-        join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)}
-                for k in ("splits", "lo", "hi")}
-        return Domains(join["splits"], join["lo"], join["hi"], torch.cat([p.branch for p in parts]),
-                       torch.cat([p.worst for p in parts]))
+        join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)
+                    if all(n in getattr(p, k) for p in parts)} for k in Domains.FIELDS}  # a warm start may lack a step
+        return Domains(**join, branch=torch.cat([p.branch for p in parts]), worst=torch.cat([p.worst for p in parts]))
 
 
 def split_steps(graph) -> list[tuple[int, str]]:
@@ -98,13 +121,17 @@ def split_steps(graph) -> list[tuple[int, str]]:
 
 
 class ReluSearch:
-    """Branch and bound for one float64 graph (:func:`~certify.local.bounds.float64_graph`)."""
+    """Branch and bound for one float64 graph (:func:`~certify.local.bounds.float64_graph`).
+
+    ``refine``: a child's intermediate boxes after the layer of its new split are bounded by CROWN again (with the
+    split), not only kept from the parent."""
 
     def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = DEFAULT_ALPHA_STEPS,
                  max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False):
         self.graph, self.shape, self.refine = graph, tuple(input_shape), refine
         self.alpha_steps, self.max_bytes = alpha_steps, max_bytes
         self.steps = split_steps(graph)
+        self.names = [name for _, name in self.steps]
 
     @property
     def applicable(self) -> bool:
@@ -120,11 +147,32 @@ class ReluSearch:
         return outcome
 
     def _search(self, lower, upper, spec, margin, deadline, candidate, outcome) -> None:
+        """The root with every row; then each disjunct still open on its own rows (every one must be refuted, and
+        a split that helps one need not help another), starting from the root's boxes and slopes."""
         root = self._bound(lower, upper, spec, margin, None, deadline, candidate, outcome)
         if outcome.result != "timeout":
             return
-        todo = [root] if root is not None else []
+        if root is None:
+            outcome.result = "holds"
+            return
+        starts = []
+        for rows in spec.groups:
+            part = spec.subset(rows)
+            first = self._bound(lower, upper, part, margin, root.rows(rows), deadline, candidate, outcome, steps=0)
+            if outcome.result != "timeout":
+                return
+            if first is not None:
+                starts.append((float(first.worst.min()), part, first))
+        for _, part, first in sorted(starts, key=lambda t: t[0]):  # the hardest first: most likely violated
+            self._loop(lower, upper, part, margin, first, deadline, candidate, outcome)
+            if outcome.result != "holds":
+                return
+
+    def _loop(self, lower, upper, spec, margin, first: Domains, deadline, candidate, outcome) -> None:
+        """Split the hardest open subdomains, a growing batch at a time, until none is open."""
+        todo = [first]
         batch = 8
+        outcome.result = "timeout"
         while todo:
             if time.monotonic() > deadline:
                 return
@@ -141,13 +189,17 @@ class ReluSearch:
             if outcome.result != "timeout":
                 return
             spent, left = time.monotonic() - now, deadline - time.monotonic()
-            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, MAX_BATCH))
+            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, self._max_batch(spec)))
             if children is not None:
                 todo.append(children)
         outcome.result = "holds"
 
+    def _max_batch(self, spec: Spec) -> int:
+        widest = max(int(np.prod(self.shape)), *(t.numel() for t in self._sizes.values()))
+        return int(np.clip(BATCH_ELEMENTS // (2 * spec.C.shape[0] * widest), 1, MAX_BATCH))
+
     def _bytes(self, domains: Domains) -> int:
-        return sum(t.numel() * t.element_size() for k in ("splits", "lo", "hi") for t in getattr(domains, k).values())
+        return sum(t.numel() * t.element_size() for k in Domains.FIELDS for t in getattr(domains, k).values())
 
     def _children(self, parents: Domains) -> Domains:
         """Two children per parent: its branch neuron split active (+1) and inactive (-1)."""
@@ -156,7 +208,7 @@ class ReluSearch:
         sign = torch.cat([torch.ones(m), -torch.ones(m)]).to(torch.int8)
         offset = 0
         splits = {}
-        for _, name in self.steps:
+        for name in self.names:
             t = both.splits[name].flatten(1).clone()
             size = t.shape[1]
             local = both.branch - offset
@@ -165,24 +217,45 @@ class ReluSearch:
             t[rows, local[rows]] = sign[rows]
             splits[name] = t.reshape(both.splits[name].shape)
             offset += size
-        return Domains(splits, both.lo, both.hi, both.branch, both.worst)
+        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst)
+
+    def _kept(self, domains: Domains) -> bool | set:
+        """The tensors whose parent boxes the children keep: all, or (``refine``) those up to the layer of the
+        earliest new split (later ones change with it)."""
+        if not self.refine:
+            return True
+        sizes = np.cumsum([domains.splits[name][0].numel() for name in self.names])
+        layer = int(np.searchsorted(sizes, int(domains.branch.min()), side="right"))
+        return set(self.names[: layer + 1])
 
     def _bound(self, lower, upper, spec: Spec, margin, domains: Domains | None, deadline, candidate,
-               outcome: Outcome) -> Domains | None:
-        """Bound ``domains`` (None: the root), record progress in ``outcome``; the open ones with their next
-        branch, or None when none is open."""
+               outcome: Outcome, steps: int | None = None) -> Domains | None:
+        """Bound ``domains`` (None: the root) with ``steps`` alpha steps (default: the root's or the children's),
+        record progress in ``outcome``; the open ones with their next branch, or None when none is open."""
         n = 1 if domains is None else len(domains)
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
-        splits = None if domains is None else domains.splits
-        prior = None if domains is None else {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
-        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=splits, prior=prior, deadline=deadline,
-                           keep_prior=not self.refine)
+        if domains is None:
+            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
+            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
+                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
+            steps, warm = ROOT_ALPHA_STEPS if steps is None else steps, None
+            self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
+            self._errors = self._root_errors(prop)
+        else:
+            prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
+            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
+                               deadline=deadline, keep_prior=self._kept(domains))
+            steps = self.alpha_steps if steps is None else steps
+            warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
         c = self._spec_rows(prop, spec, n)
-        gap = self._gap(prop.lower(c, alpha_steps=self.alpha_steps, stop=self._stop(spec, margin)), spec)
+        kept: dict = {}
+        low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin), warm=warm, keep=kept)
+        exact = low.detach().T.numpy() - spec.d[None]
+        gap = exact - self._allowance(prop, c, spec, exact, margin)
         record: dict = {}
         with torch.no_grad():
-            coef_in, _ = prop.backward(prop.output_name, c, record=record)
+            coef_in, _ = prop.backward(prop.output_name, c, kept.get("theta"), kept.get("beta"), record=record)
         done, weight, worst = self._closed(gap, spec, margin)
         done |= prop.infeasible().numpy()
         outcome.domains += n
@@ -211,12 +284,13 @@ class ReluSearch:
             return None
         branch, _ = self._branch(prop, record, torch.as_tensor(weight), open_)
         index = torch.as_tensor(open_)
-        names = [name for _, name in self.steps]
         split_now = {name: (prop.splits[name][index].to(torch.int8) if name in prop.splits else
-                            torch.zeros(prop.bounds[name].lo[index].shape, dtype=torch.int8)) for name in names}
-        return Domains(split_now, {name: prop.bounds[name].lo[index] for name in names},
-                       {name: prop.bounds[name].hi[index] for name in names}, branch,
-                       torch.as_tensor(worst[open_]))
+                            torch.zeros(prop.bounds[name].lo[index].shape, dtype=torch.int8)) for name in self.names}
+        warm_now = {k: {i: t[:, index].transpose(0, 1).to(torch.float32) for i, t in kept.get(k, {}).items()}
+                    for k in ("theta", "beta")}
+        return Domains(split_now, {name: prop.bounds[name].lo[index] for name in self.names},
+                       {name: prop.bounds[name].hi[index] for name in self.names}, warm_now["theta"],
+                       warm_now["beta"], branch, torch.as_tensor(worst[open_]))
 
     @staticmethod
     def _spec_rows(prop, spec: Spec, n: int) -> torch.Tensor:
@@ -246,6 +320,31 @@ class ReluSearch:
             weight[np.flatnonzero(~closed), rows[best[~closed]]] = 1.0
             worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
         return np.all(weight == 0, axis=1), weight, worst
+
+    def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float) -> np.ndarray:
+        """(n, S) float32 error allowances: the whole box's (``spec.error``), and for the subdomains only that keeps
+        open, the smaller one of the forward error analysis over their own boxes (tighter than the box's, with the
+        split neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside
+        its boxes."""
+        error = np.broadcast_to(spec.error, exact.shape).copy()
+        pick = np.flatnonzero(self._closed(exact, spec, margin)[0] & ~self._closed(exact - error, spec, margin)[0])
+        if pick.size:
+            index = torch.as_tensor(pick)
+            try:
+                local = forward_errors(prop.subset(index), prior=self._errors, signed=False).spec(c[:, index]).T.numpy()
+            except UnsupportedOperator:
+                return error
+            error[pick] = np.fmin(error[pick], np.where(np.isfinite(local), local, np.inf))
+        return error
+
+    @staticmethod
+    def _root_errors(prop) -> dict:
+        """The float32 error bounds over the whole box (they hold in every subdomain): each subdomain's own analysis
+        starts from them."""
+        try:
+            return forward_errors(prop).errors
+        except UnsupportedOperator:
+            return {}
 
     def _leaves_closed(self, prop, spec: Spec, margin: float, leaves: np.ndarray) -> bool:
         """Whether subdomains without unstable neurons close after a longer beta optimisation."""

@@ -16,8 +16,9 @@ sample and neuron (+1: the subdomain where it is >= 0, -1: <= 0, 0: free). The s
 the output also optimises one multiplier ``beta >= 0`` per split neuron: ``f(x) >= f(x) - beta s z(x)`` wherever
 ``s z(x) >= 0``, so adding ``-beta s`` to the coefficients reaching ``z`` keeps every bound valid on the subdomain.
 ``prior`` boxes (a parent subdomain's bounds) are intersected too; with ``keep_prior`` a tensor with a prior box is
-not refined by CROWN again (the cheap mode of beta-CROWN: only the output bound is re-optimised). A sample whose
-box becomes empty (``lo > hi``) is an empty subdomain (:meth:`Propagation.infeasible`). ``deadline``
+not refined by CROWN again (the cheap mode of beta-CROWN: only the output bound is re-optimised); ``keep_prior``
+may also name the tensors to keep (those before a new split cannot change, the later ones are re-bounded). A
+sample whose box becomes empty (``lo > hi``) is an empty subdomain (:meth:`Propagation.infeasible`). ``deadline``
 (``time.monotonic()``) makes long sweeps and optimisations raise :class:`BoundTimeout` between steps.
 
 Soundness in floating point. Everything runs in float64 (round to nearest, unit roundoff u = 2^-53). Every
@@ -37,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import weakref
 
 import torch
 from torch.func import vjp, vmap
@@ -51,6 +53,8 @@ DEFAULT_MEMORY = 2**28  # bytes of backward coefficients per chunk
 #: Largest (rows x samples x widest tensor) for which intermediate bounds get optimised slopes; beyond it they
 #: keep their CROWN bounds (optimising thousands of convolutional neurons costs more than it brings).
 ALPHA_INTERMEDIATE_LIMIT = 2**22
+#: Per dense operator module: the matrix of its linear part (see ``Propagation._dense_matrix``).
+_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class BoundTimeout(Exception):
@@ -92,13 +96,14 @@ class Propagation:
 
     ``method``: ``"ibp"`` (interval only) or ``"crown"`` (intermediate bounds tightened by backward
     substitution to the input); ``alpha_steps`` > 0 optimises each intermediate bound's slopes too (alpha-CROWN,
-    separate slopes per bounded neuron). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over
-    the region's samples). ``lower(C)`` bounds a specification on the graph's first output.
+    separate slopes per bounded neuron), until ``alpha_until`` (``time.monotonic()``; later intermediate bounds keep
+    CROWN's slopes). ``bounds[name]`` is the :class:`Interval` of each varying tensor (batched over the region's
+    samples). ``lower(C)`` bounds a specification on the graph's first output.
     """
 
     def __init__(self, graph, region: Region, method: str = "crown", memory: int = DEFAULT_MEMORY,
                  alpha_steps: int = 0, lr: float = 0.25, splits: dict | None = None, prior: dict | None = None,
-                 deadline: float | None = None, keep_prior: bool = False):
+                 deadline: float | None = None, keep_prior: bool | set = False, alpha_until: float | None = None):
         if method not in ("ibp", "crown"):
             raise ValueError(f"method must be 'ibp' or 'crown', not {method!r}")
         check_supported(graph)
@@ -111,8 +116,8 @@ class Propagation:
         self.alpha_steps, self.lr = alpha_steps, lr
         self.splits = {n: t.to(self.region.lower.device, torch.float64) for n, t in (splits or {}).items()}
         self.prior = prior or {}
-        self.keep_prior = keep_prior
-        self.deadline = deadline
+        self.keep = set(self.prior) if keep_prior is True else set(keep_prior or ()) & set(self.prior)
+        self.deadline, self.alpha_until = deadline, alpha_until
         self.steps = list(graph.steps())
         self.varying = varying_names(graph)
         self.input_name = graph.input_names[0]
@@ -193,8 +198,7 @@ class Propagation:
             pad = self.rounding * self.magnitude[outputs[0]]
             name = outputs[0]
             box = self._restrict(name, Interval(box.lo - pad, box.hi + pad))
-            if self.method == "crown" and name in self.reads and name != self.input_name and not (
-                    self.keep_prior and name in self.prior):
+            if self.method == "crown" and name in self.reads and name != self.input_name and name not in self.keep:
                 self._tick()
                 box = self._refine(name, box)
             self.bounds[name] = box
@@ -246,13 +250,34 @@ class Propagation:
             g_lower, g_upper = op.relaxation.affine(op, args)
             zeros = [torch.zeros_like(a.lo) for a in args if isinstance(a, Interval)]
             off_l, vjp_l = vjp(g_lower, *zeros)
-            if g_upper is g_lower:
+            matrix = self._dense_matrix(op, inputs, args)
+            if matrix is not None:  # one product per backward step (no vmap, cheap to differentiate)
+                entry = (lambda coef, m=matrix: (coef @ m,), off_l, None, None)
+            elif g_upper is g_lower:
                 entry = (vmap(vjp_l), off_l, None, None)
             else:
                 off_u, vjp_u = vjp(g_upper, *zeros)
                 entry = (vmap(vjp_l), off_l, vmap(vjp_u), off_u)
             self._affine_cache[index] = entry
         return self._affine_cache[index]
+
+    def _dense_matrix(self, op, inputs, args) -> torch.Tensor | None:
+        """``M`` (out, k) with ``x @ M.T`` the linear part of a Gemm or MatMul whose only varying operand is its
+        2-D first one (x: (N, k)) and whose others are graph constants: the same map for every sample, taken from
+        the operator on the unit vectors (each entry is one weight times the scale, as in the forward)."""
+        x = args[0]
+        if op.op_type not in ("Gemm", "MatMul") or getattr(op, "trans_a", False) or not isinstance(x, Interval):
+            return None
+        if x.lo.dim() != 2 or any(n and self.graph.constant(n) is None for n in inputs[1:]):
+            return None
+        k = x.lo.shape[1]
+        key = (k, x.lo.dtype, x.lo.device)
+        if _DENSE.get(op, (None,))[0] != key:  # the matrix depends on the operator's constants only
+            eye = torch.eye(k, dtype=x.lo.dtype, device=x.lo.device)
+            with torch.no_grad():
+                out = op(eye, *args[1:2]) if op.op_type == "Gemm" else op(eye, *args[1:])
+            _DENSE[op] = (key, out.T.contiguous() if out.dim() == 2 and out.shape[0] == k else None)
+        return _DENSE[op][1]
 
     def backward(self, target: str, a: torch.Tensor, thetas: dict | None = None, betas: dict | None = None,
                  record: dict | None = None):
@@ -320,12 +345,13 @@ class Propagation:
         box = self.bounds[self.output_name]
         return _dot(c.clamp(min=0), box.lo) + _dot(c.clamp(max=0), box.hi) - self._spec_rounding(c)
 
-    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None, stop=None
-              ) -> torch.Tensor:
+    def lower(self, c: torch.Tensor, alpha_steps: int | None = None, lr: float | None = None, stop=None,
+              warm: dict | None = None, keep: dict | None = None) -> torch.Tensor:
         """Sound lower bound of ``c . y`` for every spec row and sample: (S, N).
 
         IBP for an ``"ibp"`` propagation; CROWN otherwise, intersected with IBP; with ``alpha_steps`` > 0 the
-        best bound over that many alpha-CROWN iterations (each iterate sound).
+        best bound over that many alpha-CROWN iterations (each iterate sound), started from ``warm`` and its last
+        parameters left in ``keep`` (see :meth:`_optimised`).
         """
         c = c.to(self.region.lower.device, torch.float64)
         alpha_steps = self.alpha_steps if alpha_steps is None else alpha_steps
@@ -334,47 +360,75 @@ class Propagation:
         if self.method == "ibp":
             return best
         with torch.no_grad():
-            crown = torch.cat([self.linear_lower(self.output_name, part) for part in c.split(self._chunk_rows(1))])
-        best = torch.maximum(best, crown - self._spec_rounding(c))
+            if warm:  # the warm start's own bound replaces plain CROWN's
+                thetas, betas = self._parameters(self.output_name, c, warm)
+                first = self.linear_lower(self.output_name, c, thetas, betas)
+                if keep is not None:
+                    keep.update(theta=thetas, beta=betas)
+            else:
+                first = torch.cat([self.linear_lower(self.output_name, part) for part in c.split(self._chunk_rows(1))])
+        best = torch.maximum(best, first - self._spec_rounding(c))
         if alpha_steps > 0 and not (stop is not None and stop(best)):
-            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr, stop))
+            best = torch.maximum(best, self._optimised(self.output_name, c, alpha_steps, lr, stop, warm, keep))
         return best
 
-    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float, stop=None) -> torch.Tensor:
-        """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on (and,
-        on the output of a split propagation, on the split multipliers beta: beta-CROWN), the best (widened)
-        iterate per row. ``stop(best)`` True ends the optimisation early."""
-        ancestors = self._ancestors(target)
+    def _parameters(self, target: str, c: torch.Tensor, warm: dict | None = None) -> tuple[dict, dict]:
+        """Initial alpha-CROWN slope parameters (S, N, *shape) per Relu-like step ``target`` depends on, and on the
+        output of a split propagation the split multipliers: from ``warm`` (``{"theta": {step: ...}, "beta":
+        ...}``, e.g. a parent subdomain's optimised ones; any theta in [0, 1] and beta >= 0 is sound) where it has
+        them, else CROWN's slopes and zero multipliers."""
+        warm = warm or {}
         thetas, betas = {}, {}
-        for index in sorted(ancestors):
+        for index in sorted(self._ancestors(target)):
             op, inputs, _ = self.steps[index]
             if getattr(op.relaxation, "optimisable", False):
                 box = self.bounds[inputs[0]]
-                init = op.relaxation.default_theta(box.lo, box.hi)
-                thetas[index] = init.expand(c.shape[0], *init.shape).clone().requires_grad_(True)
+                init = op.relaxation.default_theta(box.lo, box.hi).expand(c.shape[0], *box.lo.shape)
+                if index in warm.get("theta", {}):
+                    init = warm["theta"][index].to(init).clamp(0.0, 1.0)
+                thetas[index] = init.clone()
                 if target == self.output_name and inputs[0] in self.splits:
-                    betas[index] = torch.zeros_like(thetas[index]).requires_grad_(True)
+                    given = warm.get("beta", {}).get(index)
+                    betas[index] = torch.zeros_like(init) if given is None else given.to(init).clamp(min=0.0)
+        return thetas, betas
+
+    def _optimised(self, target: str, c: torch.Tensor, steps: int, lr: float, stop=None, warm: dict | None = None,
+                   keep: dict | None = None) -> torch.Tensor:
+        """alpha-CROWN on ``c . target``: Adam on the lower-line slopes of the Relu-like neurons it depends on (and,
+        on the output of a split propagation, on the split multipliers beta: beta-CROWN), the best (widened)
+        iterate per row. ``stop(best)`` True ends the optimisation early. ``warm`` gives starting parameters
+        (:meth:`_parameters`); ``keep``, when given, receives the last ones (``"theta"``, ``"beta"``)."""
+        thetas, betas = self._parameters(target, c, warm)
         best = torch.full(c.shape[:2], -math.inf, dtype=torch.float64, device=c.device)
         if not thetas:
             return best
+        for t in [*thetas.values(), *betas.values()]:
+            t.requires_grad_(True)
         optimiser = torch.optim.Adam([*thetas.values(), *betas.values()], lr=lr)
-        for _ in range(steps):
-            self._tick()
-            low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-            best = torch.maximum(best, low.detach())
-            if stop is not None and stop(best):
-                return best
-            optimiser.zero_grad()
-            (-low.sum()).backward()
-            optimiser.step()
+        try:
+            for _ in range(steps):
+                self._tick()
+                if target != self.output_name and self.alpha_until is not None and time.monotonic() > self.alpha_until:
+                    break  # intermediate bounds keep their best iterate so far
+                low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
+                best = torch.maximum(best, low.detach())
+                if stop is not None and stop(best):
+                    return best
+                optimiser.zero_grad()
+                (-low.sum()).backward()
+                optimiser.step()
+                with torch.no_grad():
+                    for t in thetas.values():
+                        t.clamp_(0.0, 1.0)
+                    for b in betas.values():
+                        b.clamp_(min=0.0)
             with torch.no_grad():
-                for t in thetas.values():
-                    t.clamp_(0.0, 1.0)
-                for b in betas.values():
-                    b.clamp_(min=0.0)
-        with torch.no_grad():
-            low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-        return torch.maximum(best, low)
+                low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
+            return torch.maximum(best, low)
+        finally:
+            if keep is not None:
+                keep.update(theta={i: t.detach() for i, t in thetas.items()},
+                            beta={i: b.detach() for i, b in betas.items()})
 
     def _ancestors(self, name: str) -> set[int]:
         found, todo = set(), [name]

@@ -49,6 +49,11 @@ WEIGHTED = {"Gemm", "MatMul", "Conv", "ConvTranspose", "Mul"}
 #: Entrywise affine arithmetic: one rounding per input (and one for Mean's division).
 ENTRYWISE = {"Add", "Sub", "Div", "Sum", "Mean"}
 POOLS = {"AveragePool", "GlobalAveragePool"}
+#: The signed backward bound of a tensor's errors costs a backward pass per element and sample: it is spent where
+#: few samples are bounded at once (a whole box, the root of a search; their bounds then serve as ``prior`` for
+#: the parts), up to these many (elements x samples) and (elements x samples x widest tensor), and only on elements
+#: whose forward bound exceeds this fraction of their magnitude.
+SIGNED_ROWS, SIGNED_LIMIT, SIGNED_RELATIVE = 4096, 2**22, 1e-4
 
 
 def gamma(n, u: float = UNIT_ROUNDOFF):
@@ -71,9 +76,11 @@ def _symmetric(args, values: dict, names) -> list:
 class ForwardErrors:
     """``errors[name]``: the elementwise float32 error bound of every varying tensor of ``prop`` (N, *shape)."""
 
-    def __init__(self, prop, u: float = UNIT_ROUNDOFF):
-        self.prop, self.u = prop, u
+    def __init__(self, prop, u: float = UNIT_ROUNDOFF, prior: dict | None = None, signed: bool = True,
+                 relative: float = SIGNED_RELATIVE):
+        self.prop, self.u, self.signed, self.relative = prop, u, signed, relative
         widest = max(b.lo[0].numel() for b in prop.bounds.values())
+        self.widest = widest
         self.slack = 4 * gamma(widest, 2.0**-53)
         first = prop.bounds[prop.input_name].lo
         self.errors = {prop.input_name: torch.zeros_like(first)}
@@ -82,8 +89,34 @@ class ForwardErrors:
         with torch.no_grad():
             for _, op, inputs, outputs in prop._live_steps():
                 moved, local, slopes = self._node(op, inputs)
-                self.errors[outputs[0]] = moved + local
-                self.local[outputs[0]], self.slopes[outputs[0]] = local, slopes
+                name = outputs[0]
+                self.local[name], self.slopes[name] = local, slopes
+                self.errors[name] = self._tightened(name, moved + local, (prior or {}).get(name))
+
+    def _tightened(self, name: str, error: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """``error`` of a tensor a nonlinear unit reads, tightened by the signed backward bound of each of its
+        elements (:meth:`backward` from that tensor, where its size allows) and by ``prior`` (the same tensor's
+        bound over a region containing this one). The forward bound ``|M| e`` drops the signs of the weights; left
+        to grow layer after layer it also makes later units look unstable in float32 and inflates magnitudes."""
+        if prior is not None:
+            error = torch.minimum(error, prior.to(error))
+        if not self.signed or name not in self.prop.reads or name == self.prop.output_name:
+            return error
+        flat = error.flatten(1)
+        n, k = flat.shape
+        wide = (flat > self.relative * _maxabs(self.prop.bounds[name]).flatten(1)).any(0).nonzero().flatten()
+        if wide.numel() == 0 or wide.numel() * n > SIGNED_ROWS or wide.numel() * n * self.widest > SIGNED_LIMIT:
+            return error
+        rows = torch.zeros((wide.numel(), n, k), dtype=error.dtype, device=error.device)
+        rows[torch.arange(wide.numel()), :, wide] = 1.0
+        signed = self.backward(rows.reshape(wide.numel(), n, *error.shape[1:]), name)
+        if signed is None:
+            return error
+        depth = len(self.local) + 1
+        flat = flat.clone()
+        bound = signed.T * (1 + self.slack) + depth * self.slack * flat[:, wide]
+        flat[:, wide] = torch.minimum(flat[:, wide], bound)
+        return flat.reshape(error.shape)
 
     @property
     def output(self) -> torch.Tensor:
@@ -101,16 +134,17 @@ class ForwardErrors:
         depth = len(self.local) + 1
         return torch.minimum(forward, backward * (1 + self.slack) + depth * self.slack * forward)
 
-    def backward(self, c: torch.Tensor) -> torch.Tensor | None:
+    def backward(self, c: torch.Tensor, target: str | None = None) -> torch.Tensor | None:
         """``sum_k |c J_k| . local_k``: each node's rounding carried to ``c . y`` through the exact linear maps and
         the secant slopes of the elementwise units (an interval per coefficient, ``[min(a, 1), max(a, 1)]`` for
         an unstable Relu-like unit); unlike ``|c| . e`` it keeps the signs of the weights, which cancel. None when
         a max-pool lies on the way (its error is not a linear image). Rounding of this float64 pass is covered by
         :meth:`spec`'s ``depth * slack * |c| . e`` (every coefficient is at most the absolute product)."""
         prop = self.prop
-        acc = {prop.output_name: (c, torch.zeros_like(c))}
+        target = prop.output_name if target is None else target
+        acc = {target: (c, torch.zeros_like(c))}
         total = torch.zeros(c.shape[:2], dtype=c.dtype, device=c.device)
-        for index in range(prop.producer[prop.output_name], -1, -1):
+        for index in range(prop.producer[target], -1, -1):
             op, inputs, outputs = prop.steps[index]
             if outputs[0] not in acc:
                 continue
@@ -240,6 +274,8 @@ class ForwardErrors:
         return slope * e * (1 + self.slack), allowance + self.slack * out, (torch.zeros_like(slope), slope)
 
 
-def forward_errors(prop) -> ForwardErrors:
-    """The float32 forward error bounds over ``prop``'s region (see the module docstring)."""
-    return ForwardErrors(prop)
+def forward_errors(prop, prior: dict | None = None, signed: bool = True) -> ForwardErrors:
+    """The float32 forward error bounds over ``prop``'s region (see the module docstring); ``prior``: bounds per
+    tensor already known over a region containing it (e.g. the whole box of a subdomain); ``signed`` False skips
+    the signed backward bounds of intermediate tensors (cheaper, when ``prior`` already has them)."""
+    return ForwardErrors(prop, prior=prior, signed=signed)
