@@ -267,15 +267,8 @@ class ReluSearch:
                 return None
             branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
             leaves = open_[~has.numpy()]
-            if leaves.size:  # every neuron split: the leaf's exact LP, then a longer beta optimisation
-                lp_closed, found = close_leaves(prop, [name for _, name in self.steps], spec, margin, leaves,
-                                                candidate)
-                if found is not None:
-                    outcome.result, outcome.found = "found", found
-                    return None
-                rest = leaves[~lp_closed]
-                if rest.size and not self._leaves_closed(prop, spec, margin, rest):
-                    outcome.result = "stuck"
+            if leaves.size:
+                if not self._close_leaves(prop, spec, margin, leaves, candidate, outcome):
                     return None
                 done[leaves] = True
         outcome.proved += int(done.sum())
@@ -291,6 +284,19 @@ class ReluSearch:
         return Domains(split_now, {name: prop.bounds[name].lo[index] for name in self.names},
                        {name: prop.bounds[name].hi[index] for name in self.names}, warm_now["theta"],
                        warm_now["beta"], branch, torch.as_tensor(worst[open_]))
+
+    def _close_leaves(self, prop, spec: Spec, margin, leaves, candidate, outcome: Outcome) -> bool:
+        """Subdomains with every neuron split: each leaf's exact LP, then a longer beta optimisation. False (with
+        ``outcome`` set) when a leaf gives a counterexample or stays open: the search ends."""
+        lp_closed, found = close_leaves(prop, [name for _, name in self.steps], spec, margin, leaves, candidate)
+        if found is not None:
+            outcome.result, outcome.found = "found", found
+            return False
+        rest = leaves[~lp_closed]
+        if rest.size and not self._leaves_closed(prop, spec, margin, rest):
+            outcome.result = "stuck"
+            return False
+        return True
 
     @staticmethod
     def _spec_rows(prop, spec: Spec, n: int) -> torch.Tensor:
