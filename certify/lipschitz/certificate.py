@@ -231,7 +231,7 @@ def certified_summary(module, x: np.ndarray, y: np.ndarray, analysis: Analysis, 
 
 def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DEFAULT_EPSILONS,
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
-                input_range=(0.0, 1.0), ascent_steps: int = 10,
+                input_range=(0.0, 1.0), ascent_steps: int = 100,
                 on_layer: Callable[[dict], None] | None = None,
                 on_analysis: Callable[[Analysis], None] | None = None) -> dict:
     """Bound ``module`` (an ``OnnxGraph`` from ``certify.to_torch``) and, with data, certify its samples.
