@@ -32,7 +32,8 @@ import torch
 
 from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import ConvGeometry, _twiddles, dft_error, polyphase
-from certify.lipschitz.gram import frobenius_upper, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.gram import frobenius_upper, matmul_gamma, round_up
+from certify.lipschitz.gram_top import certified_norm
 
 _BLOCK_BYTES = 1 << 27  # product blocks formed at once
 
@@ -191,8 +192,7 @@ def dense_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
                 product = w @ product
                 err = _product_error(err, fro, f_j, 0.0, w.shape[1])
             fro = round_up(fro * f_j * (1.0 + matmul_gamma(w.shape[1])))  # ||fl(K'P')||_F
-            up, _, _ = gram_bounds(product.unsqueeze(0))
-            result[i][j] = round_up(float(up[0]) + err)
+            result[i][j] = round_up(certified_norm(product)[0] + err)
     return result
 
 

@@ -37,6 +37,7 @@ _BLOCK_BYTES = 1 << 27  # Fourier blocks formed at once
 _LOWER_TOLERANCE = 1e-4  # power iteration stops once the lower bound is this close to the upper one
 _BLOCK_TOLERANCE = 1e-4  # the certified maximum over Fourier blocks is within this of the best block estimate
 _SVD_MAX_ELEMS = 1 << 14  # above, a Gram matrix certified by Cholesky (`certify.lipschitz.gram_top`) beats the SVD
+_GRAM_TOP_MAX_SIDE = 4096  # largest Gram matrix formed for a dense layer (128 MiB); wider on both sides: Gram iteration
 
 
 def gram_iteration_bound(matrix_or_blocks: torch.Tensor, steps: int = 12) -> float | torch.Tensor:
@@ -121,7 +122,8 @@ def dense_bound(
         _, singular, vh = torch.linalg.svd(w, full_matrices=False)
         upper = round_up(float(singular[0]) / (1.0 - svd_relative_error(*w.shape)))
         return LayerBound(upper, _achieved_ratio(apply, vh[0]), "svd", exact=True, ms=_ms(start))
-    if w.numel() <= exact_max_elems:  # the same accuracy as the SVD at a fraction of its cost
+    if w.numel() <= exact_max_elems or (exact_max_elems > 0 and min(w.shape) <= _GRAM_TOP_MAX_SIDE):
+        # the same accuracy as the SVD at a fraction of its cost (and of Gram iteration's on large layers)
         upper, _, vector = certified_norm(w)
         return LayerBound(upper, _achieved_ratio(apply, vector), "gram+cholesky-certificate", exact=True,
                           ms=_ms(start))
