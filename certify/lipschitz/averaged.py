@@ -119,17 +119,23 @@ def _blocks_at(kernel: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor)
     return acc
 
 
-def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
-    """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
-    grids = common_grid(layers)
+def lifted_kernels(layers: list[ConvLayer]) -> tuple[list, list[float]]:
+    """The circular lifts on the common grid: per layer (polyphase kernel, its output grid) and the bound on the
+    error of its computed Fourier blocks."""
     kernels, errors = [], []
-    for layer, grid in zip(layers, grids):
+    for layer, grid in zip(layers, common_grid(layers)):
         spatial = tuple(g - b - e for g, b, e in zip(grid, layer.pads_begin, layer.pads_end))
         geom = ConvGeometry(layer.weight, (layer.weight.shape[1], *spatial), layer.stride, layer.dilation,
                             layer.pads_begin, layer.pads_end, 1)
         pp = polyphase(geom)
         kernels.append((pp.kernel[0], pp.grid))
         errors.append(float(dft_error(pp.kernel)[0]))
+    return kernels, errors
+
+
+def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
+    """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
+    kernels, errors = lifted_kernels(layers)
     m = len(layers)
     result: list[list[float | None]] = [[None] * m for _ in range(m)]
     for i in range(m):

@@ -29,24 +29,10 @@ import math
 import torch
 
 from certify.lipschitz.cholesky import certified_block_norms
-from certify.lipschitz.conv import ConvGeometry, dft_error, polyphase
 from certify.lipschitz.eclipse import ECLIPSE_MARGIN, ECLIPSE_SHIFT
 from certify.lipschitz.gram import frobenius_upper, round_up
 
 _BLOCK_BYTES = 1 << 26  # blocks of one layer formed at once
-
-
-def _lifted(layers, grids):
-    """Polyphase kernels on the common grid and their DFT error bounds."""
-    kernels, errors = [], []
-    for layer, grid in zip(layers, grids):
-        spatial = tuple(g - b - e for g, b, e in zip(grid, layer.pads_begin, layer.pads_end))
-        geom = ConvGeometry(layer.weight, (layer.weight.shape[1], *spatial), layer.stride, layer.dilation,
-                            layer.pads_begin, layer.pads_end, 1)
-        pp = polyphase(geom)
-        kernels.append(pp.kernel[0])
-        errors.append(float(dft_error(pp.kernel)[0]))
-    return kernels, errors, pp.grid
 
 
 def _factor(blocks: list[torch.Tensor], lams: list[float], shifts: list[float]):
@@ -67,11 +53,12 @@ def _factor(blocks: list[torch.Tensor], lams: list[float], shifts: list[float]):
 def conv_eclipse(layers: list, betas: list[float]) -> float | None:
     """The ECLipsE-Fast bound of a run of ``averaged.ConvLayer`` (the first may be strided, the others stride 1)
     with activations of slopes [0, beta] between them, or None when a factorisation fails."""
-    from certify.lipschitz.averaged import _blocks_at, common_grid
+    from certify.lipschitz.averaged import _blocks_at, lifted_kernels
 
     if any(max(layer.stride) != 1 for layer in layers[1:]):
         raise ValueError("only the first convolution of an ECLipsE run may be strided")
-    kernels, errors, grid = _lifted(layers, common_grid(layers))
+    lifted, errors = lifted_kernels(layers)
+    kernels, grid = [k for k, _ in lifted], lifted[0][1]
     scales = [1.0] + list(betas)  # slope [0, beta] = beta * slope [0, 1], folded into the next layer
     axes = [torch.arange(g) for g in grid]
     axes[-1] = torch.arange(grid[-1] // 2 + 1)  # real kernels: conjugate-symmetric spectrum
