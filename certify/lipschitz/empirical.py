@@ -20,13 +20,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-#: Initial secant length per coordinate, relative to the start's root-mean-square entry; the shortest secant,
-#: relative to the point's norm; and the relative forward error of a float32 evaluation subtracted from every
-#: difference (so that a secant shrunk onto rounding noise cannot win).
+#: Secant length relative to the start's norm; how far random starts reach beyond the data's box; the relative
+#: forward error of a float32 evaluation subtracted from every difference (a secant cannot win on rounding noise).
 SECANT = 1e-2
 WIDEN = (1.0, 10.0, 100.0)
-MIN_SECANT = 1e-3
 ROUNDING = 1e-6
+MIN_SECANT = 1e-3  # the shortest secant, relative to the point's norm
+POWER_STEPS = 6
 #: Full Jacobians (rows by reverse mode) are computed for outputs up to this size; above it, power iteration.
 FULL_JACOBIAN_MAX_OUTPUTS = 64
 
@@ -127,6 +127,25 @@ def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
     return value
 
 
+def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """Unit directions v after ``steps`` power-iteration steps on ``J^T J`` at the points ``at`` (x fixed), each from
+    the gradient of the secant ``q = ||f(x + t v) - f(x)|| / t`` in v: ``v + grad_v / q`` is ``J^T J v / q^2``."""
+    count = at.shape[0]
+    shape = (-1, *([1] * (at.dim() - 1)))
+    v = _unit_rows(torch.randn(at.shape, generator=torch.Generator().manual_seed(seed), dtype=at.dtype))
+    with torch.no_grad():
+        base = graph(at).reshape(count, -1)
+    for _ in range(steps):
+        v.requires_grad_(True)
+        with torch.enable_grad():
+            ratios = (graph(at + length * v).reshape(count, -1) - base).norm(dim=1) / length.view(-1)
+            if not ratios.requires_grad:
+                break
+            (grad,) = torch.autograd.grad(ratios.sum(), v)
+        v = _unit_rows(v.detach() + torch.nan_to_num(grad) / ratios.detach().clamp_min(1e-30).view(shape))
+    return v
+
+
 def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, deadline: float | None = None,
                   rate: float = 0.2) -> float:
     """The largest secant ``||f(x + d) - f(x)|| / ||d||`` seen while ascending it by Adam over ``x`` and ``d``
@@ -134,13 +153,14 @@ def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, 
     in d is a power iteration on ``J^T J`` and, unlike ``||J(x)||`` itself, the secant has a gradient in x where f is
     piecewise linear (J locally constant). Every value is achieved by an explicit pair, so the maximum is a lower
     bound of the global Lipschitz constant (up to the rounding of the two evaluations). Coordinates are scaled by
-    each start's root-mean-square entry, so the rate is relative."""
+    each start's root-mean-square entry, so the rate is relative. d starts from ``POWER_STEPS`` power-iteration
+    steps (`_aligned_directions`), so the ascent begins near ``||J(x)||`` rather than a random direction's slope."""
     count = starts.shape[0]
     flat = starts.detach().reshape(count, -1)
     rms = (flat.norm(dim=1) / flat.shape[1] ** 0.5).clamp_min(1e-3).view(-1, *([1] * (starts.dim() - 1)))
-    gen = torch.Generator().manual_seed(seed)
     x = (starts.detach() / rms).requires_grad_(True)
-    d = (SECANT * torch.randn(starts.shape, generator=gen, dtype=starts.dtype)).requires_grad_(True)
+    start_d = _aligned_directions(graph, starts.detach(), SECANT * rms * flat.shape[1] ** 0.5, POWER_STEPS, seed)
+    d = (SECANT * flat.shape[1] ** 0.5 * start_d).requires_grad_(True)  # in units of rms: length SECANT ||x||
     optimiser = torch.optim.Adam([x, d], lr=rate)
     best = -float("inf")
     for step in range(steps + 1):
@@ -160,6 +180,12 @@ def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, 
         (-torch.nan_to_num(ratios, nan=0.0, posinf=0.0, neginf=0.0).sum()).backward()
         optimiser.step()
     return best
+
+
+def _unit_rows(v: torch.Tensor) -> torch.Tensor:
+    """Every sample of the batch scaled to unit norm (zero samples stay zero)."""
+    norms = v.reshape(v.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    return (v / norms.view(-1, *([1] * (v.dim() - 1)))).detach()
 
 
 def _random_starts(xs: torch.Tensor, count: int, seed: int) -> torch.Tensor:
