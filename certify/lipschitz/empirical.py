@@ -127,7 +127,8 @@ def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
     return value
 
 
-def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: int, seed: int,
+                        deadline: float | None = None) -> torch.Tensor:
     """Unit directions v after ``steps`` power-iteration steps on ``J^T J`` at the points ``at`` (x fixed), each from
     the gradient of the secant ``q = ||f(x + t v) - f(x)|| / t`` in v: ``v + grad_v / q`` is ``J^T J v / q^2``."""
     count = at.shape[0]
@@ -136,6 +137,8 @@ def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: in
     with torch.no_grad():
         base = graph(at).reshape(count, -1)
     for _ in range(steps):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         v.requires_grad_(True)
         with torch.enable_grad():
             ratios = (graph(at + length * v).reshape(count, -1) - base).norm(dim=1) / length.view(-1)
@@ -159,7 +162,8 @@ def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, 
     flat = starts.detach().reshape(count, -1)
     rms = (flat.norm(dim=1) / flat.shape[1] ** 0.5).clamp_min(1e-3).view(-1, *([1] * (starts.dim() - 1)))
     x = (starts.detach() / rms).requires_grad_(True)
-    start_d = _aligned_directions(graph, starts.detach(), SECANT * rms * flat.shape[1] ** 0.5, POWER_STEPS, seed)
+    start_d = _aligned_directions(graph, starts.detach(), SECANT * rms * flat.shape[1] ** 0.5, POWER_STEPS, seed,
+                                  deadline)
     d = (SECANT * flat.shape[1] ** 0.5 * start_d).requires_grad_(True)  # in units of rms: length SECANT ||x||
     optimiser = torch.optim.Adam([x, d], lr=rate)
     best = -float("inf")
