@@ -56,7 +56,8 @@ def he_model(name: str, seed: int = 0) -> onnx.ModelProto:
     if model.ir_version < 4:  # initializers must also be graph inputs before IR version 4
         graph.input.extend(onnx.helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape)
                            for k, v in values.items())
-    for value_info in (graph.input[0], graph.output[0]):
+    data = next(n.input[0] for n in graph.node if n.op_type == "Conv")
+    for value_info in [i for i in graph.input if i.name == data] + [graph.output[0]]:
         value_info.type.tensor_type.shape.dim[0].dim_value = 1
     del graph.value_info[:]
     return model
