@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     header = (f"{'mlp':<16} {'init':<7} {'product':>10} {'ours':>10} {'s':>7} {'ecl core':>10} {'s':>7} "
               f"{'eclipse-nn':>11} {'s':>7} {'ours/ecl':>9} {'ours/prod':>9}")
-    warm = make_mlp([10, 8, 8, 3], "default", seed=1)  # first calls into torch.linalg / the exporter are slow
+    # first calls into torch.linalg, scipy's Lanczos and the exporter are slow
+    warm = make_mlp([10, 80, 80, 3], "default", seed=1)
     network_bound(convert(warm, 10), (10,))
     if not args.no_eclipse_nn:
         eclipse_nn(warm)

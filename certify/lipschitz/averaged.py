@@ -32,7 +32,8 @@ import torch
 
 from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import ConvGeometry, _twiddles, dft_error, polyphase
-from certify.lipschitz.gram import frobenius_upper, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.gram import frobenius_upper, matmul_gamma, round_up
+from certify.lipschitz.gram_top import certified_norm
 
 _BLOCK_BYTES = 1 << 27  # product blocks formed at once
 
@@ -118,17 +119,23 @@ def _blocks_at(kernel: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor)
     return acc
 
 
-def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
-    """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
-    grids = common_grid(layers)
+def lifted_kernels(layers: list[ConvLayer]) -> tuple[list, list[float]]:
+    """The circular lifts on the common grid: per layer (polyphase kernel, its output grid) and the bound on the
+    error of its computed Fourier blocks."""
     kernels, errors = [], []
-    for layer, grid in zip(layers, grids):
+    for layer, grid in zip(layers, common_grid(layers)):
         spatial = tuple(g - b - e for g, b, e in zip(grid, layer.pads_begin, layer.pads_end))
         geom = ConvGeometry(layer.weight, (layer.weight.shape[1], *spatial), layer.stride, layer.dilation,
                             layer.pads_begin, layer.pads_end, 1)
         pp = polyphase(geom)
         kernels.append((pp.kernel[0], pp.grid))
         errors.append(float(dft_error(pp.kernel)[0]))
+    return kernels, errors
+
+
+def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
+    """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
+    kernels, errors = lifted_kernels(layers)
     m = len(layers)
     result: list[list[float | None]] = [[None] * m for _ in range(m)]
     for i in range(m):
@@ -191,8 +198,7 @@ def dense_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
                 product = w @ product
                 err = _product_error(err, fro, f_j, 0.0, w.shape[1])
             fro = round_up(fro * f_j * (1.0 + matmul_gamma(w.shape[1])))  # ||fl(K'P')||_F
-            up, _, _ = gram_bounds(product.unsqueeze(0))
-            result[i][j] = round_up(float(up[0]) + err)
+            result[i][j] = round_up(certified_norm(product)[0] + err)
     return result
 
 
@@ -301,9 +307,57 @@ def bound_chains(records, segments, consumers, graph_outputs) -> list:
             betas.append(act.rule.slope.hi)
             seen.add(id(nxt))
         covered = all(s.matrix is not None and s.matrix.numel() <= eclipse.ECLIPSE_MAX_ENTRIES for s in chain[::2])
-        if len(linear) < 2 or covered or _aligned(linear, [s.bound.upper for s in chain[::2]]):
+        if len(linear) < 2 or covered:
             continue  # ECLipsE-Fast already chains explicit dense layers
         result = eclipse.Chain(chain, method="averaged operators")
-        result.upper, result.ms = chain_bound(linear, betas)
-        found.append(result)
+        if not _aligned(linear, [s.bound.upper for s in chain[::2]]):
+            result.upper, result.ms = chain_bound(linear, betas)
+        _materialised_eclipse(result, linear, betas, graph_outputs)
+        _conv_runs_eclipse(result, linear, betas, [s.bound.upper for s in chain[::2]])
+        if result.upper is not None:
+            found.append(result)
     return found
+
+
+def _materialised_eclipse(chain, linear: list, betas: list[float], graph_outputs) -> None:
+    """ECLipsE-Fast on a chain whose convolutions were small enough to materialise (every item an explicit
+    matrix): the slopes [0, beta] are folded into the next matrix, as in `certify.lipschitz.eclipse.bound_chain`.
+    Kept when below the averaged-operator bound."""
+    from certify.lipschitz import eclipse
+
+    if not all(isinstance(m, torch.Tensor) and m.numel() <= eclipse.ECLIPSE_MAX_ENTRIES for m in linear):
+        return
+    started = time.perf_counter()
+    scaled = [linear[0].double()] + [m.double() * beta for m, beta in zip(linear[1:], betas)]
+    upper, final = eclipse.eclipse_fast(scaled)
+    chain.ms += (time.perf_counter() - started) * 1e3
+    if upper is not None and (chain.upper is None or upper < chain.upper):
+        chain.upper, chain.method = upper, "ECLipsE-Fast (materialised convolutions)"
+        chain.pairs = eclipse.pair_norms(final) if chain.output in graph_outputs else None
+
+
+def _conv_runs_eclipse(chain, linear: list, betas: list[float], bounds: list[float]) -> None:
+    """Split the chain into runs of convolutions whose layers after the first have stride 1, bound each run of two or
+    more by ECLipsE-Fast in the Fourier domain (`certify.lipschitz.fourier_eclipse`) and every other item by its own
+    bound, and multiply (with the slopes at the splits). Kept when below the chain's bound so far."""
+    from certify.lipschitz.fourier_eclipse import conv_eclipse
+
+    if sum(isinstance(item, ConvLayer) for item in linear) < 2:
+        return
+    started = time.perf_counter()
+    total, start, improved = 1.0, 0, False
+    while start < len(linear):
+        end = start + 1
+        while (end < len(linear) and isinstance(linear[start], ConvLayer) and isinstance(linear[end], ConvLayer)
+               and max(linear[end].stride) == 1):
+            end += 1
+        piece = math.prod(bounds[start:end]) * math.prod(betas[start:end - 1])
+        if end - start >= 2:
+            value = conv_eclipse(linear[start:end], betas[start:end - 1])
+            if value is not None and value < piece:
+                piece, improved = value, True
+        total = round_up(total * piece * (betas[end - 1] if end - 1 < len(betas) else 1.0))
+        start = end
+    chain.ms += (time.perf_counter() - started) * 1e3
+    if improved and (chain.upper is None or total < chain.upper):
+        chain.upper, chain.method = total, "ECLipsE-Fast (Fourier-domain convolution runs)"

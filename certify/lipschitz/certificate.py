@@ -231,7 +231,7 @@ def certified_summary(module, x: np.ndarray, y: np.ndarray, analysis: Analysis, 
 
 def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DEFAULT_EPSILONS,
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
-                input_range=(0.0, 1.0), ascent_steps: int = 10,
+                input_range=(0.0, 1.0), ascent_steps: int = 100, lower_budget_s: float = 30.0,
                 on_layer: Callable[[dict], None] | None = None,
                 on_analysis: Callable[[Analysis], None] | None = None) -> dict:
     """Bound ``module`` (an ``OnnxGraph`` from ``certify.to_torch``) and, with data, certify its samples.
@@ -240,7 +240,8 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     arrays (float32 inputs with the batch first, int64 labels) or None; the first ``samples`` are used.
     ``progress(fraction, message)`` is called per layer; ``on_layer(row)`` gets each node's own bound as soon as it
     is computed (before fusion), so a long run shows rows as it goes; ``on_analysis`` gets the finished
-    :class:`Analysis` (its pair bounds tighten the local certificates). Returns a JSON-ready dict: ``layers`` (one row
+    :class:`Analysis` (its pair bounds tighten the local certificates). The empirical lower bound's secant ascent
+    takes ``ascent_steps`` steps within ``lower_budget_s`` seconds. Returns a JSON-ready dict: ``layers`` (one row
     per ONNX node), ``network`` ({product, upper, lower, ratio, method, reason}) and, with data, ``certified``
     ({norm, samples, clean_accuracy, certified_accuracy: {eps: acc}, radius summary, radii}).
     """
@@ -261,7 +262,8 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     else:
         points = _random_points(shape, 16, seed, input_range).to(module.input_dtype())
     report(0.75, "empirical lower bound")
-    lower = empirical.lower_bound(module, points[:64], norm=norm, ascent_steps=ascent_steps, seed=seed)
+    lower = empirical.lower_bound(module, points[:64], norm=norm, ascent_steps=ascent_steps, seed=seed,
+                                  budget_s=lower_budget_s)
     result = {"input_shape": list(shape), "layers": layer_rows(analysis), "network": network_summary(analysis, lower)}
     if dataset is not None:
         report(0.9, "certified radii")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from certify.lipschitz import constants
+from certify.lipschitz.gram_top import certified_norm, top_eigenpair
 from certify.lipschitz.rules import Activation
 from certify.lipschitz.segments import NodeRecord, Segment
 
@@ -23,37 +23,6 @@ ECLIPSE_SHIFT = 1e-9
 ECLIPSE_MARGIN = 1e-8
 #: Largest layer matrix ECLipsE-Fast takes (its Gram products and factorisations grow with the cube of the width).
 ECLIPSE_MAX_ENTRIES = 1 << 22
-
-
-def _small_gram(b: torch.Tensor) -> torch.Tensor:
-    """The smaller of ``b b^T`` and ``b^T b`` (same nonzero spectrum, top eigenvalue ``||b||_2^2``)."""
-    return b @ b.T if b.shape[0] <= b.shape[1] else b.T @ b
-
-
-def _top_eigenvalue(gram: torch.Tensor) -> float:
-    """Largest eigenvalue of a PSD matrix: dense for small ones, Lanczos (scipy ``eigsh``) above 64 rows."""
-    if gram.shape[0] <= 64:
-        return float(torch.linalg.eigvalsh(gram)[-1])
-    from scipy.sparse.linalg import eigsh
-
-    start = np.ones(gram.shape[0]) + np.linspace(0.0, 1e-3, gram.shape[0])
-    return float(eigsh(gram.numpy(), k=1, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)[0])
-
-
-def _certified_top(gram: torch.Tensor) -> float:
-    """A guaranteed upper bound on the top eigenvalue of PSD ``gram``: an estimate c, raised until the Cholesky
-    factorisation of ``c I - gram`` succeeds (then ``lambda_max < c``; the relative margin of at least 1e-7 is far
-    above the float64 rounding of the factorisation)."""
-    estimate = max(_top_eigenvalue(gram), 0.0)
-    eye = torch.eye(gram.shape[0], dtype=torch.float64)
-    scale = float(gram.diagonal().abs().max()) if gram.numel() else 0.0
-    margin = 1e-7
-    while margin < 1.0:
-        c = estimate * (1 + margin) + margin * scale + 1e-300
-        if int(torch.linalg.cholesky_ex(c * eye - gram)[1]) == 0:
-            return c
-        margin *= 10
-    return float(torch.linalg.eigvalsh(gram)[-1]) * 2 + 1e-300
 
 
 def eclipse_fast(matrices: list[torch.Tensor]) -> tuple[float | None, torch.Tensor | None]:
@@ -75,7 +44,7 @@ def eclipse_fast(matrices: list[torch.Tensor]) -> tuple[float | None, torch.Tens
     for w in matrices[:-1]:
         b = w if factor is None else torch.linalg.solve_triangular(factor, w.T, upper=False).T
         gram = b @ b.T
-        top = _top_eigenvalue(gram)
+        top = top_eigenpair(gram)[0]
         if not top > 0:
             return None, None
         lam = 1.0 / top
@@ -86,8 +55,7 @@ def eclipse_fast(matrices: list[torch.Tensor]) -> tuple[float | None, torch.Tens
             return None, None
     w = matrices[-1]
     final = w if factor is None else torch.linalg.solve_triangular(factor, w.T, upper=False).T
-    value = math.sqrt(_certified_top(_small_gram(final)))
-    return constants.round_up(value, ECLIPSE_MARGIN), final
+    return constants.round_up(certified_norm(final)[0], ECLIPSE_MARGIN), final
 
 
 def pair_norms(final: torch.Tensor) -> np.ndarray:
