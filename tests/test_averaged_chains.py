@@ -13,8 +13,9 @@ from torch import nn
 
 import certify
 from certify.lipschitz import network_bound
-from certify.lipschitz.averaged import ConvLayer, averaged_bound, chain_bound, conv_products, split_products
+from certify.lipschitz.averaged import averaged_bound, chain_bound, conv_products, split_products
 from certify.lipschitz.empirical import jacobian_norms
+from certify.lipschitz.lifting import ConvLayer
 
 
 def _sigma(m: torch.Tensor) -> float:

@@ -60,7 +60,7 @@ def test_materialised_chain_beats_the_averaged_bound_on_a_small_cnn():
 
 
 def _layers(seed: int, channels, spatial, stride, kernel=3):
-    from certify.lipschitz.averaged import ConvLayer
+    from certify.lipschitz.lifting import ConvLayer
 
     gen = torch.Generator().manual_seed(seed)
     pad = kernel // 2

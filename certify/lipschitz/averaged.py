@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
 from certify.lipschitz.cholesky import certified_block_norms
-from certify.lipschitz.conv import ConvGeometry, _twiddles, dft_error, polyphase
+from certify.lipschitz.conv import ConvGeometry
 from certify.lipschitz.gram import frobenius_upper, matmul_gamma, round_up
 from certify.lipschitz.gram_top import certified_norm
+from certify.lipschitz.lifting import ConvLayer, blocks_at, dense_kernel, lifted_kernels
 
 _BLOCK_BYTES = 1 << 27  # product blocks formed at once
 
@@ -68,71 +68,6 @@ def split_products(products: list[list[float | None]]) -> list[list[float]]:
     return out
 
 
-@dataclass
-class ConvLayer:
-    """A zero-padded convolution in a chain: dense (groups expanded) kernel and its geometry on the real input."""
-
-    weight: torch.Tensor  # (C_out, C_in, *k) float64
-    spatial: tuple[int, ...]  # real input size per axis
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    pads_begin: tuple[int, ...]
-    pads_end: tuple[int, ...]
-
-
-def dense_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """The (C_out, C_in, *k) kernel of a grouped convolution (zero between groups)."""
-    if groups == 1:
-        return weight
-    c_out, c_in_g = weight.shape[:2]
-    out = weight.new_zeros((c_out, c_in_g * groups, *weight.shape[2:]))
-    per = c_out // groups
-    for g in range(groups):
-        out[g * per:(g + 1) * per, g * c_in_g:(g + 1) * c_in_g] = weight[g * per:(g + 1) * per]
-    return out
-
-
-def common_grid(layers: list[ConvLayer]) -> list[tuple[int, ...]]:
-    """Circular grid sizes M_0, ..., M_L per axis: M_{l-1} >= n_{l-1} + pads_l, divisible by s_l, M_l = M_{l-1}/s_l."""
-    dims = len(layers[0].spatial)
-    grids = []
-    for axis in range(dims):
-        later = [math.prod(layer.stride[axis] for layer in layers[i:]) for i in range(len(layers))]
-        m = max(math.ceil((layer.spatial[axis] + layer.pads_begin[axis] + layer.pads_end[axis]) / later[i])
-                for i, layer in enumerate(layers))
-        sizes = [m * later[0]]
-        for layer in layers:
-            sizes.append(sizes[-1] // layer.stride[axis])
-        grids.append(sizes)
-    return [tuple(grids[a][i] for a in range(dims)) for i in range(len(layers) + 1)]
-
-
-def _blocks_at(kernel: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
-    """Fourier blocks ``sum_t K_t exp(-2 pi i <f, t> / m)`` (F, C_out, C_in') of a polyphase kernel (C_out, C_in',
-    *taps) at the frequencies ``freqs`` (F, D): the first axis by one contraction, the others frequency by
-    frequency (the same sums and twiddles as `certify.lipschitz.conv.frequency_chunks`)."""
-    acc = torch.tensordot(_twiddles(grid[0], kernel.shape[2], freqs[:, 0]), kernel.to(torch.complex128),
-                          dims=([1], [2]))  # (F, C_out, C_in', *other taps)
-    for axis in range(1, len(grid)):
-        tw = _twiddles(grid[axis], acc.shape[3], freqs[:, axis])  # (F, taps)
-        acc = (acc * tw.view(tw.shape[0], 1, 1, tw.shape[1], *([1] * (acc.dim() - 4)))).sum(dim=3)
-    return acc
-
-
-def lifted_kernels(layers: list[ConvLayer]) -> tuple[list, list[float]]:
-    """The circular lifts on the common grid: per layer (polyphase kernel, its output grid) and the bound on the
-    error of its computed Fourier blocks."""
-    kernels, errors = [], []
-    for layer, grid in zip(layers, common_grid(layers)):
-        spatial = tuple(g - b - e for g, b, e in zip(grid, layer.pads_begin, layer.pads_end))
-        geom = ConvGeometry(layer.weight, (layer.weight.shape[1], *spatial), layer.stride, layer.dilation,
-                            layer.pads_begin, layer.pads_end, 1)
-        pp = polyphase(geom)
-        kernels.append((pp.kernel[0], pp.grid))
-        errors.append(float(dft_error(pp.kernel)[0]))
-    return kernels, errors
-
-
 def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[float | None]]:
     """Upper bounds of ``||C_j ... C_i||`` for the circular lifts (None where a later layer is strided)."""
     kernels, errors = lifted_kernels(layers)
@@ -160,7 +95,7 @@ def _run_norms(kernels, errors, rel_tol: float) -> list[float]:
         chunk = freqs[start:start + step]
         product, fro, err = None, 1.0, 0.0
         for j, (kernel, _) in enumerate(kernels):
-            blocks = _blocks_at(kernel, grid, chunk)
+            blocks = blocks_at(kernel, grid, chunk)
             f_j = float(frobenius_upper(blocks).max())
             if product is None:
                 product, err = blocks, errors[j]

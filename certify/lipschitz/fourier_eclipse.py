@@ -31,6 +31,7 @@ import torch
 from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.eclipse import ECLIPSE_MARGIN, ECLIPSE_SHIFT
 from certify.lipschitz.gram import frobenius_upper, round_up
+from certify.lipschitz.lifting import blocks_at, lifted_kernels
 
 _BLOCK_BYTES = 1 << 26  # blocks of one layer formed at once
 
@@ -51,9 +52,8 @@ def _factor(blocks: list[torch.Tensor], lams: list[float], shifts: list[float]):
 
 
 def conv_eclipse(layers: list, betas: list[float]) -> float | None:
-    """The ECLipsE-Fast bound of a run of ``averaged.ConvLayer`` (the first may be strided, the others stride 1)
+    """The ECLipsE-Fast bound of a run of ``lifting.ConvLayer`` (the first may be strided, the others stride 1)
     with activations of slopes [0, beta] between them, or None when a factorisation fails."""
-    from certify.lipschitz.averaged import _blocks_at, lifted_kernels
 
     if any(max(layer.stride) != 1 for layer in layers[1:]):
         raise ValueError("only the first convolution of an ECLipsE run may be strided")
@@ -67,8 +67,8 @@ def conv_eclipse(layers: list, betas: list[float]) -> float | None:
     step = max(1, _BLOCK_BYTES // (16 * widest * 4))
     chunks = [freqs[s:s + step] for s in range(0, freqs.shape[0], step)]
 
-    def blocks_at(chunk, count):
-        return [_blocks_at(kernels[i], grid, chunk) * scales[i] for i in range(count)]
+    def scaled_blocks(chunk, count):
+        return [blocks_at(kernels[i], grid, chunk) * scales[i] for i in range(count)]
 
     lams: list[float] = []
     shifts: list[float] = []
@@ -76,7 +76,7 @@ def conv_eclipse(layers: list, betas: list[float]) -> float | None:
     for i in range(len(layers) - 1):
         top, fro = 0.0, 0.0
         for chunk in chunks:
-            blocks = blocks_at(chunk, i + 1)
+            blocks = scaled_blocks(chunk, i + 1)
             b = _factor(blocks, lams, shifts)
             if b is None:
                 return None
@@ -91,7 +91,7 @@ def conv_eclipse(layers: list, betas: list[float]) -> float | None:
         inverse = 2.0 / lam
     upper = 0.0
     for chunk in chunks:
-        final = _factor(blocks_at(chunk, len(layers)), lams, shifts)
+        final = _factor(scaled_blocks(chunk, len(layers)), lams, shifts)
         if final is None:
             return None
         up, _, _ = certified_block_norms(final, rel_tol=1e-6)
