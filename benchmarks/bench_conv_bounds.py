@@ -114,7 +114,8 @@ def main() -> None:
     print("-" * len(head))
     print(f"layers={len(layers)} ours total {total_ours / 1000:.1f} s wall ({total_cpu:.1f} s CPU over "
           f"{torch.get_num_threads()} threads), worst upper/lower {worst:.4f}; "
-          f"100-step power iteration total {total_pi / 1000:.1f} s ({total_pi_cpu:.1f} s CPU); load average {os.getloadavg()[0]:.1f}")
+          f"100-step power iteration total {total_pi / 1000:.1f} s ({total_pi_cpu:.1f} s CPU); "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
