@@ -119,10 +119,11 @@ def dense_bound(
         _, singular, vh = torch.linalg.svd(w, full_matrices=False)
         upper = round_up(float(singular[0]) / (1.0 - svd_relative_error(*w.shape)))
         return LayerBound(upper, _achieved_ratio(apply, vh[0]), "svd", exact=True, ms=_ms(start))
-    uppers, _, vectors = gram_bounds(w.unsqueeze(0))
+    uppers, _, vectors = certified_block_norms(w.unsqueeze(0), rel_tol=_BLOCK_TOLERANCE)
     init = _right_vector(w, vectors[0])
-    lower, _ = linear_operator_lower(apply, (w.shape[1],), iters=power_iters, init=init, dtype=torch.float64)
-    return LayerBound(float(uppers[0]), lower, "gram-iteration", ms=_ms(start))
+    lower, _ = linear_operator_lower(apply, (w.shape[1],), iters=power_iters, init=init, dtype=torch.float64,
+                                     target=float(uppers[0]) / (1.0 + _LOWER_TOLERANCE))
+    return LayerBound(float(uppers[0]), lower, "gram+lanczos+cholesky-certificate", ms=_ms(start))
 
 
 def conv_bound(
