@@ -148,6 +148,10 @@ def run_one(name: str, power: bool, random: bool) -> None:
     for chain in net["chains"]:
         print(f"  chain {chain['nodes'][0]}..{chain['nodes'][-1]} ({len(chain['nodes'])} nodes): "
               f"upper {chain['upper']}, {chain['ms'] / 1000:.1f} s")
+    segments = {id(r.segment): r.segment for r in records if r.segment is not None and len(r.segment.members) > 1
+                and r.segment.bound is not None}
+    print(f"fused segments: {len(segments)} re-bounded in {sum(g.bound.ms for g in segments.values()) / 1000:.1f} s; "
+          f"own node bounds {sum(r.bound.ms for r in records if r.bound is not None) / 1000:.1f} s")
     slow = sorted((r for r in records if r.bound is not None), key=lambda r: -r.bound.ms)[:5]
     print("slowest nodes: " + ", ".join(f"{r.ctx.node} ({r.ctx.op_type}) {r.bound.ms / 1000:.1f} s" for r in slow))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
