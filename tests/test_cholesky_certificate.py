@@ -51,3 +51,15 @@ def test_lanczos_estimates_certify_large_single_matrices(shape):
     exact = _exact_max(blocks)
     assert exact <= float(upper.max()) <= exact * (1 + 1.2e-4)
     assert exact * (1 - 1e-5) <= float(lower.max()) <= exact * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(300, 520), (520, 300)])
+def test_svd_top_of_large_matrices_is_certified_within_1e_7(shape):
+    from certify.lipschitz.exact import svd_top
+
+    matrix = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    upper, vector = svd_top(matrix)
+    exact = float(torch.linalg.matrix_norm(matrix, ord=2))
+    assert exact <= upper <= exact * (1 + 2e-7)
+    assert vector.shape == (shape[1],)
+    assert float(torch.linalg.vector_norm(matrix @ vector)) >= exact * (1 - 1e-6)
