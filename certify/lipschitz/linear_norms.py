@@ -1,9 +1,11 @@
 """Operator-norm bounds of dense and convolutional layers: a guaranteed upper bound and an achieved lower bound.
 
-l2: dense layers use an SVD in float64 when small and Gram iteration otherwise (`certify.lipschitz.gram`);
-convolutions use the circular/polyphase Fourier embedding (`certify.lipschitz.conv`) with Gram iteration per
-frequency block. Lower bounds come from power iteration on the real operator, so upper / lower measures how far the
-guaranteed bound can be from the truth. linf: the induced inf-norm is the largest absolute row sum, exact for both.
+l2: dense layers use an SVD in float64 when small and otherwise one Gram product certified by a Cholesky
+factorisation at a Lanczos estimate (`certify.lipschitz.cholesky`); convolutions use the circular/polyphase Fourier
+embedding (`certify.lipschitz.conv`) with the same certificate over all frequency blocks at once (Gram iteration for
+the blocks it misses). Lower bounds come from power iteration on the real operator, so upper / lower measures how
+far the guaranteed bound can be from the truth. linf: the induced inf-norm is the largest absolute row sum, exact
+for both.
 """
 
 from __future__ import annotations
