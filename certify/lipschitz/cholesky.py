@@ -106,7 +106,7 @@ def _certify(state: _State, power_steps: int) -> None:
         if hard.numel():
             margin = _rump_margin(n, torch.full((hard.numel(),), n * c, dtype=torch.float64), c)
             shift = (c - e[hard] - margin) * (1.0 - 4 * U64)
-            a = -h[hard]
+            a = -h if hard.numel() == len(h) else -h[hard]  # one copy, not two
             a.diagonal(dim1=-2, dim2=-1).add_(shift.view(-1, 1).to(a.dtype))
             ok = torch.linalg.cholesky_ex(a)[1].eq(0) & (shift > 0)
             state.upper[pending[hard[ok]]] = round_up(math.sqrt(c))
