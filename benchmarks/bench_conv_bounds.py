@@ -2,7 +2,8 @@
 
 Per layer: our guaranteed upper bound, the power-iteration lower bound (an achieved ||A v|| / ||v||), their ratio
 and time; 100 steps of plain power iteration from a random start (common practice, not a bound) and its time; and
-the exact norm where it is cheap (1x1 kernels: the SVD of the weight matrix; small operators: dense SVD). Goals:
+the exact norm where it is cheap (1x1 kernels: the SVD of the weight matrix; small operators: dense SVD). On a
+shared machine compare CPU times ("x pi": our CPU time over the power iteration's). Goals:
 upper / lower <= 1.01 on every layer, and the whole ResNet-50 set under 120 s on a 2-core CPU.
 
     python benchmarks/bench_conv_bounds.py [--model resnet50|vgg19] [--quick]
@@ -81,12 +82,12 @@ def main() -> None:
                  "layer4.1.conv2", "features.0", "features.5", "features.15"}
         layers = [layer for layer in layers if layer[0] in picks]
     torch.manual_seed(0)
-    head = (f"{'layer':22} {'shape':22} {'in':>4} {'upper':>9} {'lower':>9} {'up/lo':>7} {'ms':>8} "
-            f"{'pi100':>9} {'pi ms':>8} {'exact':>9}")
+    head = (f"{'layer':22} {'shape':22} {'in':>4} {'upper':>9} {'lower':>9} {'up/lo':>7} {'ms':>8} {'cpu ms':>8} "
+            f"{'pi100':>9} {'pi ms':>8} {'pi cpu':>8} {'x pi':>5} {'exact':>9}")
     print(f"{args.model} convolutions, 224x224 input, torch threads={torch.get_num_threads()}")
     print(head)
     print("-" * len(head))
-    total_ours = total_pi = total_cpu = 0.0
+    total_ours = total_pi = total_cpu = total_pi_cpu = 0.0
     worst = 0.0
     for name, c_in, c_out, k, stride, size in layers:
         weight = torch.randn(c_out, c_in, k, k) * math.sqrt(2.0 / (c_in * k * k))
@@ -94,26 +95,33 @@ def main() -> None:
         input_shape = (c_in, size, size)
         cpu0 = time.process_time()
         bound = conv_bound(weight, input_shape, stride=stride, padding=pads)
-        total_cpu += time.process_time() - cpu0
+        cpu = time.process_time() - cpu0
+        total_cpu += cpu
         total_ours += bound.ms
         ratio = bound.ratio() or math.inf
         worst = max(worst, ratio)
-        pi_text = pi_ms_text = "-"
+        pi_text = pi_ms_text = pi_cpu_text = times_text = "-"
         if not args.no_baseline:
             geom = normalize_conv(weight, input_shape, stride=stride, padding=pads)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             value, _ = linear_operator_lower(geom.apply, input_shape, iters=100, seed=1)
             pi_ms = (time.perf_counter() - t0) * 1000
+            pi_cpu = time.process_time() - c0
+            total_pi_cpu += pi_cpu
             total_pi += pi_ms
-            pi_text, pi_ms_text = f"{value:9.4f}", f"{pi_ms:8.0f}"
+            pi_text, pi_ms_text, pi_cpu_text = f"{value:9.4f}", f"{pi_ms:8.0f}", f"{pi_cpu * 1000:8.0f}"
+            times_text = f"{cpu / pi_cpu:5.2f}"
         exact = _exact(weight, input_shape, pads, stride)
         shape = f"{c_out}x{c_in}x{k}x{k}/{stride}"
+        exact_text = "-" if exact is None else f"{exact:9.4f}"
         print(f"{name:22} {shape:22} {size:4d} {bound.upper:9.4f} {bound.lower:9.4f} {ratio:7.4f} {bound.ms:8.0f} "
-              f"{pi_text:>9} {pi_ms_text:>8} {'-' if exact is None else f'{exact:9.4f}':>9}", flush=True)
+              f"{cpu * 1000:8.0f} {pi_text:>9} {pi_ms_text:>8} {pi_cpu_text:>8} {times_text:>5} {exact_text:>9}",
+              flush=True)
     print("-" * len(head))
     print(f"layers={len(layers)} ours total {total_ours / 1000:.1f} s wall ({total_cpu:.1f} s CPU over "
           f"{torch.get_num_threads()} threads), worst upper/lower {worst:.4f}; "
-          f"100-step power iteration total {total_pi / 1000:.1f} s; load average {os.getloadavg()[0]:.1f}")
+          f"100-step power iteration total {total_pi / 1000:.1f} s ({total_pi_cpu:.1f} s CPU); "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,14 @@ import math
 
 import torch
 
-from certify.lipschitz.gram import U64, _orient, frobenius_upper, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.gram import U64, frobenius_upper, gram_bounds, matmul_gamma, round_up
 
 _ROUNDS = 3  # Cholesky attempts before the remaining blocks go to Gram iteration
 _TINY = 2.0**-900  # covers underflow in the products and the factorisation (blocks are scaled to norm ~ 1 below)
+_ROUGH_STEPS = 4  # power steps for every block; only the leading ones (and those a certificate misses) get more
+_LEADING = 8
+_LANCZOS_BLOCKS = 4  # batches this small get Lanczos estimates (a large single matrix: power iteration is slow)
+_LANCZOS_STEPS = 96
 
 
 def _rump_margin(n: int, trace_upper: torch.Tensor, c: float) -> torch.Tensor:
@@ -32,58 +36,102 @@ def _rump_margin(n: int, trace_upper: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def certified_block_norms(blocks: torch.Tensor, *, rel_tol: float = 1e-3, floor: float = 0.0, power_steps: int = 16):
-    """Like `gram_bounds` (same returns: per-block upper (B,), lower (B,), vectors (B, n) in the oriented block's
-    domain), but each upper is only guaranteed to bound its block and to be within ``rel_tol`` of the batch's largest
-    lower estimate (or ``floor``): exactly what a maximum over blocks needs."""
+    """Like `gram_bounds` (same returns: per-block upper (B,), lower (B,), vectors (B, n) on the block's smaller
+    side: the input side unless the block is wide), but each upper is only guaranteed to bound its block and to be
+    within ``rel_tol`` of the batch's largest lower estimate (or ``floor``): exactly what a maximum over blocks
+    needs."""
     if blocks.ndim != 3:
         raise ValueError(f"expected a batch of matrices (B, p, q), got shape {tuple(blocks.shape)}")
-    k = _orient(blocks.to(torch.complex128 if blocks.is_complex() else torch.float64))
-    batch, inner, n = k.shape
-    if batch == 0 or n == 0:
+    blocks = blocks.to(torch.complex128 if blocks.is_complex() else torch.float64)
+    batch, p, q = blocks.shape
+    fro = frobenius_upper(blocks) if batch and p and q else None
+    if fro is None or float(fro.max()) == 0.0:
         return gram_bounds(blocks, rel_tol=rel_tol, floor=floor)
     # scale the whole batch by one power of two (exact) so that products neither overflow nor underflow
-    top = float(frobenius_upper(k).max())
-    if top == 0.0:
-        return gram_bounds(blocks, rel_tol=rel_tol, floor=floor)
-    exponent = math.frexp(top)[1]
-    k = k * 2.0**-exponent
+    exponent = math.frexp(float(fro.max()))[1]
+    scaled = blocks * 2.0**-exponent
+    fro = fro * 2.0**-exponent  # an exact rescaling of upper bounds
+    k = scaled.mH if p < q else scaled  # the Gram matrix K^H K on the smaller side (a view: no copy)
+    state = _State(k, fro, floor * 2.0**-exponent, rel_tol)
+    _certify(state, power_steps)
+    scale = 2.0**exponent
+    return round_up(state.upper * scale), state.lower * scale, state.vectors
+
+
+class _State:
+    """Per-block certified uppers (sigma units), achieved lower ratios and their vectors, and what is left to do."""
+
+    def __init__(self, k: torch.Tensor, fro: torch.Tensor, floor: float, rel_tol: float):
+        batch, _, n = k.shape
+        self.k, self.fro, self.floor, self.rel_tol = k, fro, floor, rel_tol
+        self.upper = torch.full((batch,), math.inf, dtype=torch.float64)
+        self.lower = torch.zeros(batch, dtype=torch.float64)
+        self.vectors = torch.zeros(batch, n, dtype=k.dtype)
+        self.pending = torch.arange(batch)
+
+    def level(self) -> float:
+        """The certification level c = (best lower (1 + tol))^2, rounded up."""
+        best = max(float(self.lower.max()), self.floor)
+        return round_up(round_up(best * (1.0 + self.rel_tol)) ** 2)
+
+    def offer(self, index: torch.Tensor, lower: torch.Tensor, vectors: torch.Tensor) -> None:
+        better = lower > self.lower[index]
+        self.lower[index] = torch.where(better, lower, self.lower[index])
+        self.vectors[index] = torch.where(better.view(-1, 1), vectors.to(self.vectors.dtype), self.vectors[index])
+
+
+def _certify(state: _State, power_steps: int) -> None:
+    """Gram products, power estimates (rough for every block, long for the leading ones), Cholesky certificates;
+    Gram iteration for the blocks they miss."""
+    pending = state.pending
+    if not pending.numel():
+        return
+    k = state.k if len(pending) == len(state.k) else state.k[pending]  # indexing would copy every block
+    inner, n = k.shape[1:]
     h = k.mH @ k
-    e = round_up(matmul_gamma(inner) * frobenius_upper(k).square()) + _TINY
-    lower, vectors = _power_lower(k, h, power_steps)
-    upper = torch.full((batch,), math.inf, dtype=torch.float64)
+    e = round_up(matmul_gamma(inner) * state.fro[pending].square()) + _TINY
+    if len(pending) <= _LANCZOS_BLOCKS:
+        top = torch.stack([_lanczos_top(h[i]) for i in range(len(pending))])
+        state.offer(pending, _achieved(k, top), top)
+    state.offer(pending, *_power_lower(k, h, min(power_steps, _ROUGH_STEPS)))
+    lead = state.lower[pending].argsort(descending=True)[:_LEADING]
+    state.offer(pending[lead], *_power_lower(k[lead], h[lead], power_steps, state.vectors[pending[lead]]))
     fro_h = round_up(frobenius_upper(h) + e)
-    pending = torch.arange(batch)
+    local = torch.arange(len(pending))
     for _ in range(_ROUNDS):
-        best = max(float(lower.max()), floor * 2.0**-exponent)
-        c = round_up(round_up(best * (1.0 + rel_tol)) ** 2)
-        easy = fro_h[pending] < c  # lambda_max(H) <= ||H||_F
-        upper[pending[easy]] = c
-        hard = pending[~easy]
+        c = state.level()
+        easy = fro_h[local] < c  # lambda_max(H) <= ||H||_F
+        state.upper[pending[local[easy]]] = round_up(math.sqrt(c))
+        hard = local[~easy]
         if hard.numel():
             margin = _rump_margin(n, torch.full((hard.numel(),), n * c, dtype=torch.float64), c)
             shift = (c - e[hard] - margin) * (1.0 - 4 * U64)
-            a = -h[hard]
+            a = -h if hard.numel() == len(h) else -h[hard]  # one copy, not two
             a.diagonal(dim1=-2, dim2=-1).add_(shift.view(-1, 1).to(a.dtype))
             ok = torch.linalg.cholesky_ex(a)[1].eq(0) & (shift > 0)
-            upper[hard[ok]] = c
+            state.upper[pending[hard[ok]]] = round_up(math.sqrt(c))
             hard = hard[~ok]
-        pending = hard
-        if not pending.numel():
-            break
+        local = hard
+        if not local.numel():
+            return
         # the failing blocks hold a larger singular value than the estimates found: iterate them further
-        more, more_vectors = _power_lower(k[pending], h[pending], 4 * power_steps, vectors[pending])
-        better = more > lower[pending]
-        lower[pending] = torch.where(better, more, lower[pending])
-        vectors[pending] = torch.where(better.view(-1, 1), more_vectors, vectors[pending])
-    if pending.numel():
-        best = max(float(lower.max()), floor * 2.0**-exponent)
-        g_upper, g_lower, g_vectors = gram_bounds(k[pending], rel_tol=rel_tol, floor=best)
-        upper[pending] = round_up(g_upper.square())
-        better = g_lower > lower[pending]
-        lower[pending] = torch.where(better, g_lower, lower[pending])
-        vectors[pending] = torch.where(better.view(-1, 1), g_vectors.to(vectors.dtype), vectors[pending])
-    scale = 2.0**exponent
-    return round_up(round_up(torch.sqrt(upper)) * scale), lower * scale, vectors
+        state.offer(pending[local], *_power_lower(k[local], h[local], 4 * power_steps,
+                                                  state.vectors[pending[local]]))
+    rest = pending[local]
+    best = max(float(state.lower.max()), state.floor)
+    g_upper, g_lower, g_vectors = gram_bounds(k[local], rel_tol=state.rel_tol, floor=best)
+    state.upper[rest] = g_upper
+    state.offer(rest, g_lower, g_vectors)
+
+
+def _achieved(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """||K v|| / ||v|| evaluated in K's precision (achieved ratios: lower bounds up to that evaluation's rounding)."""
+    v = v.to(k.dtype)
+    vn = torch.linalg.vector_norm(v, dim=-1)
+    # a view K = S^H of contiguous blocks S: ||K v|| = ||v^H S||, read in memory order
+    kv = k @ v.unsqueeze(-1) if k.is_contiguous() else v.conj().unsqueeze(-2) @ k.mH
+    kv = torch.linalg.vector_norm(kv, dim=(-2, -1))
+    return torch.where(vn > 0, kv / vn.clamp_min(1e-300), torch.zeros_like(vn)).to(torch.float64)
 
 
 def _power_lower(k: torch.Tensor, h: torch.Tensor, steps: int,
@@ -97,9 +145,35 @@ def _power_lower(k: torch.Tensor, h: torch.Tensor, steps: int,
         v = start.unsqueeze(-1).to(h.dtype)
     for _ in range(steps):
         v = h @ v
-        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(1e-300)
+        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(1e-30)
     v = v.squeeze(-1)
-    vn = torch.linalg.vector_norm(v, dim=-1)
-    kv = torch.linalg.vector_norm((k @ v.unsqueeze(-1)).squeeze(-1), dim=-1)
-    ratio = torch.where(vn > 0, kv / vn.clamp_min(1e-300), torch.zeros_like(vn))
-    return ratio.to(torch.float64), v
+    return _achieved(k, v), v
+
+
+def _lanczos_top(h: torch.Tensor, steps: int = _LANCZOS_STEPS) -> torch.Tensor:
+    """An estimate of the top eigenvector of a Hermitian PSD matrix: the Ritz vector of a Lanczos run with full
+    reorthogonalisation (Golub and Van Loan, 10.1). Only an estimate: its achieved ratio is what counts."""
+    n = h.shape[-1]
+    steps = min(steps, n)
+    basis = torch.zeros(steps, n, dtype=h.dtype)
+    alphas, betas = [], []
+    q = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(h.dtype)
+    q = q / torch.linalg.vector_norm(q)
+    for j in range(steps):
+        basis[j] = q
+        w = h @ q
+        alphas.append(float(torch.vdot(q, w).real))
+        for _ in range(2):  # twice is enough (Parlett)
+            w = w - basis[:j + 1].T @ (basis[:j + 1].conj() @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        if j + 1 == steps or beta <= 1e-12 * max(abs(a) for a in alphas):
+            break
+        betas.append(beta)
+        q = w / beta
+    m = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[:m - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    _, vecs = torch.linalg.eigh(t)
+    return vecs[:, -1].to(h.dtype) @ basis[:m]

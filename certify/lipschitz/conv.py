@@ -215,10 +215,12 @@ def frequency_chunks(pp: Polyphase, max_blocks: int) -> Iterator[tuple[torch.Ten
     """Yield (blocks (B, C_out/g, C_in'), frequency indices (B, D)) over the half spectrum, in chunks.
 
     The last axis keeps frequencies 0..m//2 (conjugate symmetry of a real kernel); chunks split the first axis;
-    groups are folded into B (fastest). Each axis is one tensordot of the taps with their twiddles.
+    groups are folded into B (fastest). Each axis is one product of its twiddles with the taps.
     """
     kernel = pp.kernel[:, :, pp.used].to(torch.complex128)
     g, c_out, c_in = kernel.shape[:3]
+    dims = kernel.ndim - 3
+    taps_first = kernel.permute(*range(3, 3 + dims), 0, 1, 2).contiguous()  # (*taps, g, co, ci)
     grid = list(pp.frequency_grid)
     freq_axes = [torch.arange(m) for m in grid]
     freq_axes[-1] = torch.arange(grid[-1] // 2 + 1)
@@ -226,11 +228,14 @@ def frequency_chunks(pp: Polyphase, max_blocks: int) -> Iterator[tuple[torch.Ten
     step = max(1, max_blocks // per_first)
     for start in range(0, len(freq_axes[0]), step):
         axes = [freq_axes[0][start:start + step], *freq_axes[1:]]
-        acc = kernel  # (g, co, ci, *taps); each contraction consumes axis 3 and appends a frequency axis
-        for m, freqs in zip(grid, axes):
-            acc = torch.tensordot(acc, _twiddles(m, acc.shape[3], freqs), dims=([3], [1]))
-        dims = len(grid)
-        acc = acc.permute(*range(3, 3 + dims), 0, 1, 2).reshape(-1, c_out, c_in)
+        acc = taps_first.reshape(1, taps_first.shape[0], -1)
+        # (done frequencies, taps of this axis, rest): each axis is one batched product with its twiddles, and the
+        # blocks come out contiguous, frequencies first and groups fastest
+        for axis, (m, freqs) in enumerate(zip(grid, axes)):
+            acc = torch.matmul(_twiddles(m, acc.shape[1], freqs), acc)
+            if axis + 1 < dims:
+                acc = acc.reshape(-1, kernel.shape[4 + axis], acc.shape[-1] // kernel.shape[4 + axis])
+        acc = acc.reshape(-1, c_out, c_in)
         mesh = torch.meshgrid(*axes, torch.arange(g), indexing="ij")
         yield acc, torch.stack([c.reshape(-1) for c in mesh[:-1]], dim=-1)
 

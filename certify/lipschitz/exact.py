@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.gram import U64, round_up
+
+_SVD_MAX_SIDE = 256  # larger matrices: a Gram product, a Lanczos estimate and a Cholesky certificate, ~10x cheaper
+_CERTIFIED_TOL = 1e-7
 
 
 def svd_relative_error(rows: int, cols: int) -> float:
@@ -30,6 +34,11 @@ def materialize(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequenc
 
 
 def svd_top(matrix: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Guaranteed upper bound of ||matrix||_2 and its top right singular vector."""
+    """Guaranteed upper bound of ||matrix||_2 (within 1e-7 of it) and its top right singular vector."""
+    if min(matrix.shape) > _SVD_MAX_SIDE:
+        upper, _, vectors = certified_block_norms(matrix.unsqueeze(0), rel_tol=_CERTIFIED_TOL)
+        v = vectors[0].to(matrix.dtype)
+        v = v if v.shape[0] == matrix.shape[1] else matrix.T @ v  # the left vector of a wide matrix
+        return float(upper[0]), v / torch.linalg.vector_norm(v).clamp_min(1e-300)
     _, sv, vh = torch.linalg.svd(matrix, full_matrices=False)
     return round_up(float(sv[0]) / (1.0 - svd_relative_error(*matrix.shape))), vh[0]
