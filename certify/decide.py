@@ -46,7 +46,7 @@ BAB_SHARE = 0.7  # of the time left after the bounds: Relu branch and bound; the
 @dataclass
 class Verdict:
     result: str  # "holds", "violated" or "unknown"
-    method: str
+    method: str  # what decided it; for unknown, what was tried ("attack+bab")
     seconds: float
     counterexample: Counterexample | None = None
     reason: str = ""
@@ -290,7 +290,7 @@ class Decider:
             if found is not None:
                 return Verdict("violated", "attack", elapsed(), found)
             reason = "no bound engine available" if self.bounds is None else "not proved by bounds; no counterexample"
-            return Verdict("unknown", "attack", elapsed(), reason=reason, stats=stats)
+            return Verdict("unknown", "+".join(sorted(methods | {"attack"})), elapsed(), reason=reason, stats=stats)
         return Verdict("holds", "+".join(sorted(methods)) or "bounds", elapsed(), stats=stats)
 
     def _branchable(self, case: Case) -> bool:

@@ -193,6 +193,7 @@ def test_without_bounds_a_holding_property_stays_unknown(tiny_onnx):
     prop = parse_vnnlib(prop_text("(assert (<= Y_1 -0.5))"))
     verdict = decider_for(tiny_onnx, prop, None).decide(prop, timeout=1)
     assert verdict.result == "unknown" and "no bound engine" in verdict.reason
+    assert verdict.method == "attack"  # what was tried: the attacks alone
 
 
 def test_vacuous_property_holds(tiny_onnx):
