@@ -34,7 +34,7 @@ from certify.errors import ModelRejected
 from certify.falsify import Checker, Counterexample, attack_case
 from certify.input_split import Bounded, Boxes, CrownSteps, split_search
 from certify.local.bounds import BoundTimeout
-from certify.vnnlib import Case, Property
+from certify.vnnlib import Case, Property, check_sizes
 
 BoundFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 SPLIT_MAX_INPUTS = 16  # input splitting only pays off for low-dimensional inputs (ACAS Xu has 5)
@@ -233,7 +233,7 @@ class Decider:
 
     def check_fits(self, prop: Property) -> None:
         """Refuse a property whose input or output count differs from the model's (``property_mismatch``)."""
-        _check_sizes(prop, int(np.prod(self.shape)), self.n_outputs)
+        check_sizes(prop.n_inputs, prop.n_outputs, int(np.prod(self.shape)), self.n_outputs)
 
     def _timed(self, deadline: float) -> BoundFn:
         """The bound step, interrupted at ``deadline`` where the engine allows it."""
@@ -359,13 +359,6 @@ class Decider:
         return None
 
 
-def _check_sizes(prop: Property, n_inputs: int, n_outputs: int | None) -> None:
-    if n_inputs != prop.n_inputs:
-        raise ModelRejected("property_mismatch", f"the property has {prop.n_inputs} inputs, the model {n_inputs}")
-    if n_outputs is not None and n_outputs != prop.n_outputs:
-        raise ModelRejected("property_mismatch", f"the property has {prop.n_outputs} outputs, the model {n_outputs}")
-
-
 def load_decider(model_path, prop: Property | None = None, *, use_bounds: bool = True, seed: int = 0) -> Decider:
     """Load and convert the model and build its :class:`Decider`, which then decides any property that fits it.
     With ``prop``, a property that does not fit is refused before the conversion where the input count tells."""
@@ -381,7 +374,7 @@ def load_decider(model_path, prop: Property | None = None, *, use_bounds: bool =
     if elem not in (1, 11):  # float, double
         raise ModelRejected("property_mismatch", "the model's input is not a floating-point tensor")
     if prop is not None:
-        _check_sizes(prop, int(np.prod(shape[1:])), None)
+        check_sizes(prop.n_inputs, prop.n_outputs, int(np.prod(shape[1:])), None)
     graph = to_torch(model)
     checker = Checker(onnxruntime_session(model, threads=1), name, (1, *shape[1:]))
     with torch.no_grad():

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from certify.errors import ModelRejected
-from certify.vnnlib import Property, parse_vnnlib
+from certify.vnnlib import Property, check_sizes, parse_vnnlib
 
 MAX_PROPERTIES = 64
 
@@ -97,11 +97,8 @@ def check_declared_fit(n_inputs: int, n_outputs: int, inputs: list[dict], output
     ``property_mismatch`` otherwise."""
     if len(inputs) != 1:
         raise ModelRejected("property_mismatch", f"the model has {len(inputs)} inputs; VNN-LIB properties need one")
-    sizes = {"inputs": (n_inputs, _size(inputs[0].get("shape"))),
-             "outputs": (n_outputs, _size(outputs[0].get("shape")) if len(outputs) == 1 else None)}
-    for what, (declared, model_size) in sizes.items():
-        if model_size is not None and model_size != declared:
-            raise ModelRejected("property_mismatch", f"the property has {declared} {what}, the model {model_size}")
+    check_sizes(n_inputs, n_outputs, _size(inputs[0].get("shape")),
+                _size(outputs[0].get("shape")) if len(outputs) == 1 else None)
 
 
 def decide_properties(model_path, specs: list[PropertySpec], timeout_s: float, *, seed: int = 0,

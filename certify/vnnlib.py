@@ -360,3 +360,11 @@ def read_vnnlib(source) -> Property:
     except UnicodeDecodeError as e:
         raise invalid(data.count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
     return parse_vnnlib(text)
+
+
+def check_sizes(n_inputs: int, n_outputs: int, model_inputs: int | None, model_outputs: int | None) -> None:
+    """Refuse (``property_mismatch``) a property of ``n_inputs`` X and ``n_outputs`` Y variables on a model with
+    other sizes per sample (None: not known here, left to a later check)."""
+    for what, declared, model_size in (("inputs", n_inputs, model_inputs), ("outputs", n_outputs, model_outputs)):
+        if model_size is not None and model_size != declared:
+            raise ModelRejected("property_mismatch", f"the property has {declared} {what}, the model {model_size}")
