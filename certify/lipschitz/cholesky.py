@@ -19,13 +19,13 @@ import math
 import torch
 
 from certify.lipschitz.gram import U64, frobenius_upper, gram_bounds, matmul_gamma, round_up
+from certify.lipschitz.gram_top import top_eigenpair
 
 _ROUNDS = 3  # Cholesky attempts before the remaining blocks go to Gram iteration
 _TINY = 2.0**-900  # covers underflow in the products and the factorisation (blocks are scaled to norm ~ 1 below)
 _ROUGH_STEPS = 4  # power steps for every block; only the leading ones (and those a certificate misses) get more
 _LEADING = 8
 _LANCZOS_BLOCKS = 4  # batches this small get Lanczos estimates (a large single matrix: power iteration is slow)
-_LANCZOS_STEPS = 96
 
 
 def _rump_margin(n: int, trace_upper: torch.Tensor, c: float) -> torch.Tensor:
@@ -91,7 +91,7 @@ def _certify(state: _State, power_steps: int) -> None:
     h = k.mH @ k
     e = round_up(matmul_gamma(inner) * state.fro[pending].square()) + _TINY
     if len(pending) <= _LANCZOS_BLOCKS:
-        top = torch.stack([_lanczos_top(h[i]) for i in range(len(pending))])
+        top = torch.stack([top_eigenpair(h[i], tol=math.inf)[1] for i in range(len(pending))])
         state.offer(pending, _achieved(k, top), top)
     state.offer(pending, *_power_lower(k, h, min(power_steps, _ROUGH_STEPS)))
     lead = state.lower[pending].argsort(descending=True)[:_LEADING]
@@ -148,32 +148,3 @@ def _power_lower(k: torch.Tensor, h: torch.Tensor, steps: int,
         v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(1e-30)
     v = v.squeeze(-1)
     return _achieved(k, v), v
-
-
-def _lanczos_top(h: torch.Tensor, steps: int = _LANCZOS_STEPS) -> torch.Tensor:
-    """An estimate of the top eigenvector of a Hermitian PSD matrix: the Ritz vector of a Lanczos run with full
-    reorthogonalisation (Golub and Van Loan, 10.1). Only an estimate: its achieved ratio is what counts."""
-    n = h.shape[-1]
-    steps = min(steps, n)
-    basis = torch.zeros(steps, n, dtype=h.dtype)
-    alphas, betas = [], []
-    q = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(h.dtype)
-    q = q / torch.linalg.vector_norm(q)
-    for j in range(steps):
-        basis[j] = q
-        w = h @ q
-        alphas.append(float(torch.vdot(q, w).real))
-        for _ in range(2):  # twice is enough (Parlett)
-            w = w - basis[:j + 1].T @ (basis[:j + 1].conj() @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        if j + 1 == steps or beta <= 1e-12 * max(abs(a) for a in alphas):
-            break
-        betas.append(beta)
-        q = w / beta
-    m = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[:m - 1], dtype=torch.float64)
-        t += torch.diag(off, 1) + torch.diag(off, -1)
-    _, vecs = torch.linalg.eigh(t)
-    return vecs[:, -1].to(h.dtype) @ basis[:m]

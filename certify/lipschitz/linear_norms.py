@@ -3,9 +3,10 @@
 l2: dense layers use an SVD in float64 when small and otherwise one Gram product certified by a Cholesky
 factorisation at a Lanczos estimate (`certify.lipschitz.cholesky`); convolutions use the circular/polyphase Fourier
 embedding (`certify.lipschitz.conv`) with the same certificate over all frequency blocks at once (Gram iteration for
-the blocks it misses). Lower bounds come from power iteration on the real operator, so upper / lower measures how
-far the guaranteed bound can be from the truth. linf: the induced inf-norm is the largest absolute row sum, exact
-for both.
+the blocks it misses), or, on small maps where the circular embedding is loose, the exact zero-padded operator
+(`certify.lipschitz.padded_gram`). Lower bounds come from power iteration on the real operator, so upper / lower
+measures how far the guaranteed bound can be from the truth. linf: the induced inf-norm is the largest absolute row
+sum, exact for both.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from certify.lipschitz import padded_gram
 from certify.lipschitz.bound import LayerBound
 from certify.lipschitz.cholesky import certified_block_norms
 from certify.lipschitz.conv import (
@@ -39,6 +41,8 @@ _BLOCK_BYTES = 1 << 27  # Fourier blocks formed at once
 _LOWER_TOLERANCE = 1e-4  # power iteration stops once the lower bound is this close to the upper one
 _BLOCK_TOLERANCE = 1e-4  # the certified maximum over Fourier blocks is within this of the best block estimate
 _SVD_MAX_ELEMS = 1 << 14  # above, a Gram matrix certified by Cholesky (`certify.lipschitz.gram_top`) beats the SVD
+_EXACT_GAP = 2e-3  # a larger upper / lower on a map whose Gram matrix fits (`padded_gram`): bound it exactly
+_EXACT_METHOD = "zero-padded-gram+lanczos+cholesky-certificate"
 _GRAM_TOP_MAX_SIDE = 4096  # largest Gram matrix formed for a dense layer (128 MiB); wider on both sides: Gram iteration
 
 
@@ -149,13 +153,16 @@ def conv_bound(
     norm: str = "l2",
     power_iters: int = 30,
     exact_max_elems: int = 1 << 20,
+    gram_max_side: int | None = None,
 ) -> LayerBound:
     """Bounds of the zero-padded N-d convolution (N = 1, 2, 3) on inputs of shape (C, *spatial).
 
     ``padding`` holds explicit per-side pads [begin..., end...] (ONNX order); ``weight`` is (C_out, C_in / groups,
     *k) for a convolution and (C_in, C_out / groups, *k) for a transposed one (whose norm is its adjoint's).
     When the operator as a dense matrix has at most ``exact_max_elems`` entries it is materialised and bounded
-    exactly (SVD); otherwise by the Fourier embedding, which is tight for inputs large compared with the kernel.
+    exactly (SVD); otherwise by the Fourier embedding, which is tight for inputs large compared with the kernel, and
+    where it is not and the Gram matrix has a side of at most ``gram_max_side`` (default: `padded_gram.fits`; 0: never)
+    by that matrix.
     """
     start = time.perf_counter()
     geom = normalize_conv(weight.detach(), input_shape, stride=stride, padding=padding, dilation=dilation,
@@ -180,7 +187,13 @@ def conv_bound(
         init = _best_plane_wave(geom, best) if best is not None else None
     lower, _ = linear_operator_lower(geom.apply, geom.input_shape, iters=power_iters, init=init,
                                      target=upper / (1.0 + _LOWER_TOLERANCE))
-    return LayerBound(upper, lower, method, ms=_ms(start))
+    if upper > lower * (1.0 + _EXACT_GAP) and padded_gram.fits(geom, max_side=gram_max_side):
+        # a small map, where the boundary pulls the zero-padded norm below the circular bound
+        exact_upper, vector = padded_gram.exact_norm(geom)
+        lower = max(lower, _achieved_ratio(geom.apply, vector.unsqueeze(0)))
+        if exact_upper < upper:
+            upper, method = exact_upper, _EXACT_METHOD
+    return LayerBound(upper, min(lower, upper), method, exact=method == _EXACT_METHOD, ms=_ms(start))
 
 
 def _fourier_upper(geom: ConvGeometry):
