@@ -19,20 +19,13 @@ import math
 import torch
 
 from certify.lipschitz.gram import U64, frobenius_upper, gram_bounds, matmul_gamma, round_up
-from certify.lipschitz.gram_top import top_eigenpair
+from certify.lipschitz.gram_top import cholesky_allowance, cholesky_passes, top_eigenpair
 
 _ROUNDS = 3  # Cholesky attempts before the remaining blocks go to Gram iteration
 _TINY = 2.0**-900  # covers underflow in the products and the factorisation (blocks are scaled to norm ~ 1 below)
 _ROUGH_STEPS = 4  # power steps for every block; only the leading ones (and those a certificate misses) get more
 _LEADING = 8
 _LANCZOS_BLOCKS = 4  # batches this small get Lanczos estimates (a large single matrix: power iteration is slow)
-
-
-def _rump_margin(n: int, trace_upper: torch.Tensor, c: float) -> torch.Tensor:
-    """Backward-error allowance of a Cholesky factorisation of an n x n Hermitian matrix with trace <= trace_upper,
-    plus the rounding of its diagonal ``c - h_ii`` (at most u (c + max h_ii) <= 2 u c for h_ii <= c)."""
-    nu = 2.0 * (2 * n + 2) * U64
-    return round_up(8.0 * nu / (1.0 - nu) * trace_upper + 4.0 * U64 * c) + _TINY
 
 
 def certified_block_norms(blocks: torch.Tensor, *, rel_tol: float = 1e-3, floor: float = 0.0, power_steps: int = 16):
@@ -104,11 +97,9 @@ def _certify(state: _State, power_steps: int) -> None:
         state.upper[pending[local[easy]]] = round_up(math.sqrt(c))
         hard = local[~easy]
         if hard.numel():
-            margin = _rump_margin(n, torch.full((hard.numel(),), n * c, dtype=torch.float64), c)
-            shift = (c - e[hard] - margin) * (1.0 - 4 * U64)
-            a = -h if hard.numel() == len(h) else -h[hard]  # one copy, not two
-            a.diagonal(dim1=-2, dim2=-1).add_(shift.view(-1, 1).to(a.dtype))
-            ok = torch.linalg.cholesky_ex(a)[1].eq(0) & (shift > 0)
+            # passing at the shift puts lambda_max(K^H K) below shift + allowance + e <= c
+            shift = (c - e[hard] - cholesky_allowance(n, c, h.is_complex())) * (1.0 - 4 * U64)
+            ok = cholesky_passes(h, shift, None if hard.numel() == len(h) else hard)
             state.upper[pending[hard[ok]]] = round_up(math.sqrt(c))
             hard = hard[~ok]
         local = hard

@@ -80,22 +80,35 @@ def _lanczos_run(apply, q: torch.Tensor, steps: int) -> tuple[float, torch.Tenso
     return float(values[-1]), (ritz / torch.linalg.vector_norm(ritz)).reshape(shape)
 
 
+def cholesky_allowance(n: int, level, complex_: bool = False):
+    """How far above ``level`` lambda_max(h) may lie when the floating-point Cholesky factorisation of
+    fl(level I - h) (n x n, h_ii <= level) completes: Rump's backward error 8 gamma tr(A) <= 8 gamma n level
+    (gamma of 2n + 2 roundings, doubled for complex arithmetic) plus the rounding of the diagonal, u (level + h_ii)
+    <= 2 u level, doubled; every term rounded upward, with an absolute term for underflow."""
+    nu = 2.0 * (2 * n + 2 if complex_ else n + 1) * U64
+    return round_up(8.0 * nu / (1.0 - nu) * round_up(n * level) + 4.0 * U64 * level) + _TINY
+
+
+def cholesky_passes(h: torch.Tensor, shift, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Whether the Cholesky factorisation of shift I - h completes, per matrix of a batch (..., n, n) (or of
+    ``h[index]``); ``h`` is left as it was (one copy)."""
+    a = h.clone() if index is None else h[index]
+    a.neg_()
+    shift = torch.as_tensor(shift, dtype=torch.float64, device=a.device)
+    a.diagonal(dim1=-2, dim2=-1).add_(shift.unsqueeze(-1).to(a.dtype) if shift.ndim else shift.to(a.dtype))
+    return torch.linalg.cholesky_ex(a)[1].eq(0) & (shift > 0)
+
+
 def certify_top(h: torch.Tensor, estimate: float, error: float) -> float:
-    """A guaranteed upper bound of ``lambda_max(G)`` for a PSD G with ``||h - G||_2 <= error`` (``h`` symmetric,
+    """A guaranteed upper bound of ``lambda_max(G)`` for a PSD G with ``||h - G||_2 <= error`` (``h`` Hermitian,
     float64, nonnegative diagonal): the first trial ``s = estimate (1 + t)`` whose Cholesky certificate passes."""
     n = h.shape[0]
     if n == 0:
         return 0.0
-    h_max = float(h.diagonal().max())
-    nu = 2.0 * (n + 1) * U64
-    gamma = nu / (1.0 - nu)
     for headroom in _TRIALS:
         s = round_up(max(estimate, 0.0) * (1.0 + headroom)) + _TINY
-        a = -h
-        a.diagonal().add_(s)
-        if int(torch.linalg.cholesky_ex(a)[1]) == 0:
-            r = round_up(8.0 * gamma * round_up(n * round_up(s * (1.0 + U64))))
-            return round_up(round_up(round_up(s + r) + round_up(U64 * (s + h_max) * 1.01)) + error) + _TINY
+        if bool(cholesky_passes(h, s)):
+            return round_up(round_up(s + cholesky_allowance(n, s, h.is_complex())) + error) + _TINY
     return round_up(float(frobenius_upper(h.unsqueeze(0))[0]) + error)
 
 
