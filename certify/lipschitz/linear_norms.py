@@ -185,11 +185,11 @@ def conv_bound(
         upper, _, best = _fourier_upper(geom)
         method = "fourier-circular" + ("+polyphase" if max(geom.stride) > 1 else "") + "+cholesky-certificate"
         init = _best_plane_wave(geom, best) if best is not None else None
-    lower, _ = linear_operator_lower(geom.apply, geom.input_shape, iters=power_iters, init=init,
-                                     target=upper / (1.0 + _LOWER_TOLERANCE))
+    lower, vector = linear_operator_lower(geom.apply, geom.input_shape, iters=power_iters, init=init,
+                                          target=upper / (1.0 + _LOWER_TOLERANCE))
     if upper > lower * (1.0 + _EXACT_GAP) and padded_gram.fits(geom, max_side=gram_max_side):
         # a small map, where the boundary pulls the zero-padded norm below the circular bound
-        exact_upper, vector = padded_gram.exact_norm(geom)
+        exact_upper, vector = padded_gram.exact_norm(geom, start=vector)
         lower = max(lower, _achieved_ratio(geom.apply, vector.unsqueeze(0)))
         if exact_upper < upper:
             upper, method = exact_upper, _EXACT_METHOD
