@@ -16,7 +16,9 @@ step, which computes the box's own forward error bound (:mod:`certify.local.floa
 boxes); its children inherit the smaller of the two.
 
 The search (:func:`split_search`) is depth first in batches; every batch's box centres are offered to ``check``
-(which confirms counterexamples in onnxruntime) before they are bounded.
+(which confirms counterexamples in onnxruntime) before they are bounded. The time limit holds inside a batch too:
+the propagations stop at the deadline, and the steps without a deadline of their own (the allowance, the
+gradients) run in chunks (:func:`in_chunks`) that stop before one the measured pace says would overrun it.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from certify.local.bounds import Propagation
+from certify.local.bounds import BoundTimeout, Propagation
 from certify.local.region import Region
 from certify.local.rules import Interval
 
 MAX_BATCH = 4096
 FIRST_BATCH = 64
+FIRST_CHUNK = 64  # boxes per first chunk of a step without a deadline of its own (allowance, gradients)
 
 
 @dataclass
@@ -114,12 +117,14 @@ class CrownSteps:
         if hard.size:
             sub = boxes.take(hard)
             prop, c, low = self._propagate(sub, "crown", deadline)
-            allowance[hard] = np.minimum(sub.allowance, self.allowance(prop, c))
+            own = in_chunks(lambda i: self.allowance(_part(prop, i), c[:, torch.as_tensor(i)]), len(hard), deadline)
+            allowance[hard] = np.minimum(sub.allowance, own)
             gap[hard] = np.maximum(gap[hard], low.T.numpy() - self.d - allowance[hard])
             reads = [name for name in prop.reads if name != prop.input_name]
             hidden = {name: prop.bounds[name] for name in reads}
             tries = self._tries(Boxes(sub.lower, sub.upper, allowance[hard], hidden), deadline)
-            smear = self.gradients(sub.lower, sub.upper) * (sub.upper - sub.lower)
+            smear = in_chunks(lambda i: self.gradients(sub.lower[i], sub.upper[i]), len(hard), deadline)
+            smear = smear * (sub.upper - sub.lower)
             scores[hard] = ((tries - tries.min(1, keepdims=True)) / (np.ptp(tries, axis=1, keepdims=True) + 1e-12)
                             + smear / (smear.max(1, keepdims=True) + 1e-300))
             prior = {name: Interval(_full(box.lo, hard, len(boxes)), _full(box.hi, hard, len(boxes)))
@@ -140,6 +145,29 @@ class CrownSteps:
         _, _, low = self._propagate(kids, "ibp", deadline)
         worst = self._worst(low.T.numpy() - self.d - kids.allowance)
         return np.minimum(worst, self.margin).reshape(n, k, 2).sum(2)
+
+
+def in_chunks(fn: Callable[[np.ndarray], np.ndarray], count: int, deadline: float, first: int = FIRST_CHUNK
+              ) -> np.ndarray:
+    """``fn(index)`` over consecutive chunks of ``range(count)`` (doubling from ``first``), concatenated: a step
+    with no deadline of its own stops between chunks, raising :class:`~certify.local.bounds.BoundTimeout` before
+    one that the pace measured on the previous one says cannot end by ``deadline``."""
+    parts, start, size, pace = [], 0, first, 0.0
+    while start < count:
+        index = np.arange(start, min(start + size, count))
+        now = time.monotonic()
+        if now + pace * len(index) > deadline:
+            raise BoundTimeout
+        parts.append(fn(index))
+        pace = (time.monotonic() - now) / len(index)
+        start, size = start + len(index), 2 * size
+    return np.concatenate(parts)
+
+
+def _part(prop: Propagation, index: np.ndarray) -> Propagation:
+    """The propagation restricted to the boxes ``index`` (itself when that is all of them)."""
+    n = prop.region.lower.shape[0]
+    return prop if len(index) == n else prop.subset(torch.as_tensor(index))
 
 
 def _full(values: torch.Tensor, index: np.ndarray, n: int) -> torch.Tensor:
