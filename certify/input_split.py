@@ -16,7 +16,10 @@ step, which computes the box's own forward error bound (:mod:`certify.local.floa
 boxes); its children inherit the smaller of the two.
 
 The search (:func:`split_search`) is depth first in batches; every batch's box centres are offered to ``check``
-(which confirms counterexamples in onnxruntime) before they are bounded.
+(which confirms counterexamples in onnxruntime) before they are bounded. The time limit holds inside a batch too:
+CROWN propagations stop at the deadline, and the steps without a deadline of their own (interval propagations,
+the allowance, the gradients) run in chunks (:func:`in_chunks`) that stop before one the measured pace says would
+overrun it.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from certify.local.bounds import Propagation
+from certify.local.bounds import BoundTimeout, Propagation
 from certify.local.region import Region
 from certify.local.rules import Interval
 
 MAX_BATCH = 4096
 FIRST_BATCH = 64
+FIRST_CHUNK = 64  # boxes per first chunk of a step without a deadline of its own (allowance, gradients, IBP)
 
 
 @dataclass
@@ -82,6 +86,7 @@ class CrownSteps:
                  margin: float, allowance: Callable, gradients: Callable):
         self.graph, self.shape, self.C, self.d, self.groups = graph, shape, C, d, groups
         self.margin, self.allowance, self.gradients = margin, allowance, gradients
+        self.pace: dict[str, float] = {}  # seconds per box of each chunked step, as last measured
 
     def _propagate(self, boxes: Boxes, method: str, deadline: float):
         """The propagation over ``boxes`` (hidden bounds: ``"ibp"`` or ``"crown"``, both within the priors),
@@ -106,20 +111,27 @@ class CrownSteps:
         return worst
 
     def __call__(self, boxes: Boxes, deadline: float) -> Bounded:
-        _, _, low = self._propagate(boxes, "ibp", deadline)
-        gap = low.T.numpy() - self.d - boxes.allowance
+        low = in_chunks(lambda i: self._propagate(boxes.take(i), "ibp", deadline)[2].T.numpy(), len(boxes),
+                        deadline, pace=self.pace, key="ibp")
+        gap = low - self.d - boxes.allowance
         scores = np.zeros(boxes.lower.shape)
         allowance, prior = boxes.allowance.copy(), {}
         hard = np.flatnonzero(~closed(gap, self.groups, self.margin))
         if hard.size:
             sub = boxes.take(hard)
             prop, c, low = self._propagate(sub, "crown", deadline)
-            allowance[hard] = np.minimum(sub.allowance, self.allowance(prop, c))
+            own = in_chunks(lambda i: self.allowance(_part(prop, i), c[:, torch.as_tensor(i)]), len(hard), deadline,
+                            pace=self.pace, key="allowance")
+            allowance[hard] = np.minimum(sub.allowance, own)
             gap[hard] = np.maximum(gap[hard], low.T.numpy() - self.d - allowance[hard])
             reads = [name for name in prop.reads if name != prop.input_name]
             hidden = {name: prop.bounds[name] for name in reads}
-            tries = self._tries(Boxes(sub.lower, sub.upper, allowance[hard], hidden), deadline)
-            smear = self.gradients(sub.lower, sub.upper) * (sub.upper - sub.lower)
+            parents = Boxes(sub.lower, sub.upper, allowance[hard], hidden)
+            tries = in_chunks(lambda i: self._tries(parents.take(i), deadline), len(hard), deadline,
+                              pace=self.pace, key="tries")
+            smear = in_chunks(lambda i: self.gradients(sub.lower[i], sub.upper[i]), len(hard), deadline,
+                              pace=self.pace, key="gradients")
+            smear = smear * (sub.upper - sub.lower)
             scores[hard] = ((tries - tries.min(1, keepdims=True)) / (np.ptp(tries, axis=1, keepdims=True) + 1e-12)
                             + smear / (smear.max(1, keepdims=True) + 1e-300))
             prior = {name: Interval(_full(box.lo, hard, len(boxes)), _full(box.hi, hard, len(boxes)))
@@ -140,6 +152,31 @@ class CrownSteps:
         _, _, low = self._propagate(kids, "ibp", deadline)
         worst = self._worst(low.T.numpy() - self.d - kids.allowance)
         return np.minimum(worst, self.margin).reshape(n, k, 2).sum(2)
+
+
+def in_chunks(fn: Callable[[np.ndarray], np.ndarray], count: int, deadline: float, first: int = FIRST_CHUNK,
+              pace: dict | None = None, key: str = "") -> np.ndarray:
+    """``fn(index)`` over consecutive chunks of ``range(count)`` (doubling from ``first``), concatenated: a step
+    with no deadline of its own stops between chunks, raising :class:`~certify.local.bounds.BoundTimeout` before
+    one that the pace (seconds per box) measured on the previous one says cannot end by ``deadline``; ``pace[key]``
+    carries it from one call to the next."""
+    pace = {} if pace is None else pace
+    parts, start, size = [], 0, first
+    while start < count:
+        index = np.arange(start, min(start + size, count))
+        now = time.monotonic()
+        if now + pace.get(key, 0.0) * len(index) > deadline:
+            raise BoundTimeout
+        parts.append(fn(index))
+        pace[key] = (time.monotonic() - now) / len(index)
+        start, size = start + len(index), 2 * size
+    return np.concatenate(parts)
+
+
+def _part(prop: Propagation, index: np.ndarray) -> Propagation:
+    """The propagation restricted to the boxes ``index`` (itself when that is all of them)."""
+    n = prop.region.lower.shape[0]
+    return prop if len(index) == n else prop.subset(torch.as_tensor(index))
 
 
 def _full(values: torch.Tensor, index: np.ndarray, n: int) -> torch.Tensor:

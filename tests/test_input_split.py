@@ -1,7 +1,10 @@
 """Input splitting against a dense grid on 2-D nets: it proves true properties plain CROWN cannot, never proves one
-a grid point breaks, and its bisection covers every box exactly."""
+a grid point breaks, and its bisection covers every box exactly; steps without a deadline of their own stop
+between chunks before the deadline."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import onnx
@@ -10,8 +13,8 @@ import torch
 
 from certify.convert import to_torch
 from certify.decide import load_decider
-from certify.input_split import Boxes, _pop, bisect
-from certify.local.bounds import float64_graph
+from certify.input_split import Boxes, _pop, bisect, in_chunks
+from certify.local.bounds import BoundTimeout, float64_graph
 from certify.vnnlib import parse_vnnlib
 from tests.test_bab import mlp, root_bound
 
@@ -41,7 +44,7 @@ def test_input_splitting_proves_below_the_grid_minimum_and_never_above_it(tmp_pa
     assert (verdict.result, verdict.method) == ("holds", "input-split") and verdict.stats["proved"] >= 2
     prop = parse_vnnlib(below(square.min() + 1e-3))  # a grid point breaks it
     verdict = decider.decide(prop, timeout=3)
-    assert verdict.result != "holds"
+    assert verdict.result != "holds" and verdict.seconds < 3.5
     if verdict.result == "violated":
         assert verdict.counterexample.y[0] <= square.min() + 1e-3
 
@@ -61,3 +64,15 @@ def test_bisection_covers_each_box_and_the_stack_pops_the_deepest_first():
     stack = [boxes, halves]
     top = _pop(stack, 12)
     assert len(top) == 12 and np.array_equal(top.lower[:10], halves.lower) and len(stack[0]) == 3
+
+
+def test_a_step_without_its_own_deadline_stops_between_chunks_at_the_measured_pace():
+    def slow(index):  # 2 ms per box
+        time.sleep(0.002 * len(index))
+        return index * 2.0
+
+    assert np.array_equal(in_chunks(slow, 300, time.monotonic() + 60, first=7), np.arange(300) * 2.0)
+    start = time.monotonic()
+    with pytest.raises(BoundTimeout):
+        in_chunks(slow, 100_000, start + 0.5, first=4)
+    assert time.monotonic() - start < 0.5 + 0.1  # it does not start a chunk the pace says would overrun

@@ -7,10 +7,12 @@ standard forward error analysis (Higham, "Accuracy and Stability of Numerical Al
 ``u = 2^-24``, ``gamma_n = n u / (1 - n u)``. One forward sweep, reusing the propagation's boxes ``[lo, hi]`` of
 the exact tensors; ``m_t = max(|lo|, |hi|) + e_t`` bounds ``|fl(t)|``:
 
-- an affine node ``y = M z + b`` with at most n terms per output: ``e_y <= |M| e_z + gamma_{n+4} (|M| m_z + |b|)``
-  (n counted per output element; the 4 cover the bias, Gemm's alpha and beta, a division by a constant done as a
-  product with a rounded reciprocal). ``|M| v`` is the relaxation's interval spread over ``[-v, v]``;
-  BatchNormalization counts 8 roundings per term, of ``|scale| (m + |mean|) / sqrt(var + eps) + |B|``;
+- an affine node ``y = M z + b`` with at most n nonzero terms per output: ``e_y <= |M| e_z + gamma_{n+k}
+  (|M| m_z + |b|)`` (n counted per output element: a product with an exact zero is exact; k of
+  :data:`EXTRA_ROUNDINGS`: Gemm's bias, alpha and beta, a convolution's bias, a mean's division; a dot product in
+  any order, fused multiply-adds or not, needs none: ``gamma_n``; an entrywise Add, Sub or Div by a constant
+  counts its 2 operands). ``|M| v`` is the relaxation's interval spread over ``[-v, v]``; BatchNormalization
+  counts 8 roundings per term, of ``|scale| (m + |mean|) / sqrt(var + eps) + |B|``;
 - copies and selections (reshapes, slices, pads, concatenations, casts to float32 or wider, Neg) are exact; a
   max-pool window errs by at most the largest error in it;
 - Relu-like units are ``max(1, |a|)``-Lipschitz, plus one rounding of ``a x``; a neuron whose float
@@ -23,9 +25,17 @@ the exact tensors; ``m_t = max(|lo|, |hi|) + e_t`` bounds ``|fl(t)|``:
 
 For a specification row c, :meth:`ForwardErrors.spec` also carries each node's own rounding backward to ``c . y``
 through the exact linear maps and the secant slopes of the units (signs kept, so weights cancel) and keeps the
-smaller of that and ``|c| . e``.
+smaller of that and ``|c| . e``. Two schemes for a unit whose slope is uncertain (an unstable one): carry the
+coefficient as an interval (its spread then travels through ``|M|^T`` of every earlier layer), or keep the
+midpoint and charge the spread at once against the unit input's own error bound (``collapse``, tighter by an
+order of magnitude on deep nets); ``spec`` takes the smaller. Intermediate tensors are tightened the same way
+(collapse), per sample only on the elements that matter: for a tensor read by Relu-like units only, those whose
+float interval ``[lo - e, hi + e]`` straddles the kink (elsewhere the error just moves through), the largest
+first, within a row budget.
 
-Dot products are assumed to be sums of products (any order); Winograd or FFT convolutions are not covered. Any
+Dot products are assumed to be sums of products (any order); Winograd or FFT convolutions are not covered. A
+bias added by a separate Add node is assumed added to the finished dot product (one rounding; BLAS-style
+``C + A B``), as before. Any
 other operator raises :class:`~certify.local.rules.UnsupportedOperator`; callers fall back to the global bound of
 :mod:`certify.lipschitz.rounding`, never to 0.
 """
@@ -49,10 +59,16 @@ WEIGHTED = {"Gemm", "MatMul", "Conv", "ConvTranspose", "Mul"}
 #: Entrywise affine arithmetic: one rounding per input (and one for Mean's division).
 ENTRYWISE = {"Add", "Sub", "Div", "Sum", "Mean"}
 POOLS = {"AveragePool", "GlobalAveragePool"}
-#: The signed backward bound of a tensor's errors costs a backward pass per element and sample: it is spent where
-#: few samples are bounded at once (a whole box, the root of a search; their bounds then serve as ``prior`` for
-#: the parts), up to these many (elements x samples) and (elements x samples x widest tensor), and only on elements
-#: whose forward bound exceeds this fraction of their magnitude.
+#: Roundings per output element beyond the n - 1 additions and n products of its n terms (``gamma_n``): Gemm's
+#: bias add, alpha and beta; a convolution's bias; the division of a mean (a product with a rounded reciprocal);
+#: BatchNormalization's 8 per term.
+EXTRA_ROUNDINGS = {"Gemm": 3, "Conv": 1, "ConvTranspose": 1, "Mean": 2, "AveragePool": 2, "GlobalAveragePool": 2,
+                   "BatchNormalization": 4}
+#: The signed backward bound of a tensor's errors costs a backward pass per element and sample: it is spent up to
+#: these many (elements x samples) and (elements x samples x widest tensor), the largest errors first (the interval
+#: scheme: all of a tensor's elements or none, as few samples are bounded at once: a whole box, the root of a
+#: search, whose bounds then serve as ``prior`` for the parts), and only on elements whose forward bound exceeds
+#: this fraction of their magnitude.
 SIGNED_ROWS, SIGNED_LIMIT, SIGNED_RELATIVE = 4096, 2**22, 1e-4
 
 
@@ -73,12 +89,22 @@ def _symmetric(args, values: dict, names) -> list:
     return [Interval(-values[n], values[n]) if isinstance(a, Interval) else a for a, n in zip(args, names)]
 
 
+def _kinked(prop) -> set[str]:
+    """Tensors whose nonlinear readers are all Relu-like units (their slope is known off the kink)."""
+    readers: dict[str, list] = {}
+    for _, op, inputs, _ in prop._live_steps():
+        if not isinstance(op.relaxation, Linear):
+            readers.setdefault(inputs[0], []).append(op.relaxation)
+    return {n for n, rules_ in readers.items() if all(isinstance(r, ReluLike) for r in rules_)}
+
+
 class ForwardErrors:
     """``errors[name]``: the elementwise float32 error bound of every varying tensor of ``prop`` (N, *shape)."""
 
     def __init__(self, prop, u: float = UNIT_ROUNDOFF, prior: dict | None = None, signed: bool = True,
-                 relative: float = SIGNED_RELATIVE):
-        self.prop, self.u, self.signed, self.relative = prop, u, signed, relative
+                 relative: float = SIGNED_RELATIVE, collapse: bool = True):
+        self.prop, self.u, self.signed, self.relative, self.collapse = prop, u, signed, relative, collapse
+        self.kinked = _kinked(prop)
         widest = max(b.lo[0].numel() for b in prop.bounds.values())
         self.widest = widest
         self.slack = 4 * gamma(widest, 2.0**-53)
@@ -88,35 +114,56 @@ class ForwardErrors:
         self.slopes: dict[str, tuple | str] = {}  # secant slope range of an elementwise unit, or "linear"/"max"
         with torch.no_grad():
             for _, op, inputs, outputs in prop._live_steps():
-                moved, local, slopes = self._node(op, inputs)
                 name = outputs[0]
+                moved, local, slopes = self._node(op, inputs)
                 self.local[name], self.slopes[name] = local, slopes
                 self.errors[name] = self._tightened(name, moved + local, (prior or {}).get(name))
 
     def _tightened(self, name: str, error: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-        """``error`` of a tensor a nonlinear unit reads, tightened by the signed backward bound of each of its
-        elements (:meth:`backward` from that tensor, where its size allows) and by ``prior`` (the same tensor's
-        bound over a region containing this one). The forward bound ``|M| e`` drops the signs of the weights; left
-        to grow layer after layer it also makes later units look unstable in float32 and inflates magnitudes."""
+        """``error`` of a tensor a nonlinear unit reads, tightened by the signed backward bound of its elements
+        (:meth:`backward` from that tensor, where its size allows) and by ``prior`` (the same tensor's bound over a
+        region containing this one). The forward bound ``|M| e`` drops the signs of the weights; left to grow layer
+        after layer it also makes later units look unstable in float32 and inflates magnitudes."""
         if prior is not None:
             error = torch.minimum(error, prior.to(error))
         if not self.signed or name not in self.prop.reads or name == self.prop.output_name:
             return error
         flat = error.flatten(1)
-        n, k = flat.shape
-        wide = (flat > self.relative * _maxabs(self.prop.bounds[name]).flatten(1)).any(0).nonzero().flatten()
-        if wide.numel() == 0 or wide.numel() * n > SIGNED_ROWS or wide.numel() * n * self.widest > SIGNED_LIMIT:
+        wanted = flat > self.relative * _maxabs(self.prop.bounds[name]).flatten(1)
+        if not self.collapse:
+            wanted = wanted.any(0, keepdim=True).expand_as(wanted)
+        elif name in self.kinked:  # a stable Relu-like neuron's error only moves through: its slope is known
+            box = self.prop.bounds[name]
+            wanted = wanted & ((box.lo - error < 0) & (box.hi + error > 0)).flatten(1)
+        picked = self._rows(flat, wanted)
+        if picked is None:
             return error
-        rows = torch.zeros((wide.numel(), n, k), dtype=error.dtype, device=error.device)
-        rows[torch.arange(wide.numel()), :, wide] = 1.0
-        signed = self.backward(rows.reshape(wide.numel(), n, *error.shape[1:]), name)
+        index, valid = picked
+        n, count = flat.shape[0], index.shape[1]
+        rows = torch.zeros((count, n, flat.shape[1]), dtype=error.dtype, device=error.device)
+        rows.permute(1, 0, 2).scatter_(2, index[..., None], valid[..., None].to(error.dtype))
+        signed = self.backward(rows.reshape(count, *error.shape), name, collapse=self.collapse)
         if signed is None:
             return error
         depth = len(self.local) + 1
-        flat = flat.clone()
-        bound = signed.T * (1 + self.slack) + depth * self.slack * flat[:, wide]
-        flat[:, wide] = torch.minimum(flat[:, wide], bound)
-        return flat.reshape(error.shape)
+        old = flat.gather(1, index)
+        bound = torch.where(valid, torch.minimum(old, signed.T * (1 + self.slack) + depth * self.slack * old), old)
+        return flat.clone().scatter_(1, index, bound).reshape(error.shape)
+
+    def _rows(self, flat: torch.Tensor, wanted: torch.Tensor) -> tuple | None:
+        """Per sample, the elements to bound (N, K) and which of them are real: the ``wanted`` ones, the largest
+        first, K at most what the budgets (:data:`SIGNED_ROWS`, :data:`SIGNED_LIMIT`) allow; the interval scheme
+        takes all or none. None when there are none or, interval scheme, too many."""
+        n = flat.shape[0]
+        count = int(wanted.sum(1).max())
+        budget = min(SIGNED_ROWS // n, SIGNED_LIMIT // (n * self.widest))
+        if count == 0 or (not self.collapse and count > budget):
+            return None
+        count = min(count, budget)
+        if count == 0:
+            return None
+        top = torch.where(wanted, flat, torch.full_like(flat, -1.0)).topk(count, dim=1)
+        return top.indices, top.values >= 0
 
     @property
     def output(self) -> torch.Tensor:
@@ -124,22 +171,29 @@ class ForwardErrors:
 
     def spec(self, c: torch.Tensor) -> torch.Tensor:
         """A bound on the error of ``c . y`` for specification rows c (S, N, *output): (S, N). The smaller of
-        ``|c| . e`` and, where every operator allows it, the backward bound of :meth:`backward`."""
+        ``|c| . e`` and, where every operator allows it, the backward bounds of :meth:`backward` (both schemes)."""
         c = c.to(self.output.device, torch.float64)
         forward = (c.abs() * self.output).flatten(2).sum(-1) * (1 + self.slack)
         with torch.no_grad():
-            backward = self.backward(c)
+            carried = self.backward(c)
+            if carried is not None and self.collapse:
+                carried = torch.minimum(carried, self.backward(c, collapse=True))
+            backward = carried
         if backward is None:
             return forward
         depth = len(self.local) + 1
         return torch.minimum(forward, backward * (1 + self.slack) + depth * self.slack * forward)
 
-    def backward(self, c: torch.Tensor, target: str | None = None) -> torch.Tensor | None:
+    def backward(self, c: torch.Tensor, target: str | None = None, collapse: bool = False) -> torch.Tensor | None:
         """``sum_k |c J_k| . local_k``: each node's rounding carried to ``c . y`` through the exact linear maps and
         the secant slopes of the elementwise units (an interval per coefficient, ``[min(a, 1), max(a, 1)]`` for
         an unstable Relu-like unit); unlike ``|c| . e`` it keeps the signs of the weights, which cancel. None when
-        a max-pool lies on the way (its error is not a linear image). Rounding of this float64 pass is covered by
-        :meth:`spec`'s ``depth * slack * |c| . e`` (every coefficient is at most the absolute product)."""
+        a max-pool lies on the way (its error is not a linear image). ``collapse``: a unit whose coefficient
+        times slope spans ``m +- r`` passes on the point m alone and is charged ``r . e_in`` (its input's whole
+        error bound: the part ``(s - centre) delta_in`` of its error), so coefficients stay points and keep their
+        signs through later layers, where the interval scheme spreads every r through ``|M|^T``. Rounding of this
+        float64 pass is covered by :meth:`spec`'s ``depth * slack * |c| . e`` (every coefficient is at most the
+        absolute product, and ``e`` is at least ``|J| e_in``)."""
         prop = self.prop
         target = prop.output_name if target is None else target
         acc = {target: (c, torch.zeros_like(c))}
@@ -157,12 +211,17 @@ class ForwardErrors:
             if slopes == "copy":
                 parts = [(mid, rad)]
             elif slopes == "linear":
-                parts = list(zip(prop._affine(index)[0](mid), (r.abs() for r in self._magnitude_map(index)(rad))))
+                moved = prop._affine(index)[0](mid)
+                spread = [torch.zeros_like(m) for m in moved] if collapse else self._magnitude_map(index)(rad)
+                parts = list(zip(moved, (r.abs() for r in spread)))
             else:
                 low, high = mid - rad, mid + rad
                 corners = torch.stack([low * slopes[0], low * slopes[1], high * slopes[0], high * slopes[1]])
                 top, bottom = corners.amax(0), corners.amin(0)
                 parts = [((top + bottom) / 2, (top - bottom) / 2)]
+                if collapse:
+                    total = total + (parts[0][1] * self.errors[inputs[0]]).flatten(2).sum(-1)
+                    parts = [(parts[0][0], torch.zeros_like(mid))]
             for i, (m, r) in zip(vary, parts):
                 name = inputs[i]
                 if name in acc:
@@ -212,17 +271,22 @@ class ForwardErrors:
             return moved, torch.zeros_like(moved), "copy"
         if op.op_type in EXACT:
             return moved, torch.zeros_like(moved), "linear"
+        return moved * (1 + self.slack), self._rounding(op, rule, args, inputs), "linear"
+
+    def _rounding(self, op, rule: Linear, args, inputs) -> torch.Tensor:
+        """An affine node's own rounding, ``gamma_{n + extra} (|M| m + |b|)`` plus underflow."""
         count = self._terms(op, rule, args, inputs)
+        factor = gamma(count + EXTRA_ROUNDINGS.get(op.op_type, 0), self.u) + self.slack
+        ones = {n: torch.ones_like(self.errors[n]) for n in inputs if n in self.errors}
+        weights = rule.interval(op, _symmetric(args, ones, inputs)).rad.abs()
+        underflow = TINY * (weights + count + 4)
         if op.op_type == "BatchNormalization":
             x, scale, bias, mean, var = args[:5]
             m = self._magnitudes(inputs)[inputs[0]]
             size = op(m, scale.abs(), bias.abs(), -mean.abs(), var)
         else:
             size = _maxabs(rule.interval(op, _symmetric(args, self._magnitudes(inputs), inputs)))
-        ones = {n: torch.ones_like(self.errors[n]) for n in inputs if n in self.errors}
-        weights = rule.interval(op, _symmetric(args, ones, inputs)).rad.abs()
-        local = (gamma(count + 4, self.u) + self.slack) * size + TINY * (weights + count + 4)
-        return moved * (1 + self.slack), local, "linear"
+        return factor * size + underflow
 
     def _terms(self, op, rule: Linear, args, inputs):
         """Terms summed per output element (a tensor or a number)."""
