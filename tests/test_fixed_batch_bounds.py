@@ -19,7 +19,8 @@ from certify.lipschitz import network, rounding
 
 class Net(nn.Module):
     """conv -> relu -> conv -> reshape by the batch -> linear (the last three fuse into one linear segment); ``mix``
-    joins the samples of the batch."""
+    joins the samples of the batch ("reshape", "softmax") or scales each batch position by its own row
+    ("positions")."""
 
     def __init__(self, batch: int | None, mix: str | None = None):
         super().__init__()
@@ -33,6 +34,8 @@ class Net(nn.Module):
         if self.mix == "reshape":  # all four samples in one row of a dense layer
             return self.fc(h.reshape(1, -1)).reshape(4, 10)
         out = self.fc(h.reshape(self.batch or -1, 36))  # [4, 36] (fixed batch) or [-1, 36] (any batch)
+        if self.mix == "positions":
+            return out * torch.arange(1.0, 5.0).reshape(4, 1)
         return out.softmax(dim=0) if self.mix == "softmax" else out
 
 
@@ -69,13 +72,14 @@ def test_the_global_bound_and_the_float_error_of_a_fixed_batch_export_equal_the_
     assert np.all(np.isfinite(errors_fixed)) and np.allclose(errors_fixed, errors_free, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mix", ["reshape", "softmax"])
-def test_a_fixed_batch_graph_that_mixes_its_samples_is_refused(mix):
+@pytest.mark.parametrize("mix, code", [("reshape", "samples_interact"), ("softmax", "samples_interact"),
+                                       ("positions", "batch_positions_differ")])
+def test_a_fixed_batch_graph_without_one_per_sample_map_is_refused(mix, code):
     graph = to_torch(load_onnx(export(4, mix)))
     assert graph.fixed_batch == 4 and graph.reshapes_by_batch()
     with pytest.raises(ModelRejected) as refused:
         network.analyse(graph, (1, 8, 8))
-    assert refused.value.code == "samples_interact", refused.value
+    assert refused.value.code == code, refused.value
 
 
 def test_lipschitz_bounds_cli_on_fixed_and_free_batch_exports(tmp_path):

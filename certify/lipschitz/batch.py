@@ -15,6 +15,12 @@ pair j != k, so 2 ceil(log2 B) runs test every pair. The one way around it is a 
 booleans (a comparison, an ArgMax): such a graph is refused too, as one whose separation cannot be shown. Every
 tensor that depends on the input must also keep the batch on its first axis, so the per-sample shapes the rules
 see are the samples' own.
+
+Samples apart is not yet one per-sample map: a constant whose first axis lines up with the batch (under numpy
+broadcasting: of the output's rank, with B rows) gives each batch position its own map (``x * c`` with c of shape
+``[4, 36]``). The bound is computed for one position (fused segments and the float error run the sample at the
+first), so such a constant must have equal rows; otherwise the graph is refused with ``batch_positions_differ``.
+A weight whose first axis only happens to have B entries (a Conv or Gemm weight, a MatMul matrix) is exempt.
 """
 
 from __future__ import annotations
@@ -59,8 +65,31 @@ def _probes(batch: int):
                 yield probe
 
 
+def _weight_slot(op_type: str, index: int, value: torch.Tensor) -> bool:
+    """An operand whose first axis is an operator's own (output channels, matrix rows), never broadcast over."""
+    return (op_type in ("Conv", "ConvTranspose", "Gemm") and index == 1) or (op_type == "MatMul" and value.dim() == 2)
+
+
+def _check_positions(graph, env: dict, live: set, batch: int) -> None:
+    """Refuse (``batch_positions_differ``) a constant that gives batch positions their own maps (module docstring)."""
+    for module, inputs, outputs in graph.steps():
+        if module.op_type in SHAPE_ONLY or not any(n in live for n in inputs if n):
+            continue
+        rank = max((env[n].dim() for n in outputs if n and isinstance(env.get(n), torch.Tensor)), default=0)
+        for index, name in enumerate(inputs):
+            value = env.get(name) if name and name not in live else None
+            if (not isinstance(value, torch.Tensor) or value.dim() != rank or value.shape[0] != batch
+                    or _weight_slot(module.op_type, index, value)):
+                continue
+            if not bool((value == value[:1]).all()):
+                raise ModelRejected("batch_positions_differ", f"the graph is exported for a fixed batch and node "
+                                    f"{module.onnx_name} applies a constant ({name}) whose rows differ along the batch "
+                                    "axis, so the samples at different batch positions go through different maps")
+
+
 def check_samples_apart(graph, input_name: str, input_shape, batch: int, dtype: torch.dtype) -> None:
-    """Raise ``samples_interact`` unless every tensor computed from the input keeps the ``batch`` samples apart."""
+    """Raise ``samples_interact`` unless every tensor computed from the input keeps the ``batch`` samples apart,
+    ``batch_positions_differ`` unless every position of the batch goes through the same map."""
     varying = _varying(graph, input_name)
     base = torch.rand((batch, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
     for probe in [[], *_probes(batch)]:  # first the NaN-free run: every varying tensor must be finite there
@@ -80,3 +109,5 @@ def check_samples_apart(graph, input_name: str, input_shape, batch: int, dtype: 
                 why = (f"mixes samples (input samples {probe} reach another sample)" if probe
                        else "gives NaN on finite inputs (whether samples stay apart cannot be checked)")
                 raise _refuse(node, why)
+        if not probe:
+            _check_positions(graph, env, {input_name, *(name for name, _ in varying)}, batch)
