@@ -10,8 +10,11 @@ another job creation every 40th (so POST /v1/jobs is measured in the steady stat
 Clients arrive spread over ``--ramp`` seconds; ``--ramp 0`` sends all 50 job creations at the same instant, which
 measures queueing behind 2 x 4 server threads rather than the cost of a request.
 
+The worker runs at nice ``--worker-nice`` (default: the service's, 10; see worker/priority.py): on shared cores
+the job it runs then yields to the API. ``--worker-nice 0`` measures the API beside a worker of equal priority.
+
     python benchmarks/bench_api.py [--clients 50] [--duration 30] [--interval 0.5] [--api-processes 2] [--threads 4]
-                                   [--ramp 2]
+                                   [--ramp 2] [--worker-nice N]
 """
 
 from __future__ import annotations
@@ -110,12 +113,13 @@ class Load:
 KINDS = ("GET /v1/jobs/{id}", "GET /v1/jobs", "POST /v1/datasets", "POST /v1/jobs")
 
 
-def print_latencies(load: Load, args, elapsed: float) -> None:
+def print_latencies(load: Load, args, elapsed: float, load_before: tuple) -> None:
     total = sum(len(v) for v in load.latencies.values())
     print(f"\nbench_api: {args.clients} clients every ~{args.interval:g} s arriving over {args.ramp:g} s, "
           f"{args.duration:.0f} s, "
-          f"{args.api_processes} gunicorn processes x {args.threads} threads, {os.cpu_count()} CPUs, loopback, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"{args.api_processes} gunicorn processes x {args.threads} threads, worker nice {args.worker_nice}, "
+          f"{os.cpu_count()} CPUs, loopback, load average (1/5/15 min) before "
+          + "/".join(f"{v:.1f}" for v in load_before) + ", after " + "/".join(f"{v:.1f}" for v in os.getloadavg()))
     print(f"{'request':<20} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind in KINDS:
         v = load.latencies.get(kind) or [float("nan")]
@@ -174,6 +178,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.5,
                     help="seconds between a client's requests (0.5 s is the poll interval of lipcert status --wait;"
                          " 0 saturates the server)")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="nice value of the worker (default: the service's default, LIPCERT_WORKER_NICE or 10)")
     ap.add_argument("--ramp", type=float, default=2.0,
                     help="seconds over which the clients arrive (0: every client's first request at once)")
     args = ap.parse_args()
@@ -189,6 +195,9 @@ def main() -> int:
         env = dict(os.environ, REDIS_URL=redis_child.url, LIPCERT_DATA_DIR=data_dir,
                    LIPCERT_TOKENS=f"bench:{TOKEN}", LIPCERT_RATE_LIMIT="1000000", LIPCERT_JOB_QUOTA="100000",
                    PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+        if args.worker_nice is not None:
+            env["LIPCERT_WORKER_NICE"] = str(args.worker_nice)
+        args.worker_nice = Settings.from_env(env).worker_nice
         ensure_signing_key(Settings.from_env(env))
         children = [redis_child]
         try:
@@ -210,6 +219,7 @@ def main() -> int:
                 time.sleep(0.2)  # the worker has loaded the pipeline: measure the steady state, not start-up
             load = Load(base, model_id, args.duration, args.interval, args.ramp)
             threads = [threading.Thread(target=load.client, args=(i,)) for i in range(args.clients)]
+            load_before = os.getloadavg()
             started = time.perf_counter()
             for t in threads:
                 t.start()
@@ -217,7 +227,7 @@ def main() -> int:
                 t.join()
             elapsed = time.perf_counter() - started
 
-            print_latencies(load, args, elapsed)
+            print_latencies(load, args, elapsed, load_before)
             lost, states = check_jobs(s, base, load.jobs)
         finally:
             for child in reversed(children):

@@ -13,9 +13,15 @@ import threading
 
 import click
 
+WORKER_NICE = click.option("--worker-nice", type=click.IntRange(0, 19), default=None,
+                           help="Nice value of the workers, so API requests win over jobs on shared cores "
+                                "(LIPCERT_WORKER_NICE; default 10; 0: the API's priority).")
 
-def _service_env(data_dir: str | None) -> dict:
+
+def _service_env(data_dir: str | None, worker_nice: int | None = None) -> dict:
     env = dict(os.environ)
+    if worker_nice is not None:
+        env["LIPCERT_WORKER_NICE"] = str(worker_nice)
     if data_dir:
         env["LIPCERT_DATA_DIR"] = os.path.abspath(data_dir)
     env.setdefault("LIPCERT_DATA_DIR", os.path.abspath("lipcert-data"))
@@ -102,11 +108,12 @@ def _restart(child) -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="CPU worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto (one worker per GPU, else CPU), cpu, cuda:N.")
 @click.option("--api-processes", default=2, show_default=True, type=click.IntRange(1, 64))
-def serve(host, port, data_dir, workers, device, api_processes):
+@WORKER_NICE
+def serve(host, port, data_dir, workers, device, api_processes, worker_nice):
     """Run Redis (embedded unless REDIS_URL is set), the API and the workers until Ctrl-C or SIGTERM."""
     from service.runner import Child, EmbeddedRedis, api_argv, wait_http, worker_argv
 
-    env = _service_env(data_dir)
+    env = _service_env(data_dir, worker_nice)
     data_dir = env["LIPCERT_DATA_DIR"]
     os.makedirs(data_dir, mode=0o700, exist_ok=True)  # keys, tokens and the Redis password live here
     token = _tokens(env, data_dir)
@@ -179,7 +186,8 @@ def api(host, port, processes, threads):
               help="Default: prefork (one child) on CPU, solo on CUDA (nothing forks after CUDA starts).")
 @click.option("--name", default=None, help="Worker name (default: lipcert-<device>@<host>).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(device, pool, name, loglevel):
+@WORKER_NICE
+def worker(device, pool, name, loglevel, worker_nice):
     """Run one worker process for DEVICE; REDIS_URL and the LIPCERT_* settings come from the environment."""
     import re
 
@@ -189,7 +197,7 @@ def worker(device, pool, name, loglevel):
         click.echo("note: a CUDA worker should use --pool solo (one process per GPU)", err=True)
     from service.runner import worker_argv
 
-    env = _service_env(None)
+    env = _service_env(None, worker_nice)
     env["LIPCERT_DEVICE"] = device
     argv = worker_argv(name or f"lipcert-{device.replace(':', '')}@%h", device=device, pool=pool, loglevel=loglevel)
     sys.stdout.flush()

@@ -94,7 +94,9 @@ class JobPropertySchema(PropertyEntrySchema):
     """A job's property: the VNN-LIB text inline, or the id of one uploaded to /v1/properties."""
 
     vnnlib = fields.String(validate=validate.Length(min=1, max=16 * 2**20),
-                           metadata={"description": "the .vnnlib file's text (or give property_id)"})
+                           metadata={"description": "the .vnnlib file's text (or give property_id); stored at job "
+                                     "creation as a property upload of the tenant (listed under /v1/properties), "
+                                     "so the job document shows {name, property_id, size} instead of the text"})
     property_id = fields.String(validate=DIGEST, metadata={"description": "an uploaded property (or give vnnlib)"})
 
     @validates_schema
@@ -145,7 +147,9 @@ class JobSchema(Schema):
     model = fields.String()
     model_name = fields.String(allow_none=True, metadata={"description": "the file name given at upload"})
     dataset = fields.String(allow_none=True)
-    config = fields.Dict()
+    config = fields.Dict(metadata={"description": "the job's configuration as run; each property is "
+                                   "{name, property_id, size} (inline text was stored as an upload at creation; "
+                                   "jobs created before that may still show {name, vnnlib})"})
     warnings = fields.List(fields.String(), metadata={"description": "what the job will not measure, and why"})
     transfer_to = fields.List(fields.String())
     webhook_url = fields.String(allow_none=True)

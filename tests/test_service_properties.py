@@ -3,17 +3,30 @@ and recorded in the signed report when they do."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from test_properties import DATA, robustness_property
 
 
 def test_a_job_decides_its_properties_and_the_report_records_them(service, digits_model):
+    """Inline text is stored as a property upload at job creation: the job names it by id and size, so every GET
+    of the job stays small however large the text (here 200 KiB with its comments)."""
     data = np.load(DATA)
     text = robustness_property(data["x"][0].astype(np.float64), int(data["y"][0]), 0.001)
+    text += "; a comment line of padding\n" * (200 * 1024 // 28)
     bad = service.submit(digits_model, properties=[{"name": "p", "vnnlib": "(assert (<= Y_0"}])
     assert bad.status_code == 400 and "properties" in bad.json()["errors"], bad.text
     r = service.submit(digits_model, properties=[{"name": "near", "vnnlib": text}], property_timeout_s=20)
     assert r.status_code == 202, r.text
+    digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    stored = {"name": "near", "property_id": digest, "size": len(text.encode())}
+    assert r.json()["config"]["properties"] == [stored]
+    polled = service.session().get(service.url(f"/v1/jobs/{r.json()['id']}"))
+    assert len(polled.content) < 4096 and polled.json()["config"]["properties"] == [stored]
+    listed = service.session().get(service.url(f"/v1/properties/{digest}")).json()
+    assert (listed["name"], listed["size"], listed["inputs"], listed["outputs"], listed["cases"]) == (
+        "near", len(text.encode()), data["x"][0].size, 10, 1)
     done = service.wait_job(r.json()["id"])
     assert done["state"] == "succeeded", done
     assert "properties" in [s["stage"] for s in done["stages"]]
@@ -22,6 +35,7 @@ def test_a_job_decides_its_properties_and_the_report_records_them(service, digit
     envelope = service.session().get(service.url(done["links"]["report"])).json()
     (result,) = peek_statement(envelope)["predicate"]["properties"]["results"]
     assert (result["name"], result["result"]) == ("near", "holds")
+    assert "sha256:" + result["sha256"] == digest  # the very text sent inline was decided
 
 
 def test_an_uploaded_property_is_checked_listed_named_by_jobs_and_deleted(service, digits_model, tiny_model):

@@ -103,3 +103,37 @@ def test_settings_from_env():
     assert s.redis_url == "redis://127.0.0.1:1/0" and s.job_quota == 3
     with pytest.raises(ValueError):
         Settings.from_env({"LIPCERT_JOB_QUOTA": "many"})
+    assert s.worker_nice == 10 and Settings.from_env({"LIPCERT_WORKER_NICE": "0"}).worker_nice == 0
+    for bad in ("-5", "20", "low"):
+        with pytest.raises(ValueError):
+            Settings.from_env({"LIPCERT_WORKER_NICE": bad})
+
+
+def test_a_worker_lowers_its_priority_and_never_raises_it():
+    """In a child process: the nice value changes for good."""
+    import subprocess
+    import sys
+
+    code = ("import os; from worker.priority import lower_priority as p; "
+            "print(p(7), p(3), os.getpriority(os.PRIO_PROCESS, 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert out == [str(max(own, 7))] * 3
+
+
+def test_the_default_job_memory_budget_stays_within_the_container_limit(tmp_path):
+    """Three quarters of the cgroup's limit (v2 memory.max, v1 memory.limit_in_bytes) when it is below the
+    machine's memory; the machine's when there is no limit ("max", v1's huge "unlimited", no file)."""
+    from worker.memory import container_limit_bytes, default_budget_mb
+
+    machine = default_budget_mb(str(tmp_path / "none"))
+    assert container_limit_bytes(str(tmp_path / "none")) is None and machine > 0
+    v2, v1 = tmp_path / "v2", tmp_path / "v1" / "memory"
+    v2.mkdir()
+    v1.mkdir(parents=True)
+    (v2 / "memory.max").write_text("1073741824\n")
+    (v1 / "memory.limit_in_bytes").write_text("536870912\n")
+    assert default_budget_mb(str(v2)) == min(768, machine) and default_budget_mb(str(v1.parent)) == min(384, machine)
+    (v2 / "memory.max").write_text("max\n")
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert default_budget_mb(str(v2)) == default_budget_mb(str(v1.parent)) == machine

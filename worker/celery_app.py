@@ -12,7 +12,7 @@ from celery import Celery
 from certify.threads import use_passive_wait
 from service.core.queue import celery_config
 from service.core.settings import Settings
-from worker import heartbeat, tasks
+from worker import heartbeat, priority, tasks
 from worker.execution import JobRunner
 
 use_passive_wait()  # before the worker (and its prefork children) load torch
@@ -24,4 +24,5 @@ def make_celery(settings: Settings, runner_class: type[JobRunner] = JobRunner) -
     app.conf.update(celery_config(settings))
     tasks.register(app, settings, runner_class)
     heartbeat.install(app, settings)
+    priority.install(app, settings)
     return app

@@ -24,9 +24,28 @@ def data_bytes() -> int:
     return 0
 
 
-def default_budget_mb() -> int:
-    """Three quarters of the machine's physical memory."""
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4 // 1024**2)
+def container_limit_bytes(root: str = "/sys/fs/cgroup") -> int | None:
+    """The memory limit of the container this process runs in: its cgroup's ``memory.max`` (cgroup v2) or
+    ``memory/memory.limit_in_bytes`` (v1), as container runtimes mount them; None when there is none."""
+    for path in (os.path.join(root, "memory.max"), os.path.join(root, "memory", "memory.limit_in_bytes")):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        value = int(text)
+        return value if value < 1 << 60 else None  # v1 writes "no limit" as a huge page-aligned number
+    return None
+
+
+def default_budget_mb(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Three quarters of the machine's physical memory, or of the container's memory limit when that is lower (a
+    pod limited to 16 GiB on a 512 GiB node would otherwise be killed by the kernel long before the budget)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = container_limit_bytes(cgroup_root)
+    return int(min(total, limit or total) * 3 // 4 // 1024**2)
 
 
 @contextlib.contextmanager

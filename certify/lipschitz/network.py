@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from certify.lipschitz import constants
+from certify.lipschitz import batch, constants
 from certify.lipschitz.bound import LayerBound
 from certify.lipschitz.eclipse import Chain, bound_chain, find_chains
 from certify.lipschitz.gated import gated_activation
@@ -153,16 +153,21 @@ class _Tables:
 
 
 def _run_at_zero(graph, input_name: str, input_shape) -> dict:
-    """Every tensor of the graph at a zero input (batch 1): shapes, and the values of the constant ones."""
+    """Every tensor of the graph at a zero input: shapes, and the values of the constant ones. The graph runs at
+    batch 1, or at its fixed batch when it reshapes by it; then only if it keeps its samples apart
+    (:mod:`certify.lipschitz.batch`), so the per-sample shapes the rules see bound one sample's map."""
     dtype = graph.input_dtype()
     if not dtype.is_floating_point:
         raise ValueError(f"input {input_name!r} is not a float tensor ({dtype})")
-    x0 = torch.zeros((1, *input_shape), dtype=dtype)
+    size = batch.analysis_batch(graph)
+    x0 = torch.zeros((size, *input_shape), dtype=dtype)
     try:
         with torch.no_grad():
             _, env = graph.run(x0, keep=True)
     except (RuntimeError, ValueError, IndexError) as e:
-        raise ValueError(f"the model does not run on inputs of shape {list(input_shape)}: {e}") from e
+        raise ValueError(f"the model does not run on inputs of shape {[size, *input_shape]}: {e}") from e
+    if size > 1:
+        batch.check_samples_apart(graph, input_name, input_shape, size, dtype)
     return env
 
 

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from certify.lipschitz import network, rules
+from certify.lipschitz import batch, network, rules
 from certify.lipschitz.segments import NodeRecord
 
 #: Accuracy assumed of a float library function, in ulps of max(|input|, |output|) (see the module docstring).
@@ -92,15 +92,22 @@ class ForwardError:
 
     def logits(self, x: torch.Tensor) -> tuple[float, float]:
         """``(a, b)``: the L2 norm of the float error of the output at any x' within L2 distance r of ``x`` (one
-        sample, per-sample shape) is at most ``a + b r``."""
+        sample, per-sample shape) is at most ``a + b r``. A graph that reshapes by a fixed batch runs at that
+        batch, filled with copies of ``x``; it keeps its samples apart (checked by the analysis), so the first
+        sample of every tensor computed from the input is ``x``'s own."""
+        from certify.convert import pad_batch  # certify.convert imports the operators, which import this package
+
+        size = batch.analysis_batch(self.graph)
         with torch.no_grad():
-            _, env = self.graph.run(x.unsqueeze(0), keep=True)
+            _, env = self.graph.run(pad_batch(x.unsqueeze(0), size), keep=True)
         analysis = self.analysis
         a = {analysis.input_name: 0.0}
         b = {analysis.input_name: 0.0}
 
-        def magnitude(name: str) -> tuple[float, float]:
+        def magnitude(name: str) -> tuple[float, float]:  # called for tensors computed from the input only
             value = env.get(name)
+            if size > 1 and isinstance(value, torch.Tensor):
+                value = value[0]
             m = float(torch.linalg.vector_norm(value.double())) if isinstance(value, torch.Tensor) else 0.0
             lip = analysis.composed.get(name)
             lip = math.inf if lip is None else lip

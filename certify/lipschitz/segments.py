@@ -91,8 +91,11 @@ class Segment:
 
 def _segment_runner(segment: Segment, env: dict) -> Callable[[torch.Tensor], torch.Tensor]:
     """A float64 function on a batch of per-sample inputs computing the segment's linear part (affine minus its
-    value at 0). Each sample runs at batch 1 (vmap), so reshapes to a fixed batch of 1 stay correct."""
+    value at 0). Each sample runs at the batch of ``env`` (vmap): 1, or the fixed batch of a graph that reshapes by
+    it, filled with copies of the sample (such a graph keeps its samples apart, see :mod:`certify.lipschitz.batch`),
+    so reshapes to a fixed batch stay correct."""
     modules = [copy.deepcopy(r.module).double() for r in segment.members]
+    size = env[segment.members[0].varying[0]].shape[0]
 
     def as64(value):
         return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
@@ -100,11 +103,11 @@ def _segment_runner(segment: Segment, env: dict) -> Callable[[torch.Tensor], tor
     fixed = [[None if (not n or n == r.varying[0]) else as64(env[n]) for n in r.inputs] for r in segment.members]
 
     def run_one(v: torch.Tensor) -> torch.Tensor:
-        x = v.unsqueeze(0)
+        x = v.unsqueeze(0).expand(size, *v.shape)
         for module, record, args in zip(modules, segment.members, fixed):
             x = module(*[x if n == record.varying[0] else a for n, a in zip(record.inputs, args)])
             x = x[0] if isinstance(x, (tuple, list)) else x
-        return x.squeeze(0)
+        return x[0] if size > 1 else x.squeeze(0)
 
     zero_in = torch.zeros(segment.in_shape, dtype=torch.float64)
     zero_out = run_one(zero_in).detach()

@@ -15,6 +15,7 @@ from service.api.common import iso
 from service.auth import enforce_rate_limit
 from service.context import require_write, services, tenant
 from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
+from service.core.store import TooLarge
 from service.core.webhooks import WebhookRefused, check_webhook_target
 from service.datasets import check_fit
 from service.problems import ApiProblem
@@ -51,7 +52,8 @@ def _owned(job_id: str, job: dict | None = None) -> dict:
     return job
 
 
-def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
+def _check_references(t_name: str, body: dict) -> tuple[dict, list[dict | None]]:
+    """The model's record and the facts of each inline property (see :func:`_check_properties`), or 4xx."""
     records = services().records
     model = records.get_artifact(t_name, "models", body["model"])
     if model is None:
@@ -75,17 +77,19 @@ def _check_references(t_name: str, body: dict) -> tuple[dict, dict | None]:
             raise ApiProblem(422, "unknown_dataset", f"no dataset {body['dataset']}",
                              errors={"dataset": ["unknown dataset"]})
     check_fit(model, dataset, body)
-    _check_properties(t_name, body["properties"], model)
+    inline = _check_properties(t_name, body["properties"], model)
     _check_device(body.get("device", "auto"))
-    return model, dataset
+    return model, inline
 
 
-def _check_properties(t_name: str, entries: list[dict], model: dict) -> None:
-    """Each uploaded property named exists for the tenant, and every property fits the model's declared sizes."""
+def _check_properties(t_name: str, entries: list[dict], model: dict) -> list[dict | None]:
+    """Each uploaded property named exists for the tenant, and every property fits the model's declared sizes.
+    Returns the facts of each inline one (the record of an upload of its text) and None for each uploaded one."""
     from certify.properties import check_declared_fit
     from certify.vnnlib import parse_vnnlib
 
     records = services().records
+    inline: list[dict | None] = []
     for i, entry in enumerate(entries):
         field = f"properties[{i}]"
         if "property_id" in entry:
@@ -94,14 +98,39 @@ def _check_properties(t_name: str, entries: list[dict], model: dict) -> None:
                 raise ApiProblem(422, "unknown_property", f"no property {entry['property_id']}; upload it to "
                                  "/v1/properties first", errors={f"{field}.property_id": ["unknown property"]})
             sizes = record["inputs"], record["outputs"]
+            inline.append(None)
         else:
             parsed = parse_vnnlib(entry["vnnlib"])  # parsed by the schema already; cheap beside a job
             sizes = parsed.n_inputs, parsed.n_outputs
+            inline.append({"inputs": parsed.n_inputs, "outputs": parsed.n_outputs, "cases": len(parsed.cases)})
         try:
             check_declared_fit(*sizes, model.get("inputs") or [], model.get("outputs") or [])
         except ModelRejected as e:
             raise ApiProblem(422, e.code, f"{field} ({entry['name']}): {e.message}",
                              errors={field: [e.message]}) from None
+    return inline
+
+
+def _store_inline(t_name: str, entries: list[dict], inline: list[dict | None]) -> list[dict]:
+    """The job's properties with each inline text stored as a property upload of the tenant (listed under
+    /v1/properties) and named by its id and size: a job record (and every GET of it) stays small however large
+    the text; the worker reads the bytes from the store, as for any upload."""
+    ctx = services()
+    out = []
+    for i, (entry, facts) in enumerate(zip(entries, inline, strict=True)):
+        if facts is None:
+            out.append(entry)
+            continue
+        try:
+            stored = ctx.store.put_stream("properties", [entry["vnnlib"].encode()], ctx.settings.max_property_bytes)
+        except TooLarge as e:
+            raise ApiProblem(413, "payload_too_large", f"properties[{i}] ({entry['name']}): the text is {e}",
+                             errors={f"properties[{i}].vnnlib": [str(e)]}) from None
+        ctx.records.add_upload_bytes("properties", stored.size)
+        ctx.records.put_artifact(t_name, "properties", {"id": stored.digest, "name": entry["name"],
+                                                        "size": stored.size, **facts, "created_at": iso(now())})
+        out.append({"name": entry["name"], "property_id": stored.digest, "size": stored.size})
+    return out
 
 
 def _cuda_index(device: str) -> str:
@@ -152,7 +181,7 @@ def create_job(body):
     """Queue a certification job for an uploaded model (and dataset)."""
     t = require_write()
     ctx = services()
-    model, _ = _check_references(t.name, body)
+    model, inline = _check_references(t.name, body)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 200):
         raise ApiProblem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
@@ -170,7 +199,7 @@ def create_job(body):
             return render(earlier), 202, {"Location": url_for("jobs.get_job", job_id=claimed),
                                           "Idempotent-Replayed": "true"}
     try:
-        job = _enqueue(t.name, job_id, body, model)
+        job = _enqueue(t.name, job_id, body, model, inline)
     except Exception:
         if key:
             ctx.records.release_idempotency_key(t.name, key, job_id)
@@ -178,10 +207,11 @@ def create_job(body):
     return render(job), 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
 
 
-def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict) -> dict:
+def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict, inline: list[dict | None]) -> dict:
     """Create the job record and queue it; a job that cannot be queued is removed again."""
     ctx = services()
     config = {k: v for k, v in body.items() if k not in REQUEST_ONLY}
+    config["properties"] = _store_inline(tenant_name, body["properties"], inline)
     created = now()
     job = {"id": job_id, "tenant": tenant_name, "state": QUEUED, "stage": None, "progress": 0.0, "eta_s": None,
            "message": "queued", "model": body["model"], "model_name": model.get("name"), "dataset": body["dataset"],

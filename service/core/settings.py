@@ -28,6 +28,13 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ValueError(f"{name}={value!r}: expected a number") from None
 
 
+def _nice(env: dict) -> int:
+    value = _int(env, "LIPCERT_WORKER_NICE", Settings.worker_nice)
+    if not 0 <= value <= 19:
+        raise ValueError(f"LIPCERT_WORKER_NICE={value}: expected a nice value from 0 to 19")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -48,6 +55,7 @@ class Settings:
     worker_heartbeat_s: float = 2.0
     max_attempts: int = 3  # runs of a job whose worker died; then it fails with worker_lost
     job_memory_mb: int = 0  # memory a job may take beyond what its worker holds (0: 3/4 of the machine's)
+    worker_nice: int = 10  # workers' CPU priority below the API's (0 = the same); see worker/priority.py
     queue: str = "lipcert"
     webhook_allow_nets: tuple = ()  # internal networks a webhook may target (see service/core/webhooks.py)
 
@@ -78,6 +86,7 @@ class Settings:
             worker_heartbeat_s=_float(env, "LIPCERT_WORKER_HEARTBEAT_S", cls.worker_heartbeat_s),
             max_attempts=_int(env, "LIPCERT_MAX_ATTEMPTS", cls.max_attempts),
             job_memory_mb=_int(env, "LIPCERT_JOB_MEMORY_MB", cls.job_memory_mb),
+            worker_nice=_nice(env),
             queue=env.get("LIPCERT_QUEUE") or cls.queue,
             webhook_allow_nets=parse_networks(env.get("LIPCERT_WEBHOOK_ALLOW_NETS", "")),
         )
