@@ -65,16 +65,17 @@ def _tokens(env: dict, data_dir: str) -> str | None:
     return create_tokens_file(path)
 
 
-def _check_config(env: dict, signing: bool = False):
-    """Read the settings and tokens the children will read (and, with ``signing``, make sure of the signing key),
-    so a bad one is one line and exit 2, not a traceback from every child."""
+def _check_config(env: dict, signing: bool = False, tokens: bool = True):
+    """Read the settings (and, with ``tokens``, the tokens) the children will read (and, with ``signing``, make sure
+    of the signing key), so a bad one is one line and exit 2, not a traceback from every child."""
     from service.core.settings import Settings
     from service.core.signing import ensure_signing_key
     from service.core.tokens import TokenRegistry
 
     try:
         settings = Settings.from_env(env)
-        TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
+        if tokens:
+            TokenRegistry.from_sources(settings.tokens, settings.tokens_file)
         if signing:
             ensure_signing_key(settings)
     except (ValueError, OSError) as e:
@@ -199,6 +200,7 @@ def worker(device, pool, name, loglevel, worker_nice):
 
     env = _service_env(None, worker_nice)
     env["LIPCERT_DEVICE"] = device
+    _check_config(env, tokens=False)  # workers read no tokens
     argv = worker_argv(name or f"lipcert-{device.replace(':', '')}@%h", device=device, pool=pool, loglevel=loglevel)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)

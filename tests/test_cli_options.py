@@ -119,6 +119,16 @@ def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, env):
     assert not (tmp_path / "data" / "redis").exists()  # refused before anything started
 
 
+@pytest.mark.parametrize("env", [{"LIPCERT_WORKER_NICE": "42"}, {"LIPCERT_RATE_LIMIT": "many"}])
+def test_worker_refuses_a_bad_configuration_in_one_line(env):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "certify", "worker", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: invalid_config: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_the_printed_submit_hint_names_lipcert_by_full_path():
     import os
 
