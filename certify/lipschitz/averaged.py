@@ -300,9 +300,12 @@ def _aligned(items: list, bounds: list[float]) -> bool:
     return lower >= ALIGNED * math.prod(bounds)
 
 
-def bound_chains(records, segments, consumers, graph_outputs) -> list:
+def bound_chains(records, segments, consumers, graph_outputs, deadline: float | None = None,
+                 skipped: list | None = None) -> list:
     """Maximal alternations linear segment, monotone activation, segment, ... (each link feeding only the next),
-    with at least two segments, each bounded by :func:`chain_bound` (an ``eclipse.Chain``, method "averaged")."""
+    with at least two segments, each bounded by :func:`chain_bound` (an ``eclipse.Chain``, method "averaged").
+    Chains reached after ``deadline`` (``time.monotonic()``) are skipped (appended to ``skipped``): their layers
+    keep the product."""
     from certify.lipschitz import eclipse
 
     items = {s.input: s for s in segments}
@@ -334,6 +337,10 @@ def bound_chains(records, segments, consumers, graph_outputs) -> list:
         if len(linear) < 2 or covered:
             continue  # ECLipsE-Fast already chains explicit dense layers
         result = eclipse.Chain(chain, method="averaged operators")
+        if deadline is not None and time.monotonic() > deadline:
+            if skipped is not None:
+                skipped.append(result)
+            continue
         _bound_chain(result, linear, betas, graph_outputs)
         if result.upper is not None:
             found.append(result)
