@@ -18,7 +18,9 @@ over the spectrum (the factors of earlier layers are recomputed, not stored: mem
 Floating point. Computed blocks differ from the exact ones by ``eps_i`` (`certify.lipschitz.conv.dft_error`). Each
 X_i is lowered by ``lambda_i^2 (2 ||W_i|| + eps_i) eps_i ||X_{i-1}^-1||`` (so it stays below the exact right-hand
 side; ``||X_{i-1}^-1|| <= 2 / lambda_{i-1}``) and by ``ECLIPSE_SHIFT lambda_i`` for the rounding of forming and
-factoring it, as in the dense recursion; the final norm is certified by `certify.lipschitz.cholesky`, plus
+factoring it, as in the dense recursion (the maximum
+in lambda_i is estimated, see `_TopEigenvalue`; every X_i is checked to exceed lambda_i / 2, which the bound
+``||X_i^-1|| <= 2 / lambda_i`` in these terms needs); the final norm is certified by `certify.lipschitz.cholesky`, plus
 ``eps_m ||X_{m-1}^-1||^(1/2)``, times ``1 + ECLIPSE_MARGIN``.
 """
 
@@ -39,13 +41,22 @@ _POWER_STEPS = 8  # power steps estimating every block's top eigenvalue; the lea
 _LEADING = 4
 
 
+#: Relative margin of the check X > lambda / 2 (covers the backward error of a Cholesky factorisation of a matrix
+#: of norm <= 2 lambda, Rump 2006, for sizes up to about 10^4).
+_HALF_MARGIN = 1e-5
+
+
 def _x_factor(gram: torch.Tensor, lam: float, shift: float) -> torch.Tensor | None:
     """The Cholesky factor of ``X = (2 lam - shift) I - lam^2 G`` from the Gram blocks ``G = B B^H`` (consumed),
-    or None when one fails."""
+    or None when one fails or when ``X - lam / 2 I`` is not definite: the error terms use ``||X^-1|| <= 2 / lam``,
+    which the exact multiplier 1 / lambda_max gives and an estimated one must be checked for."""
     x = gram.mul_(-lam * lam)
     x.diagonal(dim1=-2, dim2=-1).add_(2.0 * lam - shift)
     factor, info = torch.linalg.cholesky_ex(x)
-    return None if bool(info.ne(0).any()) else factor
+    if bool(info.ne(0).any()):
+        return None
+    x.diagonal(dim1=-2, dim2=-1).sub_(0.5 * lam * (1.0 + _HALF_MARGIN))
+    return factor if bool(torch.linalg.cholesky_ex(x)[1].eq(0).all()) else None
 
 
 def _whiten(w: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
@@ -57,7 +68,7 @@ class _TopEigenvalue:
     """The largest eigenvalue over all chunks of Hermitian PSD blocks, estimated: a few power steps on every block,
     then the exact value of the leading blocks over the whole spectrum. Only a choice of multiplier: ECLipsE's
     guarantee holds for any lambda_i > 0 with X_i positive definite (checked by its factorisation), and X_i stays
-    definite for lambda_i < 2 / lambda_max, so an estimate within a factor 2 below the true maximum is safe."""
+    definite for lambda_i < 2 / lambda_max; `_x_factor` checks the margin the error terms need."""
 
     def __init__(self):
         self.best = 0.0
