@@ -121,3 +121,15 @@ def test_large_maps_take_the_fourier_route_in_the_network(monkeypatch):
     upper, product = analysis.composed[analysis.output_name], analysis.product[analysis.output_name]
     found = lower_bound(graph, torch.rand(8, 2, 8, 8))["lower"]
     assert found <= upper < 0.9 * product
+
+
+def test_fourier_eclipse_keeps_or_recomputes_the_same_recursion(monkeypatch):
+    # Gram blocks kept between passes, or every earlier factor recomputed per chunk: the same bound
+    from certify.lipschitz import fourier_eclipse
+
+    layers = _layers(3, [3, 6, 6, 4], 7, 1)
+    kept = fourier_eclipse.conv_eclipse(layers, [1.0, 1.0])
+    monkeypatch.setattr(fourier_eclipse, "_KEPT_BYTES", 0)
+    monkeypatch.setattr(fourier_eclipse, "_BLOCK_BYTES", 16 * 36 * 4 * 5)  # five frequencies per chunk
+    recomputed = fourier_eclipse.conv_eclipse(layers, [1.0, 1.0])
+    assert abs(kept - recomputed) <= 1e-12 * kept

@@ -72,6 +72,7 @@ def test_cnn_lower_bound_and_budget():
     analysis = network_bound(graph, (1, 8, 8))
     result = lower_bound(graph, xs, budget_s=0.0)  # the screening runs, the ascent stops at once
     assert result["found_by"] in ("dataset", "secant ascent")
+    assert result["budget_s"] == 0.0 and 0.0 <= result["seconds"] < 30.0  # reported apart from the bound's time
     full = lower_bound(graph, xs)
     assert result["lower"] <= full["lower"] <= analysis.composed[analysis.output_name]
     assert np.isfinite(full["lower"]) and full["ascent_starts"] == 4 + 8

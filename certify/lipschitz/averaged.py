@@ -84,9 +84,7 @@ def conv_products(layers: list[ConvLayer], rel_tol: float = 1e-3) -> list[list[f
 def _run_norms(kernels, errors, rel_tol: float) -> list[float]:
     """Bounds of ||C_j ... C_0|| for every j of a run whose layers after the first have stride 1 (one output grid)."""
     grid = kernels[0][1]
-    axes = [torch.arange(g) for g in grid]
-    axes[-1] = torch.arange(grid[-1] // 2 + 1)  # real kernels: conjugate-symmetric spectrum
-    freqs = torch.cartesian_prod(*axes).reshape(-1, len(grid))
+    freqs = _half_spectrum(grid)
     widest = max(k.shape[0] * k.shape[1] for k, _ in kernels)
     step = max(1, _BLOCK_BYTES // (16 * widest * 2))
     uppers = [0.0] * len(kernels)
@@ -109,6 +107,14 @@ def _run_norms(kernels, errors, rel_tol: float) -> list[float]:
     return uppers
 
 
+def _half_spectrum(grid: tuple[int, ...]) -> torch.Tensor:
+    """The frequencies (F, D) of a grid with the last axis halved: real kernels have a conjugate-symmetric
+    spectrum."""
+    axes = [torch.arange(g) for g in grid]
+    axes[-1] = torch.arange(grid[-1] // 2 + 1)
+    return torch.cartesian_prod(*axes).reshape(-1, len(grid))
+
+
 def _product_error(err: float, fro: float, f_new: float, e_new: float, inner: int) -> float:
     """Spectral-norm error of ``fl(K' P')`` against the exact ``K P``, where ``||P' - P|| <= err``,
     ``||P'||_F <= fro``, ``||K' - K|| <= e_new`` and ``||K'||_F <= f_new``: ``(f + e) err + e fro`` from the inputs,
@@ -117,9 +123,10 @@ def _product_error(err: float, fro: float, f_new: float, e_new: float, inner: in
     return round_up(round_up((f_new + e_new) * err) + round_up(e_new * fro) + rounding)
 
 
-def dense_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
+def dense_products(matrices: list[torch.Tensor], known: list[float | None] | None = None) -> list[list[float | None]]:
     """Upper bounds of ``||W_j ... W_i||`` for explicit float64 matrices (each product formed once, its rounding
-    bounded like the convolutions': one block at one frequency)."""
+    bounded like the convolutions': one block at one frequency); ``known[i]``, when not None, is a certified bound
+    of ``||W_i||`` taken as it is."""
     m = len(matrices)
     result: list[list[float | None]] = [[None] * m for _ in range(m)]
     for i in range(m):
@@ -133,15 +140,79 @@ def dense_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
                 product = w @ product
                 err = _product_error(err, fro, f_j, 0.0, w.shape[1])
             fro = round_up(fro * f_j * (1.0 + matmul_gamma(w.shape[1])))  # ||fl(K'P')||_F
-            result[i][j] = round_up(certified_norm(product)[0] + err)
+            if j == i and known and known[i] is not None:
+                result[i][i] = known[i]
+            else:
+                result[i][j] = round_up(certified_norm(product)[0] + err)
     return result
 
 
-def chain_bound(items: list, betas: list[float]) -> tuple[float, float]:
-    """The averaged-operator bound of a chain of linear items (``ConvLayer`` or a float64 matrix), with the
-    activations' slope bounds between them. Products are formed within runs of the same kind; across a change of
-    kind they are split. Returns (bound, ms)."""
-    started = time.perf_counter()
+#: Power steps of the lower estimates that decide whether the certified products are worth forming: a rough pass
+#: over every frequency, then the leading frequencies of each product again.
+ESTIMATE_STEPS = 16
+ROUGH_STEPS = 3
+LEAD_FREQUENCIES = 8
+
+
+def _power_product(blocks: list[torch.Tensor], steps: int = ESTIMATE_STEPS) -> torch.Tensor:
+    """Achieved ``||K_j ... K_i v|| / ||v||`` per block of a batch (blocks (F, out, in) per layer, applied in
+    order) after power steps through the factors (the product is never formed): estimates from below, (F,)."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(blocks[0].shape[0], blocks[0].shape[2], 1, generator=gen, dtype=torch.float64)
+    v = v.to(blocks[0].dtype)
+    for _ in range(steps):
+        u = v
+        for k in blocks:
+            u = k @ u
+        u = u.mH  # back through the adjoints as row vectors: K^H u = (u^H K)^H, with K read in memory order
+        for k in reversed(blocks):
+            u = u @ k
+        v = u.mH / torch.linalg.vector_norm(u, dim=-1, keepdim=True).mH.clamp_min(1e-30)
+    u = v
+    for k in blocks:
+        u = k @ u
+    return (torch.linalg.vector_norm(u, dim=(-2, -1)) / torch.linalg.vector_norm(v, dim=(-2, -1))).real.double()
+
+
+def dense_lower_products(matrices: list[torch.Tensor]) -> list[list[float | None]]:
+    """Estimates from below of ``||W_j ... W_i||`` (power steps through the factors)."""
+    m = len(matrices)
+    mats = [w.to(torch.float64).unsqueeze(0) for w in matrices]
+    return [[float(_power_product(mats[i:j + 1])[0]) if j >= i else None for j in range(m)] for i in range(m)]
+
+
+def conv_lower_products(layers: list[ConvLayer]) -> list[list[float | None]]:
+    """Estimates from below of the products that `conv_products` certifies (None where it splits): power steps
+    through the layers' Fourier blocks at every frequency of the run's grid."""
+    kernels, _ = lifted_kernels(layers)
+    m = len(layers)
+    result: list[list[float | None]] = [[None] * m for _ in range(m)]
+    first = 0
+    while first < m:  # maximal runs whose layers after the first have stride 1: one grid, blocks formed once
+        last = first
+        while last + 1 < m and max(layers[last + 1].stride) == 1:
+            last += 1
+        grid = kernels[first][1]
+        freqs = _half_spectrum(grid)
+        widest = max(k.shape[0] * k.shape[1] for k, _ in kernels[first:last + 1])
+        step = max(1, _BLOCK_BYTES // (16 * widest * (last - first + 1)))
+        rough = {(i, j): [] for i in range(first, last + 1) for j in range(i, last + 1)}
+        for start in range(0, freqs.shape[0], step):  # a rough pass in single precision ranks the frequencies
+            blocks = [blocks_at(k, grid, freqs[start:start + step]).to(torch.complex64)
+                      for k, _ in kernels[first:last + 1]]
+            for i, j in rough:
+                rough[i, j].append(_power_product(blocks[i - first:j - first + 1], steps=ROUGH_STEPS))
+        for (i, j), values in rough.items():  # the leading frequencies again, in double precision
+            lead = freqs[torch.cat(values).argsort(descending=True)[:LEAD_FREQUENCIES]]
+            blocks = [blocks_at(k, grid, lead) for k, _ in kernels[i:j + 1]]
+            result[i][j] = float(_power_product(blocks).max())
+        first = last + 1
+    return result
+
+
+def _by_runs(items: list, conv_fn, dense_fn) -> list[list[float | None]]:
+    """A triangle of product values filled run by run: ``conv_fn(run)`` on runs of ``ConvLayer``,
+    ``dense_fn(run, start)`` on runs of explicit matrices; products across a change of kind stay None (split)."""
     m = len(items)
     products: list[list[float | None]] = [[None] * m for _ in range(m)]
     start = 0
@@ -151,10 +222,28 @@ def chain_bound(items: list, betas: list[float]) -> tuple[float, float]:
         while end + 1 < m and isinstance(items[end + 1], ConvLayer) == kind:
             end += 1
         run = items[start:end + 1]
-        sub = conv_products(run) if kind else dense_products(run)
+        sub = conv_fn(run) if kind else dense_fn(run, start)
         for a in range(len(run)):
             products[start + a][start:end + 1] = sub[a]
         start = end + 1
+    return products
+
+
+def chain_bound(items: list, betas: list[float], target: float | None = None,
+                diagonal: list[float | None] | None = None) -> tuple[float | None, float]:
+    """The averaged-operator bound of a chain of linear items (``ConvLayer`` or a float64 matrix), with the
+    activations' slope bounds between them. Products are formed within runs of the same kind; across a change of
+    kind they are split. ``diagonal[i]``, when given for a matrix item, is a certified bound of its norm already
+    known (not recomputed). With ``target``, a cheap lower estimate of the result is formed first and the certified
+    products are skipped (None returned) when it cannot go below ``target``. Returns (bound or None, ms)."""
+    started = time.perf_counter()
+    if target is not None:
+        lower = averaged_bound(split_products(_by_runs(items, conv_lower_products,
+                                                       lambda run, _: dense_lower_products(run))), betas)
+        if lower >= target:
+            return None, (time.perf_counter() - started) * 1e3
+    known = diagonal or [None] * len(items)
+    products = _by_runs(items, conv_products, lambda run, start: dense_products(run, known[start:start + len(run)]))
     value = averaged_bound(split_products(products), betas)
     return value, (time.perf_counter() - started) * 1e3
 
@@ -211,9 +300,12 @@ def _aligned(items: list, bounds: list[float]) -> bool:
     return lower >= ALIGNED * math.prod(bounds)
 
 
-def bound_chains(records, segments, consumers, graph_outputs) -> list:
+def bound_chains(records, segments, consumers, graph_outputs, deadline: float | None = None,
+                 skipped: list | None = None) -> list:
     """Maximal alternations linear segment, monotone activation, segment, ... (each link feeding only the next),
-    with at least two segments, each bounded by :func:`chain_bound` (an ``eclipse.Chain``, method "averaged")."""
+    with at least two segments, each bounded by :func:`chain_bound` (an ``eclipse.Chain``, method "averaged").
+    Chains reached after ``deadline`` (``time.monotonic()``) are skipped (appended to ``skipped``): their layers
+    keep the product."""
     from certify.lipschitz import eclipse
 
     items = {s.input: s for s in segments}
@@ -245,13 +337,33 @@ def bound_chains(records, segments, consumers, graph_outputs) -> list:
         if len(linear) < 2 or covered:
             continue  # ECLipsE-Fast already chains explicit dense layers
         result = eclipse.Chain(chain, method="averaged operators")
-        if not _aligned(linear, [s.bound.upper for s in chain[::2]]):
-            result.upper, result.ms = chain_bound(linear, betas)
-        _materialised_eclipse(result, linear, betas, graph_outputs)
-        _conv_runs_eclipse(result, linear, betas, [s.bound.upper for s in chain[::2]])
+        if deadline is not None and time.monotonic() > deadline:
+            if skipped is not None:
+                skipped.append(result)
+            continue
+        _bound_chain(result, linear, betas, graph_outputs)
         if result.upper is not None:
             found.append(result)
     return found
+
+
+def _bound_chain(result, linear: list, betas: list[float], graph_outputs) -> None:
+    """The ECLipsE routes first (materialised, Fourier-domain runs), then the averaged-operator bound, whose
+    certified products are formed only when a cheap estimate from below says it can beat both them and the plain
+    product of the layers' bounds."""
+    bounds = [s.bound.upper for s in result.items[::2]]
+    _materialised_eclipse(result, linear, betas, graph_outputs)
+    _conv_runs_eclipse(result, linear, betas, bounds)
+    if _aligned(linear, bounds):
+        return
+    target = round_up(math.prod(bounds) * math.prod(betas))
+    if result.upper is not None:
+        target = min(target, result.upper)
+    diagonal = [b if isinstance(item, torch.Tensor) else None for item, b in zip(linear, bounds)]
+    value, ms = chain_bound(linear, betas, target=target, diagonal=diagonal)
+    result.ms += ms
+    if value is not None and (result.upper is None or value < result.upper):
+        result.upper, result.method = value, "averaged operators"
 
 
 def _materialised_eclipse(chain, linear: list, betas: list[float], graph_outputs) -> None:

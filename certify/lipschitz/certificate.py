@@ -191,6 +191,7 @@ def network_summary(analysis: Analysis, lower: dict | None) -> dict:
         "lower_method": lower,
         "chains": [{"nodes": [m.ctx.node for item in c.items for m in getattr(item, "members", [item])],
                     "upper": _number(c.upper), "ms": round(c.ms, 3)} for c in analysis.chains],
+        "chains_skipped": analysis.chains_skipped,
     }
 
 
@@ -233,7 +234,7 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
                 progress: Callable[[float, str], None] | None = None, samples: int = 200, seed: int = 0,
                 input_range=(0.0, 1.0), ascent_steps: int = 100, lower_budget_s: float = 30.0,
                 on_layer: Callable[[dict], None] | None = None,
-                on_analysis: Callable[[Analysis], None] | None = None) -> dict:
+                on_analysis: Callable[[Analysis], None] | None = None, chain_budget_s: float | None = None) -> dict:
     """Bound ``module`` (an ``OnnxGraph`` from ``certify.to_torch``) and, with data, certify its samples.
 
     ``input_shape``: per-sample input shape (a leading batch of 1 is accepted). ``dataset``: ``(x, y)`` numpy
@@ -241,7 +242,9 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     ``progress(fraction, message)`` is called per layer; ``on_layer(row)`` gets each node's own bound as soon as it
     is computed (before fusion), so a long run shows rows as it goes; ``on_analysis`` gets the finished
     :class:`Analysis` (its pair bounds tighten the local certificates). The empirical lower bound's secant ascent
-    takes ``ascent_steps`` steps within ``lower_budget_s`` seconds. Returns a JSON-ready dict: ``layers`` (one row
+    takes ``ascent_steps`` steps within ``lower_budget_s`` seconds (its own time is reported apart, in
+    ``network.lower_method.seconds``); ``chain_budget_s`` caps the joint chain bounds (default: no cap, the
+    tightest bound; see :func:`certify.lipschitz.network.analyse`). Returns a JSON-ready dict: ``layers`` (one row
     per ONNX node), ``network`` ({product, upper, lower, ratio, method, reason}) and, with data, ``certified``
     ({norm, samples, clean_accuracy, certified_accuracy: {eps: acc}, radius summary, radii}).
     """
@@ -250,7 +253,8 @@ def certificate(module, input_shape, dataset=None, norm: str = "l2", epsilons=DE
     report = progress or (lambda fraction, message: None)
     shape = per_sample_shape(module, input_shape)
     analysis = analyse(module, shape, norm=norm, progress=lambda f, m: report(0.7 * f, m),
-                       on_record=(lambda record: on_layer(layer_row(record))) if on_layer else None)
+                       on_record=(lambda record: on_layer(layer_row(record))) if on_layer else None,
+                       chain_budget_s=chain_budget_s)
     if on_analysis is not None:
         on_analysis(analysis)
     l2_analysis = analyse(module, shape, norm="l2") if norm == "linf" else None

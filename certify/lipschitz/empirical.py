@@ -208,8 +208,10 @@ def lower_bound(graph, xs: torch.Tensor, norm: str = "l2", ascent_starts: int = 
     """The largest ``||J(x)||`` over ``xs``, then (L2) :func:`secant_ascent` from the ``ascent_starts`` best of
     them and ``random_starts`` points drawn in the data's range: an estimate of the true constant from below
     (every value is achieved by explicit points). Large outputs (power iteration, a few forward and backward passes
-    per iteration) are screened at 4 dataset points; the ascent stops after ``budget_s`` seconds."""
-    deadline = time.monotonic() + budget_s
+    per iteration) are screened at 4 dataset points; the ascent stops after ``budget_s`` seconds. The result
+    carries the seconds it took (``seconds``) and the budget, so a whole-model time can report it apart."""
+    started = time.monotonic()
+    deadline = started + budget_s
     large = sample_function(graph)(xs[0]).numel() > FULL_JACOBIAN_MAX_OUTPUTS if xs.shape[0] else False
     screened = xs[:4] if large else xs
     norms = jacobian_norms(graph, screened, norm=norm, iters=10 if large else 30, seed=seed)
@@ -225,4 +227,5 @@ def lower_bound(graph, xs: torch.Tensor, norm: str = "l2", ascent_starts: int = 
             best, source = value, "secant ascent"
     return {"lower": best if np.isfinite(best) else None, "points": int(screened.shape[0]), "ascent_starts": starts,
             "found_by": source, "method": "max ||J(x)|| (full Jacobian or power iteration) and secants "
-            "||f(x + d) - f(x)|| / ||d|| from gradient ascent: an estimate from below"}
+            "||f(x + d) - f(x)|| / ||d|| from gradient ascent: an estimate from below",
+            "seconds": round(time.monotonic() - started, 3), "budget_s": float(budget_s)}

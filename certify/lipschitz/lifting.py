@@ -52,11 +52,35 @@ def common_grid(layers: list[ConvLayer]) -> list[tuple[int, ...]]:
     return [tuple(grids[a][i] for a in range(dims)) for i in range(len(layers) + 1)]
 
 
+def _joint_twiddles(grid: tuple[int, ...], taps: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
+    """``exp(-2 pi i <f, t / m>)`` (F, T) for all taps at once, the angle reduced exactly in integers first:
+    ``sum_a f_a t_a M / m_a mod M`` with ``M = prod m``, so each twiddle carries one rounded angle, as
+    `certify.lipschitz.conv._twiddles` does for one axis."""
+    total = math.prod(grid)
+    residues = torch.zeros(freqs.shape[0], *taps, dtype=torch.int64)
+    for axis, (m, t) in enumerate(zip(grid, taps)):
+        shape = [1] * len(taps)
+        shape[axis] = t
+        residues = residues + (freqs[:, axis].view(-1, *[1] * len(taps)) * torch.arange(t).view(shape)
+                               * (total // m)) % total
+    angle = (residues % total).reshape(freqs.shape[0], -1).to(torch.float64) * (2.0 * math.pi / total)
+    return torch.polar(torch.ones_like(angle), -angle)
+
+
 def blocks_at(kernel: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
     """Fourier blocks ``sum_t K_t exp(-2 pi i <f, t> / m)`` (F, C_out, C_in') of a polyphase kernel (C_out, C_in',
-    *taps) at the frequencies ``freqs`` (F, D): the first axis by one contraction, the others frequency by
-    frequency (the same sums and twiddles as `certify.lipschitz.conv.frequency_chunks`)."""
-    acc = torch.tensordot(_twiddles(grid[0], kernel.shape[2], freqs[:, 0]), kernel.to(torch.complex128),
+    *taps) at the frequencies ``freqs`` (F, D). A real kernel with few taps: one sum over all T taps, as two real
+    products (cosine and sine parts), whose error (T + 40) u times the sum of |terms| (one twiddle per term) stays
+    within the per-axis model of `certify.lipschitz.conv.dft_error`, 2 sum_a (t_a + 40) u; otherwise one axis at a
+    time (the same sums and twiddles as `certify.lipschitz.conv.frequency_chunks`)."""
+    taps = tuple(kernel.shape[2:])
+    count = math.prod(taps)
+    if not kernel.is_complex() and count + 40 <= 2 * sum(t + 40 for t in taps) and math.prod(grid) < 2**40:
+        tw = _joint_twiddles(grid, taps, freqs)  # (F, T)
+        flat = kernel.to(torch.float64).reshape(*kernel.shape[:2], count).movedim(2, 0).reshape(count, -1)
+        out = torch.complex(tw.real @ flat, tw.imag @ flat)
+        return out.reshape(freqs.shape[0], *kernel.shape[:2])
+    acc = torch.tensordot(_twiddles(grid[0], taps[0], freqs[:, 0]), kernel.to(torch.complex128),
                           dims=([1], [2]))  # (F, C_out, C_in', *other taps)
     for axis in range(1, len(grid)):
         tw = _twiddles(grid[axis], acc.shape[3], freqs[:, axis])  # (F, taps)

@@ -57,6 +57,7 @@ class Analysis:
     input_shape: tuple
     output_shape: tuple
     norm: str
+    chains_skipped: int = 0  # chains left to the product when the composition's time budget ran out
 
 
 def _context(module, inputs, outputs, env, varying: set, norm) -> LipschitzContext:
@@ -94,11 +95,14 @@ def _min(a: float | None, b: float | None) -> float | None:
 
 
 def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str], None] | None = None,
-            eclipse: bool = True, on_record: Callable[[NodeRecord], None] | None = None) -> Analysis:
+            eclipse: bool = True, on_record: Callable[[NodeRecord], None] | None = None,
+            chain_budget_s: float | None = None) -> Analysis:
     """Bound every node of ``graph`` (an ``OnnxGraph``) and compose the bounds from its input to its output.
 
     ``input_shape`` is the per-sample input shape (batch excluded). ``progress(fraction, message)`` is called
-    after every node, ``on_record(record)`` with every node bounded on its own.
+    after every node, ``on_record(record)`` with every node bounded on its own. ``chain_budget_s`` (default: none)
+    caps the seconds spent on joint chain bounds: chains reached later keep the product of their layers' bounds
+    (still sound, possibly looser), counted in ``Analysis.chains_skipped``.
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', not {norm!r}")
@@ -130,16 +134,31 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
     for segment in segments:
         if all(r.bound.upper is not None for r in segment.members):
             bound_segment(segment, env, norm)
-    chains = find_chains(records, segments, consumers, graph.output_names) if (eclipse and norm == "l2") else []
-    for chain in chains:
-        bound_chain(chain, output_name)
-    if eclipse and norm == "l2":
-        from certify.lipschitz import averaged
-
-        chains += averaged.bound_chains(records, segments, consumers, graph.output_names)
+    chains, skipped = _bound_chains(records, segments, consumers, graph.output_names, output_name,
+                                    eclipse and norm == "l2", chain_budget_s)
     _recompose(records, segments, chains, tables.composed, consumers)
     return Analysis(records, segments, chains, tables.product, tables.composed, tables.reasons, input_name,
-                    output_name, tuple(input_shape), per_sample(env[output_name].shape), norm)
+                    output_name, tuple(input_shape), per_sample(env[output_name].shape), norm, skipped)
+
+
+def _bound_chains(records, segments, consumers, graph_outputs, output_name: str, enabled: bool,
+                  budget_s: float | None) -> tuple[list, int]:
+    """ECLipsE-Fast on chains of explicit dense layers, then the averaged-operator chains; those reached after
+    ``budget_s`` seconds are skipped. Returns (bounded chains, how many were skipped)."""
+    if not enabled:
+        return [], 0
+    from certify.lipschitz import averaged
+
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    chains, skipped = [], []
+    for chain in find_chains(records, segments, consumers, graph_outputs):
+        if deadline is not None and time.monotonic() > deadline:
+            skipped.append(chain)
+            continue
+        bound_chain(chain, output_name)
+        chains.append(chain)
+    chains += averaged.bound_chains(records, segments, consumers, graph_outputs, deadline=deadline, skipped=skipped)
+    return chains, len(skipped)
 
 
 @dataclass
