@@ -148,3 +148,13 @@ def test_the_service_commands_join_lipcert_through_its_entry_points():
         command = main.get_command(ctx, name)
         assert command is not None, f"no `lipcert {name}`: refresh the entry points (make install, pip install -e .)"
         assert command.callback.__module__ == "service.commands" and name in main.list_commands(ctx)
+
+
+def test_bounds_takes_the_lower_bound_and_chain_budgets():
+    r = CliRunner().invoke(main, ["bounds", EXAMPLE_MODEL, "--json", "--lower-budget", "0.5", "--chain-budget", "0"])
+    assert r.exit_code == 0, r.output
+    network = json.loads(r.stdout)["network"]
+    assert network["lower_method"]["budget_s"] == 0.5
+    assert network["chains_skipped"] >= 1 and network["upper"] == network["product"]  # every chain left to the product
+    bad = CliRunner().invoke(main, ["bounds", EXAMPLE_MODEL, "--lower-budget", "-1"])
+    assert bad.exit_code == 2 and "--lower-budget" in bad.output

@@ -111,10 +111,15 @@ def _print_verdicts(result: dict) -> None:
 @click.option("--input-shape", multiple=True, metavar="NAME=D1,D2,...", help="Pin dynamic input dimensions.")
 @click.option("--json-lines", "json_lines", is_flag=True,
               help="One JSON object per line: each layer's row as it is computed, then the whole result.")
+@click.option("--lower-budget", type=click.FloatRange(0, 86_400), default=30.0, show_default=True, metavar="SECONDS",
+              help="Time for the empirical lower bound's gradient ascent (reported apart from the bound's time).")
+@click.option("--chain-budget", type=click.FloatRange(0, 86_400), default=None, metavar="SECONDS",
+              help="Cap on the joint bounds of layer chains; chains reached after it keep the plain product "
+                   "(sound, looser). Default: no cap, the tightest bound.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @refusals_exit_2
 def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_range, scale, mean, std, channels_last,
-           input_shape, json_lines, quiet):
+           input_shape, lower_budget, chain_budget, json_lines, quiet):
     """Per-layer Lipschitz bounds of MODEL, the network bound, and with --data certified radii and each certifier's
     certified accuracy."""
     from certify.convert import to_torch
@@ -149,7 +154,8 @@ def bounds(model, as_json, data, norm, epsilons, certifiers, samples, input_rang
         result = certificate(module, declared, dataset=dataset, norm=norm, epsilons=epsilons or DEFAULTS["epsilons"],
                              samples=samples, input_range=tuple(input_range or DEFAULTS["input_range"]),
                              progress=lambda fraction, message: progress("bounds", fraction, message),
-                             on_layer=row_line if json_lines else None, on_analysis=analyses.append)
+                             on_layer=row_line if json_lines else None, on_analysis=analyses.append,
+                             lower_budget_s=lower_budget, chain_budget_s=chain_budget)
         if dataset is not None:
             result.update(_verdicts(module, dataset, norm, epsilons or DEFAULTS["epsilons"],
                                     certifiers or DEFAULTS["certifiers"], result,
