@@ -131,13 +131,17 @@ class Engine:
 
     def branch_and_bound(self, case: Case, margin: float, deadline: float, candidate):
         """Branch and bound on ``case`` (:class:`certify.local.bab.Outcome`); every row's float32 allowance is
-        the one of the whole box (it covers every subdomain)."""
-        from certify.local.bab import Spec
+        the one of the whole box (it covers every subdomain). A deadline passed before the search starts (in the
+        root propagation or its allowance) is an outcome of its own, ``timeout``, not an escaping error."""
+        from certify.local.bab import Outcome, Spec
 
         C, d, groups = _rows(case)
         lower, upper = case.lower[None], case.upper[None]
-        prop, c = self._propagation(lower, upper, C, deadline)
-        error = _allowance(prop, c, self.float_error(lower, upper), C)[0]
+        try:
+            prop, c = self._propagation(lower, upper, C, deadline)
+            error = _allowance(prop, c, self.float_error(lower, upper), C)[0]
+        except BoundTimeout:
+            return Outcome("timeout")
         return self.search.run(case.lower, case.upper, Spec(C, d, groups, error), margin, deadline, candidate)
 
 

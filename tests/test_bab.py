@@ -269,3 +269,11 @@ def test_every_disjunct_is_refuted_on_its_own_and_a_reachable_one_is_never_prove
 
     assert run(below, 20).result == "holds"
     assert run(np.array([below[0], values.min(0)[1] + 1e-3]), 4).result != "holds"
+
+
+def test_a_deadline_passed_before_the_search_is_a_timeout_not_an_error():
+    model, _ = mlp(20, (8,), 3)
+    prop = parse_vnnlib(vnnlib_below(20, -1e6))
+    outcome = engine(to_torch(model), (20,)).branch_and_bound(prop.cases[0], 0.0, time.monotonic() - 1.0,
+                                                             lambda xs: None)
+    assert outcome.result == "timeout" and outcome.domains == 0
