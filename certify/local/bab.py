@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from certify.local.bounds import BoundTimeout, Propagation, varying_names
+from certify.local.branching import TOP_K, choose
 from certify.local.float_error import forward_errors
 from certify.local.leaf_lp import close_leaves
 from certify.local.region import Region
@@ -83,6 +84,7 @@ class Domains:
     beta: dict[int, torch.Tensor]
     branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
     worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
+    low: torch.Tensor  # (M, S) each row's lower bound (before allowances): it holds on every child too
 
     FIELDS = ("splits", "lo", "hi", "theta", "beta")
 
@@ -91,20 +93,20 @@ class Domains:
 
     def take(self, index) -> Domains:
         pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in self.FIELDS}
-        return Domains(**pick, branch=self.branch[index], worst=self.worst[index])
+        return Domains(**pick, branch=self.branch[index], worst=self.worst[index], low=self.low[index])
 
     def rows(self, rows: np.ndarray) -> Domains:
         """The same subdomains with the warm start of some specification rows only."""
         index = torch.as_tensor(rows)
         return Domains(self.splits, self.lo, self.hi, {i: t[:, index] for i, t in self.theta.items()},
-                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst)
+                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst, self.low[:, index])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         first = parts[0]
         join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)
                     if all(n in getattr(p, k) for p in parts)} for k in Domains.FIELDS}  # a warm start may lack a step
-        return Domains(**join, branch=torch.cat([p.branch for p in parts]), worst=torch.cat([p.worst for p in parts]))
+        return Domains(**join, **{k: torch.cat([getattr(p, k) for p in parts]) for k in ("branch", "worst", "low")})
 
 
 def split_steps(graph) -> list[tuple[int, str]]:
@@ -127,8 +129,8 @@ class ReluSearch:
     split), not only kept from the parent."""
 
     def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = DEFAULT_ALPHA_STEPS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False):
-        self.graph, self.shape, self.refine = graph, tuple(input_shape), refine
+                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False, top_k: int = TOP_K):
+        self.graph, self.shape, self.refine, self.top_k = graph, tuple(input_shape), refine, top_k
         self.alpha_steps, self.max_bytes = alpha_steps, max_bytes
         self.steps = split_steps(graph)
         self.names = [name for _, name in self.steps]
@@ -217,7 +219,7 @@ class ReluSearch:
             t[rows, local[rows]] = sign[rows]
             splits[name] = t.reshape(both.splits[name].shape)
             offset += size
-        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst)
+        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst, both.low)
 
     def _kept(self, domains: Domains) -> bool | set:
         """The tensors whose parent boxes the children keep: all, or (``refine``) those up to the layer of the
@@ -251,7 +253,11 @@ class ReluSearch:
         c = self._spec_rows(prop, spec, n)
         kept: dict = {}
         low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin), warm=warm, keep=kept)
-        exact = low.detach().T.numpy() - spec.d[None]
+        exact = low.detach().T.numpy()
+        if domains is not None:  # a parent's bound holds on its children
+            exact = np.maximum(exact, domains.low.numpy())
+        low_now = exact
+        exact = exact - spec.d[None]
         gap = exact - self._allowance(prop, c, spec, exact, margin)
         record: dict = {}
         with torch.no_grad():
@@ -265,8 +271,7 @@ class ReluSearch:
             if found is not None:
                 outcome.result, outcome.found = "found", found
                 return None
-            branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
-            leaves = open_[~has.numpy()]
+            leaves = open_[~self._unstable(prop, open_)]
             if leaves.size:
                 if not self._close_leaves(prop, spec, margin, leaves, candidate, outcome):
                     return None
@@ -275,7 +280,7 @@ class ReluSearch:
         open_ = np.flatnonzero(~done)
         if open_.size == 0:
             return None
-        branch, _ = self._branch(prop, record, torch.as_tensor(weight), open_)
+        branch = self._branch(prop, record, weight, open_, c, kept, spec, margin)
         index = torch.as_tensor(open_)
         split_now = {name: (prop.splits[name][index].to(torch.int8) if name in prop.splits else
                             torch.zeros(prop.bounds[name].lo[index].shape, dtype=torch.int8)) for name in self.names}
@@ -283,7 +288,7 @@ class ReluSearch:
                     for k in ("theta", "beta")}
         return Domains(split_now, {name: prop.bounds[name].lo[index] for name in self.names},
                        {name: prop.bounds[name].hi[index] for name in self.names}, warm_now["theta"],
-                       warm_now["beta"], branch, torch.as_tensor(worst[open_]))
+                       warm_now["beta"], branch, torch.as_tensor(worst[open_]), torch.as_tensor(low_now[open_]))
 
     def _close_leaves(self, prop, spec: Spec, margin, leaves, candidate, outcome: Outcome) -> bool:
         """Subdomains with every neuron split: each leaf's exact LP, then a longer beta optimisation. False (with
@@ -374,24 +379,18 @@ class ReluSearch:
         x = torch.where(a >= 0, lo_in[idx], hi_in[idx])
         return x.reshape(len(open_), -1).numpy()
 
-    def _branch(self, prop, record, weight, open_):
-        """Per open subdomain the flat index of the neuron to split next, and whether any is unstable."""
+    def _unstable(self, prop, open_) -> np.ndarray:
+        """Per open subdomain whether some neuron of a split tensor is unstable (else it is a leaf)."""
         idx = torch.as_tensor(open_)
-        scores = []
-        for index, name in self.steps:
-            op, inputs, _ = prop.steps[index]
+        found = torch.zeros(len(open_), dtype=torch.bool)
+        for name in self.names:
             box = prop.bounds[name]
-            coef = record.get(index)
-            lo, hi = box.lo[idx], box.hi[idx]
-            unstable = (lo < 0) & (hi > 0)
-            if coef is None:
-                scores.append(torch.where(unstable, 0.0, -torch.inf).flatten(1))
-                continue
-            _, bl, _, bu = op.relaxation.slopes(op, prop._args(inputs, prop.bounds))
-            lam = (coef[:, idx] * weight.T[:, idx].reshape(-1, len(open_), *[1] * (coef.dim() - 2))).sum(0)
-            score = lam.clamp(max=0).neg() * bu[idx] + lam.clamp(min=0) * bl[idx].neg()
-            score = score + 1e-4 * lam.abs() * torch.minimum(hi, -lo)
-            scores.append(torch.where(unstable, score, -torch.inf).flatten(1))
-        total = torch.cat(scores, dim=1)
-        best, branch = total.max(dim=1)
-        return branch, torch.isfinite(best)
+            found |= ((box.lo[idx] < 0) & (box.hi[idx] > 0)).flatten(1).any(1)
+        return found.numpy()
+
+    def _branch(self, prop, record, weight, open_, c, kept, spec: Spec, margin: float) -> torch.Tensor:
+        """Per open subdomain the flat index of the neuron to split next (:func:`branching.choose`)."""
+        params = prop._parameters(prop.output_name, c, kept or None)
+        worst = lambda low: self._closed(self._gap(low, spec), spec, margin)[2]  # noqa: E731
+        branch, _ = choose(prop, self.steps, record, weight, open_, c, params, worst, self.top_k)
+        return branch

@@ -149,6 +149,19 @@ class Propagation:
         part._affine_cache = {}
         return part
 
+    def derived(self, index, bounds: dict, splits: dict) -> Propagation:
+        """Samples ``index`` (repeats allowed) of this propagation with the given boxes and split signs and no new
+        sweep: a cheap view for bounding children whose boxes the caller derived soundly from these."""
+        part = object.__new__(Propagation)
+        part.__dict__.update(self.__dict__)
+        part.region = self.region.subset(index)
+        part.magnitude = {n: m[index] for n, m in self.magnitude.items()}
+        part.bounds, part.splits, part.prior, part._affine_cache = bounds, splits, {}, {}
+        if any(op.op_type in SHAPE_ONLY for op, _, _ in self.steps):  # shapes computed from the batch size
+            with torch.no_grad():
+                _, part.env = self.graph.run(part.region.midpoint, keep=True)
+        return part
+
     def _tick(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BoundTimeout
@@ -405,13 +418,15 @@ class Propagation:
         for t in [*thetas.values(), *betas.values()]:
             t.requires_grad_(True)
         optimiser = torch.optim.Adam([*thetas.values(), *betas.values()], lr=lr)
+        saved = {"theta": {i: t.detach().clone() for i, t in thetas.items()},
+                 "beta": {i: b.detach().clone() for i, b in betas.items()}}
         try:
             for _ in range(steps):
                 self._tick()
                 if target != self.output_name and self.alpha_until is not None and time.monotonic() > self.alpha_until:
                     break  # intermediate bounds keep their best iterate so far
                 low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-                best = torch.maximum(best, low.detach())
+                best = self._improve(best, low.detach(), thetas, betas, saved)
                 if stop is not None and stop(best):
                     return best
                 optimiser.zero_grad()
@@ -424,11 +439,22 @@ class Propagation:
                         b.clamp_(min=0.0)
             with torch.no_grad():
                 low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-            return torch.maximum(best, low)
+            return self._improve(best, low, thetas, betas, saved)
         finally:
             if keep is not None:
-                keep.update(theta={i: t.detach() for i, t in thetas.items()},
-                            beta={i: b.detach() for i, b in betas.items()})
+                keep.update(saved)
+
+    @staticmethod
+    def _improve(best: torch.Tensor, low: torch.Tensor, thetas: dict, betas: dict, saved: dict) -> torch.Tensor:
+        """The larger bound per (row, sample), and in ``saved`` the parameters that reached it: a warm start from
+        the best iterate, not the last (Adam's last step may have made it worse)."""
+        better = low > best
+        with torch.no_grad():
+            for key, params in (("theta", thetas), ("beta", betas)):
+                for i, t in params.items():
+                    mask = better.reshape(*better.shape, *[1] * (t.dim() - 2))
+                    saved[key][i] = torch.where(mask, t.detach(), saved[key][i])
+        return torch.maximum(best, low)
 
     def _ancestors(self, name: str) -> set[int]:
         found, todo = set(), [name]
