@@ -85,28 +85,31 @@ class Domains:
     branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
     worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
     low: torch.Tensor  # (M, S) each row's lower bound (before allowances): it holds on every child too
+    allow: torch.Tensor  # (M, S) each row's float32 error allowance over the subdomain (covers every child too)
 
     FIELDS = ("splits", "lo", "hi", "theta", "beta")
+    TENSORS = ("branch", "worst", "low", "allow")
 
     def __len__(self) -> int:
         return int(self.branch.shape[0])
 
     def take(self, index) -> Domains:
         pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in self.FIELDS}
-        return Domains(**pick, branch=self.branch[index], worst=self.worst[index], low=self.low[index])
+        return Domains(**pick, **{k: getattr(self, k)[index] for k in self.TENSORS})
 
     def rows(self, rows: np.ndarray) -> Domains:
         """The same subdomains with the warm start of some specification rows only."""
         index = torch.as_tensor(rows)
         return Domains(self.splits, self.lo, self.hi, {i: t[:, index] for i, t in self.theta.items()},
-                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst, self.low[:, index])
+                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst, self.low[:, index],
+                       self.allow[:, index])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         first = parts[0]
         join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)
                     if all(n in getattr(p, k) for p in parts)} for k in Domains.FIELDS}  # a warm start may lack a step
-        return Domains(**join, **{k: torch.cat([getattr(p, k) for p in parts]) for k in ("branch", "worst", "low")})
+        return Domains(**join, **{k: torch.cat([getattr(p, k) for p in parts]) for k in Domains.TENSORS})
 
 
 def split_steps(graph) -> list[tuple[int, str]]:
@@ -219,7 +222,7 @@ class ReluSearch:
             t[rows, local[rows]] = sign[rows]
             splits[name] = t.reshape(both.splits[name].shape)
             offset += size
-        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst, both.low)
+        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst, both.low, both.allow)
 
     def _kept(self, domains: Domains) -> bool | set:
         """The tensors whose parent boxes the children keep: all, or (``refine``) those up to the layer of the
@@ -237,28 +240,18 @@ class ReluSearch:
         n = 1 if domains is None else len(domains)
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
-        if domains is None:
-            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
-            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
-                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
-            steps, warm = ROOT_ALPHA_STEPS if steps is None else steps, None
-            self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
-            self._errors = self._root_errors(prop)
-        else:
-            prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
-            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
-                               deadline=deadline, keep_prior=self._kept(domains))
-            steps = self.alpha_steps if steps is None else steps
-            warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
+        prop, steps, warm = self._propagate(lo_in, hi_in, domains, deadline, steps)
         c = self._spec_rows(prop, spec, n)
         kept: dict = {}
-        low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin), warm=warm, keep=kept)
+        inherited = None if domains is None else domains.allow.numpy()
+        low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin, inherited), warm=warm, keep=kept)
         exact = low.detach().T.numpy()
         if domains is not None:  # a parent's bound holds on its children
             exact = np.maximum(exact, domains.low.numpy())
         low_now = exact
         exact = exact - spec.d[None]
-        gap = exact - self._allowance(prop, c, spec, exact, margin)
+        allow = self._allowance(prop, c, spec, exact, margin, inherited)
+        gap = exact - allow
         record: dict = {}
         with torch.no_grad():
             coef_in, _ = prop.backward(prop.output_name, c, kept.get("theta"), kept.get("beta"), record=record)
@@ -288,7 +281,23 @@ class ReluSearch:
                     for k in ("theta", "beta")}
         return Domains(split_now, {name: prop.bounds[name].lo[index] for name in self.names},
                        {name: prop.bounds[name].hi[index] for name in self.names}, warm_now["theta"],
-                       warm_now["beta"], branch, torch.as_tensor(worst[open_]), torch.as_tensor(low_now[open_]))
+                       warm_now["beta"], branch, *(torch.as_tensor(v[open_]) for v in (worst, low_now, allow)))
+
+    def _propagate(self, lo_in, hi_in, domains: Domains | None, deadline, steps: int | None):
+        """The propagation of ``domains`` (None: the root, with optimised intermediate bounds), its alpha steps and
+        its warm start."""
+        if domains is None:
+            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
+            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
+                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
+            self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
+            self._errors = self._root_errors(prop)
+            return prop, ROOT_ALPHA_STEPS if steps is None else steps, None
+        prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
+        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
+                           deadline=deadline, keep_prior=self._kept(domains))
+        warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
+        return prop, self.alpha_steps if steps is None else steps, warm
 
     def _close_leaves(self, prop, spec: Spec, margin, leaves, candidate, outcome: Outcome) -> bool:
         """Subdomains with every neuron split: each leaf's exact LP, then a longer beta optimisation. False (with
@@ -313,9 +322,12 @@ class ReluSearch:
     def _gap(low: torch.Tensor, spec: Spec) -> np.ndarray:
         return low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
 
-    def _stop(self, spec: Spec, margin: float):
-        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early)."""
-        return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+    def _stop(self, spec: Spec, margin: float, allow: np.ndarray | None = None):
+        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early), with the
+        allowances ``allow`` (n, S) or the box's."""
+        if allow is None:
+            return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+        return lambda low: bool(self._closed(low.detach().T.numpy() - spec.d[None] - allow, spec, margin)[0].all())
 
     @staticmethod
     def _closed(gap: np.ndarray, spec: Spec, margin: float):
@@ -332,12 +344,14 @@ class ReluSearch:
             worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
         return np.all(weight == 0, axis=1), weight, worst
 
-    def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float) -> np.ndarray:
-        """(n, S) float32 error allowances: the whole box's (``spec.error``), and for the subdomains only that keeps
-        open, the smaller one of the forward error analysis over their own boxes (tighter than the box's, with the
-        split neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside
-        its boxes."""
-        error = np.broadcast_to(spec.error, exact.shape).copy()
+    def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float,
+                   inherited: np.ndarray | None = None) -> np.ndarray:
+        """(n, S) float32 error allowances: the parents' (``inherited``; an error bound over a parent's boxes holds
+        on its children) or the whole box's (``spec.error``), and for the subdomains only that keeps open, the
+        smaller one of the forward error analysis over their own boxes (tighter than the box's, with the split
+        neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside its
+        boxes."""
+        error = np.broadcast_to(spec.error if inherited is None else inherited, exact.shape).copy()
         pick = np.flatnonzero(self._closed(exact, spec, margin)[0] & ~self._closed(exact - error, spec, margin)[0])
         if pick.size:
             index = torch.as_tensor(pick)

@@ -126,8 +126,7 @@ class Propagation:
         self.reads = {n for _, op, ins, _ in self._live_steps() if not isinstance(op.relaxation, Linear)
                       for n in ins if n in self.varying}
         with torch.no_grad():
-            _, self.env = graph.run(self.region.midpoint, keep=True)
-            self.magnitude = self._magnitudes()
+            self.magnitude = self._shared()
             numel = max(self.magnitude[n].shape[1:].numel() for n in self.magnitude)
             gamma = numel * UNIT_ROUNDOFF / (1 - numel * UNIT_ROUNDOFF)
             self.rounding = 4 * (len(self.steps) + 2) * gamma
@@ -193,9 +192,21 @@ class Propagation:
             if op.op_type not in SHAPE_ONLY and any(n in self.varying for n in inputs if n):
                 yield index, op, inputs, outputs
 
-    def _magnitudes(self) -> dict[str, torch.Tensor]:
+    def _shared(self) -> dict[str, torch.Tensor]:
+        """Sets ``env`` (the graph's constants) and returns the magnitudes. When every sample has the same input
+        box (the subdomains of a split search), both come from one sample: the magnitudes depend on the box only,
+        and without shape operators no constant depends on the batch (varying tensors are read from the boxes)."""
+        lower, upper = self.region.lower, self.region.upper
+        one = (lower.shape[0] > 1 and self.region.center is None and bool((lower == lower[:1]).all())
+               and bool((upper == upper[:1]).all()))
+        first = self.region.subset(slice(0, 1)) if one else self.region
+        shaped = any(op.op_type in SHAPE_ONLY for op, _, _ in self.steps)
+        self.env = self.graph.run((self.region if shaped else first).midpoint, keep=True)[1]
+        return {n: m.expand(lower.shape[0], *m.shape[1:]) for n, m in self._magnitudes(first).items()}
+
+    def _magnitudes(self, region: Region) -> dict[str, torch.Tensor]:
         """Per-tensor bound on the absolute values entering any accumulation (the symmetric box's image)."""
-        top = torch.maximum(self.region.lower.abs(), self.region.upper.abs())
+        top = torch.maximum(region.lower.abs(), region.upper.abs())
         boxes = {self.input_name: Interval(-top, top)}
         for _, op, inputs, outputs in self._live_steps():
             out = op.relaxation.interval(op, self._args(inputs, boxes))
