@@ -5,18 +5,16 @@ come from the best iterate, and boxes shared by every sample give the same bound
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
 from certify.convert import to_torch
-from certify.local.bab import ReluSearch, Spec
+from certify.local.bab import ReluSearch
 from certify.local.bounds import Propagation, float64_graph
 from certify.local.branching import children_lower, choose, intercept_scores
 from certify.local.region import Region
-from tests.test_bab import mlp
+from tests.test_bab import mlp, search
 
 AXIS = np.linspace(-1, 1, 201)
 GRID = np.stack(np.meshgrid(AXIS, AXIS), -1).reshape(-1, 2)
@@ -94,19 +92,9 @@ def test_search_with_either_branching_proves_below_the_grid_minimum_and_never_ab
     square = values.reshape(len(AXIS), len(AXIS))
     slope = np.abs(np.diff(square, axis=0)).max() + np.abs(np.diff(square, axis=1)).max()
 
-    def run(threshold, seconds):
-        def candidate(xs):
-            with torch.no_grad():
-                y = g64(torch.as_tensor(xs)).flatten().numpy()
-            bad = np.flatnonzero(y <= threshold)
-            return xs[bad[0]] if bad.size else None
-
-        spec = Spec(np.ones((1, 1)), np.array([threshold]), [np.array([0])], np.zeros(1))
-        search = ReluSearch(g64, (2,), top_k=top_k)
-        return search.run(-np.ones(2), np.ones(2), spec, 0.0, time.monotonic() + seconds, candidate)
-
-    assert run(values.min() - max(0.05, 2 * slope), 20).result == "holds"
-    assert run(values.min() + 1e-3, 4).result != "holds"
+    box = (g64, -np.ones(2), np.ones(2))
+    assert search(*box, values.min() - max(0.05, 2 * slope), top_k=top_k).result == "holds"
+    assert search(*box, values.min() + 1e-3, seconds=4, top_k=top_k).result != "holds"
 
 
 def test_kept_parameters_are_the_best_iterates():
