@@ -12,10 +12,11 @@ row's lower bound minus the row's float32 error allowance exceeds ``margin``, or
 has that sign pattern). After the root, every group still open is searched on its own rows (each must be refuted,
 and a split that helps one group need not help another), the hardest first. The allowance is the whole box's; a
 subdomain that only the allowance keeps open gets its own (the forward error analysis over its boxes, started
-from the root's). Every open subdomain is split in two on the neuron of largest score, an estimate of how
-much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the intercept the upper relaxation
-line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
-relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
+from the root's), and its children inherit it (an error bound over a parent's boxes holds on every part), as they
+inherit the parent's row bounds (a child's bound is the larger of its own and its parent's). The warm start a
+subdomain passes on is the best iterate of its optimisation, not the last. Every open subdomain is split in two
+on the neuron :func:`certify.local.branching.choose` picks (an intercept score in the spirit of BaBSR, optionally
+filtered by bounding the top candidates' children). The linear bound's minimising vertex of each open
 subdomain is offered to ``candidate`` (which confirms counterexamples), and a subdomain with no unstable neuron
 left is a leaf: the network is affine on it, and its linear programs (:mod:`certify.local.leaf_lp`) bound it
 exactly (their minimisers are candidates too); one they leave open gets a longer beta optimisation, and one still
