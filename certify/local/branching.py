@@ -8,6 +8,10 @@ evaluated by an actual bound (filtered smart branching, De Palma et al. 2021): b
 bounded by one backward pass with the parent's optimised slopes and split multipliers (the split neuron's
 relaxation becomes its exact piece, every other box is the parent's), and the candidate whose worse child is best
 wins. The choice only steers the search; every subdomain is still closed by its own sound bound.
+
+The filter is off by default (``TOP_K = 1``): one backward pass starts the new split's multiplier at 0, so it does
+not see the split constraint that the children's beta optimisation then uses, and on MNIST and CIFAR nets of
+VNN-COMP 2021 it left more subdomains open after the same number of bounded domains, at 1.5 times the time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TOP_K = 1  # candidates per subdomain evaluated by a bound (1: the cheap score alone)
+TOP_K = 1  # candidates per subdomain evaluated by a bound (1: the cheap score alone; see above)
 CHILD_ELEMENTS = 2**23  # children x rows x widest tensor per evaluation chunk
 
 
