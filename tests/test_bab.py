@@ -42,7 +42,7 @@ def root_bound(g64, lower, upper) -> float:
     return float(Propagation(g64, region, "crown").lower(torch.ones((1, 1, 1), dtype=torch.float64), alpha_steps=20))
 
 
-def search(g64, lower, upper, threshold, seconds=20.0, refine=False):
+def search(g64, lower, upper, threshold, seconds=20.0, refine=False, top_k=1):
     """Prove ``y > threshold`` over the box; the candidate check is the exact (float64) network."""
 
     def candidate(xs):
@@ -52,7 +52,7 @@ def search(g64, lower, upper, threshold, seconds=20.0, refine=False):
         return xs[bad[0]] if bad.size else None
 
     spec = Spec(np.ones((1, 1)), np.array([threshold]), [np.array([0])], np.zeros(1))
-    search = ReluSearch(g64, lower.shape, refine=refine)
+    search = ReluSearch(g64, lower.shape, refine=refine, top_k=top_k)
     return search.run(lower, upper, spec, 0.0, time.monotonic() + seconds, candidate)
 
 

@@ -12,10 +12,11 @@ row's lower bound minus the row's float32 error allowance exceeds ``margin``, or
 has that sign pattern). After the root, every group still open is searched on its own rows (each must be refuted,
 and a split that helps one group need not help another), the hardest first. The allowance is the whole box's; a
 subdomain that only the allowance keeps open gets its own (the forward error analysis over its boxes, started
-from the root's). Every open subdomain is split in two on the neuron of largest score, an estimate of how
-much the split raises the bound (in the spirit of BaBSR, Bunel et al. 2020): the intercept the upper relaxation
-line costs the bound, ``max(-lambda, 0) * (-u l / (u - l))`` for the backward coefficient ``lambda`` of the
-relevant rows, plus a small tie-break ``|lambda| min(u, -l)``. The linear bound's minimising vertex of each open
+from the root's), and its children inherit it (an error bound over a parent's boxes holds on every part), as they
+inherit the parent's row bounds (a child's bound is the larger of its own and its parent's). The warm start a
+subdomain passes on is the best iterate of its optimisation, not the last. Every open subdomain is split in two
+on the neuron :func:`certify.local.branching.choose` picks (an intercept score in the spirit of BaBSR, optionally
+filtered by bounding the top candidates' children). The linear bound's minimising vertex of each open
 subdomain is offered to ``candidate`` (which confirms counterexamples), and a subdomain with no unstable neuron
 left is a leaf: the network is affine on it, and its linear programs (:mod:`certify.local.leaf_lp`) bound it
 exactly (their minimisers are candidates too); one they leave open gets a longer beta optimisation, and one still
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from certify.local.bounds import BoundTimeout, Propagation, varying_names
+from certify.local.branching import TOP_K, choose
 from certify.local.float_error import forward_errors
 from certify.local.leaf_lp import close_leaves
 from certify.local.region import Region
@@ -83,28 +85,32 @@ class Domains:
     beta: dict[int, torch.Tensor]
     branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
     worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
+    low: torch.Tensor  # (M, S) each row's lower bound (before allowances): it holds on every child too
+    allow: torch.Tensor  # (M, S) each row's float32 error allowance over the subdomain (covers every child too)
 
     FIELDS = ("splits", "lo", "hi", "theta", "beta")
+    TENSORS = ("branch", "worst", "low", "allow")
 
     def __len__(self) -> int:
         return int(self.branch.shape[0])
 
     def take(self, index) -> Domains:
         pick = {k: {n: t[index] for n, t in getattr(self, k).items()} for k in self.FIELDS}
-        return Domains(**pick, branch=self.branch[index], worst=self.worst[index])
+        return Domains(**pick, **{k: getattr(self, k)[index] for k in self.TENSORS})
 
     def rows(self, rows: np.ndarray) -> Domains:
         """The same subdomains with the warm start of some specification rows only."""
         index = torch.as_tensor(rows)
         return Domains(self.splits, self.lo, self.hi, {i: t[:, index] for i, t in self.theta.items()},
-                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst)
+                       {i: t[:, index] for i, t in self.beta.items()}, self.branch, self.worst, self.low[:, index],
+                       self.allow[:, index])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         first = parts[0]
         join = {k: {n: torch.cat([getattr(p, k)[n] for p in parts]) for n in getattr(first, k)
                     if all(n in getattr(p, k) for p in parts)} for k in Domains.FIELDS}  # a warm start may lack a step
-        return Domains(**join, branch=torch.cat([p.branch for p in parts]), worst=torch.cat([p.worst for p in parts]))
+        return Domains(**join, **{k: torch.cat([getattr(p, k) for p in parts]) for k in Domains.TENSORS})
 
 
 def split_steps(graph) -> list[tuple[int, str]]:
@@ -127,8 +133,8 @@ class ReluSearch:
     split), not only kept from the parent."""
 
     def __init__(self, graph, input_shape: tuple[int, ...], alpha_steps: int = DEFAULT_ALPHA_STEPS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False):
-        self.graph, self.shape, self.refine = graph, tuple(input_shape), refine
+                 max_bytes: int = DEFAULT_MAX_BYTES, refine: bool = False, top_k: int = TOP_K):
+        self.graph, self.shape, self.refine, self.top_k = graph, tuple(input_shape), refine, top_k
         self.alpha_steps, self.max_bytes = alpha_steps, max_bytes
         self.steps = split_steps(graph)
         self.names = [name for _, name in self.steps]
@@ -217,7 +223,7 @@ class ReluSearch:
             t[rows, local[rows]] = sign[rows]
             splits[name] = t.reshape(both.splits[name].shape)
             offset += size
-        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst)
+        return Domains(splits, both.lo, both.hi, both.theta, both.beta, both.branch, both.worst, both.low, both.allow)
 
     def _kept(self, domains: Domains) -> bool | set:
         """The tensors whose parent boxes the children keep: all, or (``refine``) those up to the layer of the
@@ -235,24 +241,18 @@ class ReluSearch:
         n = 1 if domains is None else len(domains)
         lo_in = torch.as_tensor(lower, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
         hi_in = torch.as_tensor(upper, dtype=torch.float64).reshape(1, *self.shape).expand(n, *self.shape)
-        if domains is None:
-            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
-            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
-                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
-            steps, warm = ROOT_ALPHA_STEPS if steps is None else steps, None
-            self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
-            self._errors = self._root_errors(prop)
-        else:
-            prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
-            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
-                               deadline=deadline, keep_prior=self._kept(domains))
-            steps = self.alpha_steps if steps is None else steps
-            warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
+        prop, steps, warm = self._propagate(lo_in, hi_in, domains, deadline, steps)
         c = self._spec_rows(prop, spec, n)
         kept: dict = {}
-        low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin), warm=warm, keep=kept)
-        exact = low.detach().T.numpy() - spec.d[None]
-        gap = exact - self._allowance(prop, c, spec, exact, margin)
+        inherited = None if domains is None else domains.allow.numpy()
+        low = prop.lower(c, alpha_steps=steps, stop=self._stop(spec, margin, inherited), warm=warm, keep=kept)
+        exact = low.detach().T.numpy()
+        if domains is not None:  # a parent's bound holds on its children
+            exact = np.maximum(exact, domains.low.numpy())
+        low_now = exact
+        exact = exact - spec.d[None]
+        allow = self._allowance(prop, c, spec, exact, margin, inherited)
+        gap = exact - allow
         record: dict = {}
         with torch.no_grad():
             coef_in, _ = prop.backward(prop.output_name, c, kept.get("theta"), kept.get("beta"), record=record)
@@ -265,8 +265,7 @@ class ReluSearch:
             if found is not None:
                 outcome.result, outcome.found = "found", found
                 return None
-            branch, has = self._branch(prop, record, torch.as_tensor(weight), open_)
-            leaves = open_[~has.numpy()]
+            leaves = open_[~self._unstable(prop, open_)]
             if leaves.size:
                 if not self._close_leaves(prop, spec, margin, leaves, candidate, outcome):
                     return None
@@ -275,7 +274,7 @@ class ReluSearch:
         open_ = np.flatnonzero(~done)
         if open_.size == 0:
             return None
-        branch, _ = self._branch(prop, record, torch.as_tensor(weight), open_)
+        branch = self._branch(prop, record, weight, open_, c, kept, spec, margin)
         index = torch.as_tensor(open_)
         split_now = {name: (prop.splits[name][index].to(torch.int8) if name in prop.splits else
                             torch.zeros(prop.bounds[name].lo[index].shape, dtype=torch.int8)) for name in self.names}
@@ -283,7 +282,23 @@ class ReluSearch:
                     for k in ("theta", "beta")}
         return Domains(split_now, {name: prop.bounds[name].lo[index] for name in self.names},
                        {name: prop.bounds[name].hi[index] for name in self.names}, warm_now["theta"],
-                       warm_now["beta"], branch, torch.as_tensor(worst[open_]))
+                       warm_now["beta"], branch, *(torch.as_tensor(v[open_]) for v in (worst, low_now, allow)))
+
+    def _propagate(self, lo_in, hi_in, domains: Domains | None, deadline, steps: int | None):
+        """The propagation of ``domains`` (None: the root, with optimised intermediate bounds), its alpha steps and
+        its warm start."""
+        if domains is None:
+            until = time.monotonic() + ROOT_INTERMEDIATE_SHARE * (deadline - time.monotonic())
+            prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", deadline=deadline,
+                               alpha_steps=ROOT_INTERMEDIATE_STEPS, alpha_until=until)
+            self._sizes = {name: prop.bounds[name].lo[0] for name in self.names}
+            self._errors = self._root_errors(prop)
+            return prop, ROOT_ALPHA_STEPS if steps is None else steps, None
+        prior = {name: Interval(domains.lo[name], domains.hi[name]) for name in domains.lo}
+        prop = Propagation(self.graph, Region(lo_in, hi_in), "crown", splits=domains.splits, prior=prior,
+                           deadline=deadline, keep_prior=self._kept(domains))
+        warm = {k: {i: t.transpose(0, 1) for i, t in getattr(domains, k).items()} for k in ("theta", "beta")}
+        return prop, self.alpha_steps if steps is None else steps, warm
 
     def _close_leaves(self, prop, spec: Spec, margin, leaves, candidate, outcome: Outcome) -> bool:
         """Subdomains with every neuron split: each leaf's exact LP, then a longer beta optimisation. False (with
@@ -308,9 +323,12 @@ class ReluSearch:
     def _gap(low: torch.Tensor, spec: Spec) -> np.ndarray:
         return low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
 
-    def _stop(self, spec: Spec, margin: float):
-        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early)."""
-        return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+    def _stop(self, spec: Spec, margin: float, allow: np.ndarray | None = None):
+        """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early), with the
+        allowances ``allow`` (n, S) or the box's."""
+        if allow is None:
+            return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
+        return lambda low: bool(self._closed(low.detach().T.numpy() - spec.d[None] - allow, spec, margin)[0].all())
 
     @staticmethod
     def _closed(gap: np.ndarray, spec: Spec, margin: float):
@@ -327,12 +345,14 @@ class ReluSearch:
             worst = np.minimum(worst, np.where(closed, np.inf, sub.max(1)))
         return np.all(weight == 0, axis=1), weight, worst
 
-    def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float) -> np.ndarray:
-        """(n, S) float32 error allowances: the whole box's (``spec.error``), and for the subdomains only that keeps
-        open, the smaller one of the forward error analysis over their own boxes (tighter than the box's, with the
-        split neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside
-        its boxes."""
-        error = np.broadcast_to(spec.error, exact.shape).copy()
+    def _allowance(self, prop, c: torch.Tensor, spec: Spec, exact: np.ndarray, margin: float,
+                   inherited: np.ndarray | None = None) -> np.ndarray:
+        """(n, S) float32 error allowances: the parents' (``inherited``; an error bound over a parent's boxes holds
+        on its children) or the whole box's (``spec.error``), and for the subdomains only that keeps open, the
+        smaller one of the forward error analysis over their own boxes (tighter than the box's, with the split
+        neurons stable; started from the root's). Sound: every input of a subdomain has exact values inside its
+        boxes."""
+        error = np.broadcast_to(spec.error if inherited is None else inherited, exact.shape).copy()
         pick = np.flatnonzero(self._closed(exact, spec, margin)[0] & ~self._closed(exact - error, spec, margin)[0])
         if pick.size:
             index = torch.as_tensor(pick)
@@ -374,24 +394,18 @@ class ReluSearch:
         x = torch.where(a >= 0, lo_in[idx], hi_in[idx])
         return x.reshape(len(open_), -1).numpy()
 
-    def _branch(self, prop, record, weight, open_):
-        """Per open subdomain the flat index of the neuron to split next, and whether any is unstable."""
+    def _unstable(self, prop, open_) -> np.ndarray:
+        """Per open subdomain whether some neuron of a split tensor is unstable (else it is a leaf)."""
         idx = torch.as_tensor(open_)
-        scores = []
-        for index, name in self.steps:
-            op, inputs, _ = prop.steps[index]
+        found = torch.zeros(len(open_), dtype=torch.bool)
+        for name in self.names:
             box = prop.bounds[name]
-            coef = record.get(index)
-            lo, hi = box.lo[idx], box.hi[idx]
-            unstable = (lo < 0) & (hi > 0)
-            if coef is None:
-                scores.append(torch.where(unstable, 0.0, -torch.inf).flatten(1))
-                continue
-            _, bl, _, bu = op.relaxation.slopes(op, prop._args(inputs, prop.bounds))
-            lam = (coef[:, idx] * weight.T[:, idx].reshape(-1, len(open_), *[1] * (coef.dim() - 2))).sum(0)
-            score = lam.clamp(max=0).neg() * bu[idx] + lam.clamp(min=0) * bl[idx].neg()
-            score = score + 1e-4 * lam.abs() * torch.minimum(hi, -lo)
-            scores.append(torch.where(unstable, score, -torch.inf).flatten(1))
-        total = torch.cat(scores, dim=1)
-        best, branch = total.max(dim=1)
-        return branch, torch.isfinite(best)
+            found |= ((box.lo[idx] < 0) & (box.hi[idx] > 0)).flatten(1).any(1)
+        return found.numpy()
+
+    def _branch(self, prop, record, weight, open_, c, kept, spec: Spec, margin: float) -> torch.Tensor:
+        """Per open subdomain the flat index of the neuron to split next (:func:`branching.choose`)."""
+        params = prop._parameters(prop.output_name, c, kept or None)
+        worst = lambda low: self._closed(self._gap(low, spec), spec, margin)[2]  # noqa: E731
+        branch, _ = choose(prop, self.steps, record, weight, open_, c, params, worst, self.top_k)
+        return branch

@@ -126,8 +126,7 @@ class Propagation:
         self.reads = {n for _, op, ins, _ in self._live_steps() if not isinstance(op.relaxation, Linear)
                       for n in ins if n in self.varying}
         with torch.no_grad():
-            _, self.env = graph.run(self.region.midpoint, keep=True)
-            self.magnitude = self._magnitudes()
+            self.magnitude = self._shared()
             numel = max(self.magnitude[n].shape[1:].numel() for n in self.magnitude)
             gamma = numel * UNIT_ROUNDOFF / (1 - numel * UNIT_ROUNDOFF)
             self.rounding = 4 * (len(self.steps) + 2) * gamma
@@ -147,6 +146,19 @@ class Propagation:
         part.splits = {n: t[index] for n, t in self.splits.items()}
         part.prior = {n: Interval(b.lo[index], b.hi[index]) for n, b in self.prior.items()}
         part._affine_cache = {}
+        return part
+
+    def derived(self, index, bounds: dict, splits: dict) -> Propagation:
+        """Samples ``index`` (repeats allowed) of this propagation with the given boxes and split signs and no new
+        sweep: a cheap view for bounding children whose boxes the caller derived soundly from these."""
+        part = object.__new__(Propagation)
+        part.__dict__.update(self.__dict__)
+        part.region = self.region.subset(index)
+        part.magnitude = {n: m[index] for n, m in self.magnitude.items()}
+        part.bounds, part.splits, part.prior, part._affine_cache = bounds, splits, {}, {}
+        if any(op.op_type in SHAPE_ONLY for op, _, _ in self.steps):  # shapes computed from the batch size
+            with torch.no_grad():
+                _, part.env = self.graph.run(part.region.midpoint, keep=True)
         return part
 
     def _tick(self) -> None:
@@ -180,9 +192,21 @@ class Propagation:
             if op.op_type not in SHAPE_ONLY and any(n in self.varying for n in inputs if n):
                 yield index, op, inputs, outputs
 
-    def _magnitudes(self) -> dict[str, torch.Tensor]:
+    def _shared(self) -> dict[str, torch.Tensor]:
+        """Sets ``env`` (the graph's constants) and returns the magnitudes. When every sample has the same input
+        box (the subdomains of a split search), both come from one sample: the magnitudes depend on the box only,
+        and without shape operators no constant depends on the batch (varying tensors are read from the boxes)."""
+        lower, upper = self.region.lower, self.region.upper
+        one = (lower.shape[0] > 1 and self.region.center is None and bool((lower == lower[:1]).all())
+               and bool((upper == upper[:1]).all()))
+        first = self.region.subset(slice(0, 1)) if one else self.region
+        shaped = any(op.op_type in SHAPE_ONLY for op, _, _ in self.steps)
+        self.env = self.graph.run((self.region if shaped else first).midpoint, keep=True)[1]
+        return {n: m.expand(lower.shape[0], *m.shape[1:]) for n, m in self._magnitudes(first).items()}
+
+    def _magnitudes(self, region: Region) -> dict[str, torch.Tensor]:
         """Per-tensor bound on the absolute values entering any accumulation (the symmetric box's image)."""
-        top = torch.maximum(self.region.lower.abs(), self.region.upper.abs())
+        top = torch.maximum(region.lower.abs(), region.upper.abs())
         boxes = {self.input_name: Interval(-top, top)}
         for _, op, inputs, outputs in self._live_steps():
             out = op.relaxation.interval(op, self._args(inputs, boxes))
@@ -405,13 +429,15 @@ class Propagation:
         for t in [*thetas.values(), *betas.values()]:
             t.requires_grad_(True)
         optimiser = torch.optim.Adam([*thetas.values(), *betas.values()], lr=lr)
+        saved = {"theta": {i: t.detach().clone() for i, t in thetas.items()},
+                 "beta": {i: b.detach().clone() for i, b in betas.items()}}
         try:
             for _ in range(steps):
                 self._tick()
                 if target != self.output_name and self.alpha_until is not None and time.monotonic() > self.alpha_until:
                     break  # intermediate bounds keep their best iterate so far
                 low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-                best = torch.maximum(best, low.detach())
+                best = self._improve(best, low.detach(), thetas, betas, saved)
                 if stop is not None and stop(best):
                     return best
                 optimiser.zero_grad()
@@ -424,11 +450,22 @@ class Propagation:
                         b.clamp_(min=0.0)
             with torch.no_grad():
                 low = self.linear_lower(target, c, thetas, betas) - self._rounding_of(target, c)
-            return torch.maximum(best, low)
+            return self._improve(best, low, thetas, betas, saved)
         finally:
             if keep is not None:
-                keep.update(theta={i: t.detach() for i, t in thetas.items()},
-                            beta={i: b.detach() for i, b in betas.items()})
+                keep.update(saved)
+
+    @staticmethod
+    def _improve(best: torch.Tensor, low: torch.Tensor, thetas: dict, betas: dict, saved: dict) -> torch.Tensor:
+        """The larger bound per (row, sample), and in ``saved`` the parameters that reached it: a warm start from
+        the best iterate, not the last (Adam's last step may have made it worse)."""
+        better = low > best
+        with torch.no_grad():
+            for key, params in (("theta", thetas), ("beta", betas)):
+                for i, t in params.items():
+                    mask = better.reshape(*better.shape, *[1] * (t.dim() - 2))
+                    saved[key][i] = torch.where(mask, t.detach(), saved[key][i])
+        return torch.maximum(best, low)
 
     def _ancestors(self, name: str) -> set[int]:
         found, todo = set(), [name]
