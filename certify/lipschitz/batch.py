@@ -29,9 +29,6 @@ import torch
 
 from certify.errors import ModelRejected
 
-#: Operators whose output depends on the input's shape only, never on its values.
-SHAPE_ONLY = frozenset({"Shape", "Size"})
-
 
 def analysis_batch(graph) -> int:
     """The batch a global analysis runs ``graph`` at: its fixed batch when it reshapes by it, else 1."""
@@ -42,7 +39,7 @@ def _varying(graph, input_name: str) -> list[tuple[str, str]]:
     """``(tensor, node)`` for every tensor computed from the input (shape-only operators aside)."""
     live, out = {input_name}, []
     for module, inputs, outputs in graph.steps():
-        if module.op_type in SHAPE_ONLY or not any(n in live for n in inputs if n):
+        if module.shape_only or not any(n in live for n in inputs if n):
             continue
         for name in outputs:
             if name:
@@ -65,21 +62,16 @@ def _probes(batch: int):
                 yield probe
 
 
-def _weight_slot(op_type: str, index: int, value: torch.Tensor) -> bool:
-    """An operand whose first axis is an operator's own (output channels, matrix rows), never broadcast over."""
-    return (op_type in ("Conv", "ConvTranspose", "Gemm") and index == 1) or (op_type == "MatMul" and value.dim() == 2)
-
-
 def _check_positions(graph, env: dict, live: set, batch: int) -> None:
     """Refuse (``batch_positions_differ``) a constant that gives batch positions their own maps (module docstring)."""
     for module, inputs, outputs in graph.steps():
-        if module.op_type in SHAPE_ONLY or not any(n in live for n in inputs if n):
+        if module.shape_only or not any(n in live for n in inputs if n):
             continue
         rank = max((env[n].dim() for n in outputs if n and isinstance(env.get(n), torch.Tensor)), default=0)
         for index, name in enumerate(inputs):
             value = env.get(name) if name and name not in live else None
             if (not isinstance(value, torch.Tensor) or value.dim() != rank or value.shape[0] != batch
-                    or _weight_slot(module.op_type, index, value)):
+                    or module.own_first_axis(index, value)):
                 continue
             if not bool((value == value[:1]).all()):
                 raise ModelRejected("batch_positions_differ", f"the graph is exported for a fixed batch and node "

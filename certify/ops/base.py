@@ -139,6 +139,11 @@ class NodeView:
         return self.shapes.get(self.inputs[index])
 
 
+def second_operand_is_own(self, index: int, value) -> bool:
+    """``OnnxOp.own_first_axis`` of operators whose weight is operand 1 (its first axis: output channels, rows)."""
+    return index == 1
+
+
 class OnnxOp(nn.Module):
     """Base of every converted operator. Subclasses implement ``forward(*inputs)``.
 
@@ -161,6 +166,8 @@ class OnnxOp(nn.Module):
     #: ``gate_step``, a scalar elementwise op that may compute the gate ``g(x)`` of ``x * g(x)``.
     gate_product = False
     gate_step = False
+    #: Fixed-batch analysis (``certify.lipschitz.batch``): the output depends on the input's shape only.
+    shape_only = False
 
     def __init__(self, node: NodeView):
         super().__init__()
@@ -176,6 +183,11 @@ class OnnxOp(nn.Module):
         """A random instance of this operator (``certify.ops.examples.Example``) for the soundness harness; every
         registered operator declares one."""
         raise NotImplementedError(f"{op_type} declares no instance generator")
+
+    def own_first_axis(self, index: int, value) -> bool:
+        """Whether operand ``index`` (a constant ``value``) has a first axis of this operator's own (output channels,
+        matrix rows), never broadcast over the batch (``certify.lipschitz.batch``). Default: no such operand."""
+        return False
 
     def lipschitz(self, ctx):
         """This operator's Lipschitz bound rule (see ``certify.lipschitz``). Default: none, reported unbounded."""

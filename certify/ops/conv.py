@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from certify.errors import ModelRejected
 from certify.ops import examples
-from certify.ops.base import OnnxOp
+from certify.ops.base import OnnxOp, second_operand_is_own
 from certify.ops.registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -176,6 +176,8 @@ def _spatial_rank(x: torch.Tensor, op) -> int:
 class Conv(SlidingWindow, OnnxOp):
     """N-d (1-3) cross-correlation with strides, dilations, groups and explicit or automatic padding."""
 
+    own_first_axis = second_operand_is_own
+
     @classmethod
     def example(cls, op_type, rng):
         """1-D and 2-D, groups, kernels up to larger than the (padded) map, strides, dilations, auto_pad, bias."""
@@ -221,6 +223,8 @@ class ConvTranspose(SlidingWindow, OnnxOp):
 
     Extra fields: ``group``, ``output_padding``, ``output_shape`` (empty when not given).
     """
+
+    own_first_axis = second_operand_is_own
 
     @classmethod
     def example(cls, op_type, rng):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from certify.ops import examples
-from certify.ops.base import OnnxOp
+from certify.ops.base import OnnxOp, second_operand_is_own
 from certify.ops.registry import register
 
 
@@ -17,6 +17,8 @@ from certify.ops.registry import register
 class Gemm(OnnxOp):
     """Y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB; C (optional from opset 11)
     broadcasts to the product's shape."""
+
+    own_first_axis = second_operand_is_own
 
     def __init__(self, node):
         super().__init__(node)
@@ -77,6 +79,10 @@ class Gemm(OnnxOp):
 @register("MatMul", versions=(1, None))
 class MatMul(OnnxOp):
     """numpy.matmul semantics (1-D operands promoted and squeezed, batch dimensions broadcast)."""
+
+    def own_first_axis(self, index: int, value) -> bool:
+        """A 2-D constant operand is a matrix (its rows are its own), not one row per batch position."""
+        return value.dim() == 2
 
     @classmethod
     def example(cls, op_type, rng):

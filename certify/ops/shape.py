@@ -455,6 +455,7 @@ class Shape(OnnxOp):
     """The input's shape as int64, optionally the slice ``[start:end]`` (opset 15)."""
 
     float_rounding = "exact"
+    shape_only = True
 
     @classmethod
     def example(cls, op_type, rng):
@@ -483,6 +484,7 @@ class Shape(OnnxOp):
 @register("Size", versions=(1, None))
 class Size(OnnxOp):
     float_rounding = "exact"
+    shape_only = True
 
     @classmethod
     def example(cls, op_type, rng):
