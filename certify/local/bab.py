@@ -320,15 +320,14 @@ class ReluSearch:
         return torch.as_tensor(spec.C, dtype=torch.float64).reshape(S, 1, *out_shape).expand(S, n, *out_shape)
 
     @staticmethod
-    def _gap(low: torch.Tensor, spec: Spec) -> np.ndarray:
-        return low.detach().T.numpy() - spec.d[None] - spec.error[None]  # (n, S)
+    def _gap(low: torch.Tensor, spec: Spec, allow: np.ndarray | None = None) -> np.ndarray:
+        """(n, S) gaps of bounds (S, n) after the allowances ``allow`` (n, S) or the box's."""
+        return low.detach().T.numpy() - spec.d[None] - (spec.error[None] if allow is None else allow)
 
     def _stop(self, spec: Spec, margin: float, allow: np.ndarray | None = None):
         """Whether bounds (S, n) already close every subdomain (ends the slope optimisation early), with the
         allowances ``allow`` (n, S) or the box's."""
-        if allow is None:
-            return lambda low: bool(self._closed(self._gap(low, spec), spec, margin)[0].all())
-        return lambda low: bool(self._closed(low.detach().T.numpy() - spec.d[None] - allow, spec, margin)[0].all())
+        return lambda low: bool(self._closed(self._gap(low, spec, allow), spec, margin)[0].all())
 
     @staticmethod
     def _closed(gap: np.ndarray, spec: Spec, margin: float):
