@@ -147,6 +147,40 @@ def print_windows(load: Load, width: int = 5) -> None:
         print(f"{start:>3}-{start + width:<4}" + "".join(f"{c:>26}" for c in cells), flush=True)
 
 
+SERVER_TIME_FORMAT = "%(m)s %(U)s %(s)s %(D)s"  # method, path, status, microseconds inside gunicorn
+
+
+def _kind(method: str, path: str) -> str | None:
+    parts = path.rstrip("/").split("/")
+    if parts[1:3] == ["v1", "jobs"]:
+        if len(parts) == 3:
+            return f"{method} /v1/jobs"
+        if len(parts) == 4 and method == "GET":
+            return "GET /v1/jobs/{id}"
+    if parts[1:3] == ["v1", "datasets"] and len(parts) == 3 and method == "POST":
+        return "POST /v1/datasets"
+    return None
+
+
+def print_server_times(access_log: str) -> None:
+    """The same percentiles from the time gunicorn spent on each request (its access log), from reading the request
+    to sending the response: what the service itself costs, apart from the load generator, which shares the cores
+    (and its own interpreter lock across 50 client threads) with the service."""
+    times: dict[str, list[float]] = defaultdict(list)
+    with open(access_log) as f:
+        for line in f:
+            fields = line.split()
+            kind = _kind(fields[0], fields[1]) if len(fields) == 4 else None
+            if kind in KINDS:
+                times[kind].append(int(fields[3]) / 1000)
+    print(f"\ninside the server (gunicorn's request time)\n{'request':<20} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8}")
+    for kind in KINDS:
+        v = times.get(kind) or [float("nan")]
+        print(f"{kind:<20} {len(times.get(kind, [])):>7} {statistics.median(v):>8.1f} {_percentile(v, 99):>8.1f} "
+              f"{max(v):>8.1f}", flush=True)
+
+
 def check_jobs(s: requests.Session, base: str, jobs: list[str], timeout: float = 180.0):
     """No lost job: every job still exists; those not finished are cancelled and must then end."""
     before = Counter(s.get(f"{base}/v1/jobs/{j}", timeout=30).json().get("state", "lost") for j in jobs)
@@ -201,7 +235,9 @@ def main() -> int:
         ensure_signing_key(Settings.from_env(env))
         children = [redis_child]
         try:
-            argv = api_argv("127.0.0.1", port, args.api_processes, args.threads, access_log=False)
+            access_log = os.path.join(data_dir, "access.log")
+            argv = api_argv("127.0.0.1", port, args.api_processes, args.threads, access_log=False) + [
+                "--access-logfile", access_log, "--access-logformat", SERVER_TIME_FORMAT]
             api = Child("api", argv, env, os.path.join(data_dir, "api.log")).start()
             children.append(api)
             worker = Child("worker", worker_argv("bench@127.0.0.1", loglevel="WARNING"), env,
@@ -228,6 +264,7 @@ def main() -> int:
             elapsed = time.perf_counter() - started
 
             print_latencies(load, args, elapsed, load_before)
+            print_server_times(access_log)
             lost, states = check_jobs(s, base, load.jobs)
         finally:
             for child in reversed(children):

@@ -15,7 +15,7 @@ blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets", description="Ev
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+@blp.arguments(UploadQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, DatasetSchema)
 @blp.alt_response(200, schema=DatasetSchema, description="the same bytes were uploaded before")

@@ -11,7 +11,7 @@ from marshmallow import RAISE
 
 from certify.config import job_warnings
 from certify.errors import ModelRejected
-from service.api.common import iso
+from service.api.common import iso, json_response
 from service.auth import enforce_rate_limit
 from service.context import require_write, services, tenant
 from service.core.records import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, new_job_id, now
@@ -173,7 +173,7 @@ def _json_only():
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(JobCreateSchema)
+@blp.arguments(JobCreateSchema())
 @blp.response(202, JobSchema)
 @blp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}, "required": False,
                       "description": "a retry with the same key returns the same job"}])
@@ -196,15 +196,15 @@ def create_job(body):
             earlier = ctx.records.tenant_job(t.name, claimed)
             if earlier is None:
                 raise ApiProblem(409, "idempotency_in_progress", "a request with this key is still being handled")
-            return render(earlier), 202, {"Location": url_for("jobs.get_job", job_id=claimed),
-                                          "Idempotent-Replayed": "true"}
+            return json_response(render(earlier), 202, {"Location": url_for("jobs.get_job", job_id=claimed),
+                                                        "Idempotent-Replayed": "true"})
     try:
         job = _enqueue(t.name, job_id, body, model, inline)
     except Exception:
         if key:
             ctx.records.release_idempotency_key(t.name, key, job_id)
         raise
-    return render(job), 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
+    return json_response(render(job), 202, {"Location": url_for("jobs.get_job", job_id=job_id)})
 
 
 def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict, inline: list[dict | None]) -> dict:
@@ -231,7 +231,7 @@ def _enqueue(tenant_name: str, job_id: str, body: dict, model: dict, inline: lis
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(JobListQuerySchema, location="query", unknown=RAISE)
+@blp.arguments(JobListQuerySchema(), location="query", unknown=RAISE)
 @blp.response(200, JobPageSchema)
 def list_jobs(query):
     """This tenant's jobs, newest first; filter by state and model; page with cursor."""
@@ -241,7 +241,7 @@ def list_jobs(query):
     if next_offset is not None:
         args = {k: v for k, v in query.items() if k != "cursor"}
         next_url = url_for("jobs.list_jobs", cursor=next_offset, **args)
-    return {"items": [render(j) for j in jobs], "next": next_url}
+    return json_response({"items": [render(j) for j in jobs], "next": next_url})
 
 
 @blp.route("/<string:job_id>", methods=["GET"])
@@ -251,8 +251,7 @@ def get_job(job_id):
     ctx = services()
     allowed, job = ctx.records.allow_and_get_job(tenant().name, ctx.settings.rate_limit_per_s, job_id)
     enforce_rate_limit(allowed)  # counted here: one Redis round trip for the whole request
-    # render() gives exactly JobSchema's fields: sent as they are, without a second pass through marshmallow
-    return Response(json.dumps(render(_owned(job_id, job))), mimetype="application/json")
+    return json_response(render(_owned(job_id, job)))
 
 
 @blp.route("/<string:job_id>", methods=["DELETE"])

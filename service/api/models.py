@@ -46,7 +46,7 @@ def describe_model(path: str, max_bytes: int) -> dict:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+@blp.arguments(UploadQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, ModelSchema)
 @blp.alt_response(200, schema=ModelSchema, description="the same bytes were uploaded before")

@@ -30,7 +30,7 @@ def describe_property(path: str, max_bytes: int) -> dict:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+@blp.arguments(UploadQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
 @blp.doc(requestBody=_BODY)
 @blp.response(201, PropertySchema)
 @blp.alt_response(200, schema=PropertySchema, description="the same bytes were uploaded before")
@@ -41,7 +41,7 @@ def upload_property(name=None):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(PageQuerySchema, location="query", unknown=RAISE)
+@blp.arguments(PageQuerySchema(), location="query", unknown=RAISE)
 @blp.response(200, PropertyPageSchema)
 def list_properties(query):
     """This tenant's properties, newest first; page with cursor."""

@@ -14,7 +14,7 @@ blp = Blueprint("reports", __name__, url_prefix="/v1/reports", description="Sign
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ReportQuerySchema, location="query", unknown=RAISE)
+@blp.arguments(ReportQuerySchema(), location="query", unknown=RAISE)
 @blp.doc(responses={"200": {"description": "the signed report (a DSSE envelope)",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}}})
 def latest_report(query):
