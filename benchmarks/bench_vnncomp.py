@@ -42,8 +42,13 @@ def run(dev: str, benchmarks: set[str], timeout: float, verbose: bool, only: lis
         rows.setdefault(r["benchmark"], []).append((r["verdict"], verdict.result, seconds))
         if verbose:
             print(f"  {r['onnx']:<42} {r['vnnlib'][-44:]:<44} expected {r['verdict']:<8} got {verdict.result:<8} "
-                  f"{verdict.method:<11} {seconds:6.1f} s", flush=True)
+                  f"{verdict.method:<11} {seconds:6.1f} s {_brief(verdict.stats)}", flush=True)
     return rows
+
+
+def _brief(stats: dict) -> str:
+    """The search's own numbers of one instance (domains bounded, proved, the Relu search's end and seconds)."""
+    return " ".join(f"{k}={v}" for k, v in stats.items())
 
 
 def summary(results: list[tuple]) -> tuple:

@@ -16,7 +16,7 @@ from scipy.optimize import linprog
 
 from certify.convert import to_torch
 from certify.decide import engine, load_decider
-from certify.local.bab import ReluSearch, Spec
+from certify.local.bab import MAX_SPLIT_DEPTH, Domains, ReluSearch, Spec, split_depth
 from certify.local.bounds import BoundTimeout, Propagation, float64_graph
 from certify.local.region import Region
 from certify.vnnlib import parse_vnnlib
@@ -277,3 +277,25 @@ def test_a_deadline_passed_before_the_search_is_a_timeout_not_an_error():
     outcome = engine(to_torch(model), (20,)).branch_and_bound(prop.cases[0], 0.0, time.monotonic() - 1.0,
                                                              lambda xs: None)
     assert outcome.result == "timeout" and outcome.domains == 0
+
+
+def test_split_depth_fills_the_batch_and_stays_within_its_limits():
+    assert split_depth(1, 16) == 4 and split_depth(3, 16) == 2 and split_depth(8, 16) == 1
+    assert split_depth(500, 16) == 1 and split_depth(1, 2**20) == MAX_SPLIT_DEPTH
+
+
+def test_a_subdomain_split_on_several_neurons_gets_every_sign_combination_once():
+    model, _ = mlp(2, (6,), 3)
+    g64 = float64_graph(to_torch(model))
+    relu = ReluSearch(g64, (2,))
+    name = relu.names[0]
+    zeros = torch.zeros((2, 6))
+    parents = Domains({name: torch.zeros((2, 6), dtype=torch.int8)}, {name: zeros - 1}, {name: zeros + 1}, {}, {},
+                      torch.tensor([[4, 1], [2, -1]]), torch.zeros(2), torch.zeros((2, 1)), torch.zeros((2, 1)))
+    children = relu._children(parents, depth=2)
+    signs = children.splits[name].tolist()
+    first = sorted((s[4], s[1]) for s in signs if s[4] != 0)
+    assert first == [(-1, -1), (-1, 1), (1, -1), (1, 1)]  # the parent with two neurons left: four children
+    second = sorted(s[2] for s in signs if s[4] == 0)
+    assert second == [-1, 1]  # the parent with one neuron left: two
+    assert all(sum(v != 0 for v in s) == (2 if s[4] else 1) for s in signs)

@@ -73,8 +73,8 @@ def test_filtered_choice_has_the_best_worse_child_among_the_candidates(seed):
                              torch.tensor([1.0, -1.0]), c, *params)
         return float(low.min())
 
-    cheap, has = choose(prop, steps, record, weight, open_, c, params, worst, top_k=1)
-    filtered, _ = choose(prop, steps, record, weight, open_, c, params, worst, top_k=6)
+    (cheap, *_), has = choose(prop, steps, record, weight, open_, c, params, worst, top_k=1)
+    (filtered, *_), _ = choose(prop, steps, record, weight, open_, c, params, worst, top_k=6)
     assert bool(has[0])
     top = intercept_scores(prop, steps, record, torch.as_tensor(weight), open_)[0].topk(6).indices
     assert int(cheap[0]) == int(top[0])

@@ -5,7 +5,8 @@ A subdomain fixes the sign of some Relu-like pre-activations (+1 active, -1 inac
 linear pieces, and alpha-CROWN also optimises the split multipliers: beta-CROWN, Wang et al. 2021) and with its
 parent's boxes as ``prior`` (a child's boxes are never wider). Many subdomains are bounded as one batch, each
 warm-started from the slopes and multipliers its parent ended with (any start is sound; a good one saves steps).
-The root gets optimised intermediate bounds (alpha-CROWN per intermediate neuron, Xu et al. 2021) and more steps.
+The root gets optimised intermediate bounds (alpha-CROWN per intermediate neuron, Xu et al. 2021; a few steps per
+layer, so that every layer gets them within the time cap) and more output steps.
 
 The specification is a disjunction of groups of rows ``C y - d``; a subdomain is done when, for every group, some
 row's lower bound minus the row's float32 error allowance exceeds ``margin``, or when its boxes are empty (no input
@@ -15,7 +16,8 @@ subdomain that only the allowance keeps open gets its own (the forward error ana
 from the root's), and its children inherit it (an error bound over a parent's boxes holds on every part), as they
 inherit the parent's row bounds (a child's bound is the larger of its own and its parent's). The warm start a
 subdomain passes on is the best iterate of its optimisation, not the last. Every open subdomain is split in two
-on the neuron :func:`certify.local.branching.choose` picks (an intercept score in the spirit of BaBSR, optionally
+(in 2**k on k neurons while the open subdomains are too few to fill a batch) on the neuron
+:func:`certify.local.branching.choose` picks (an intercept score in the spirit of BaBSR, optionally
 filtered by bounding the top candidates' children). The linear bound's minimising vertex of each open
 subdomain is offered to ``candidate`` (which confirms counterexamples), and a subdomain with no unstable neuron
 left is a leaf: the network is affine on it, and its linear programs (:mod:`certify.local.leaf_lp`) bound it
@@ -45,10 +47,11 @@ from certify.local.rules import Interval, UnsupportedOperator
 MAX_BATCH = 1024  # parents split per batch (twice as many children bounded)
 BATCH_ELEMENTS = 2**23  # children x rows x widest tensor per batch (bounds the backward coefficients' memory)
 DEFAULT_ALPHA_STEPS = 8  # per child, warm-started from its parent's parameters
-ROOT_ALPHA_STEPS, ROOT_INTERMEDIATE_STEPS = 30, 10  # the root: the output's and every intermediate bound's slopes
-ROOT_INTERMEDIATE_SHARE = 0.25  # of the time left: the most the root's intermediate optimisation may take
+ROOT_ALPHA_STEPS, ROOT_INTERMEDIATE_STEPS = 30, 4  # the root: the output's and every intermediate bound's slopes
+ROOT_INTERMEDIATE_SHARE = 0.5  # of the time left: the most the root's intermediate optimisation may take
 DEFAULT_MAX_BYTES = 2**30
 LEAF_STEPS, LEAF_LR = 200, 0.5  # beta optimisation of a subdomain with every neuron split
+MAX_SPLIT_DEPTH = 4  # the most neurons a subdomain is split on at once (2**depth children) when the frontier is small
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Domains:
     hi: dict[str, torch.Tensor]
     theta: dict[int, torch.Tensor]
     beta: dict[int, torch.Tensor]
-    branch: torch.Tensor  # (M,) flat index of the neuron each is split on next
+    branch: torch.Tensor  # (M, D) flat indices of the neurons each is split on next, in order (-1: none left)
     worst: torch.Tensor  # (M,) the bound gap that is furthest from done (lower = harder)
     low: torch.Tensor  # (M, S) each row's lower bound (before allowances): it holds on every child too
     allow: torch.Tensor  # (M, S) each row's float32 error allowance over the subdomain (covers every child too)
@@ -124,6 +127,12 @@ def split_steps(graph) -> list[tuple[int, str]]:
             seen.add(inputs[0])
             found.append((i, inputs[0]))
     return found
+
+
+def split_depth(parents: int, width: int) -> int:
+    """How many neurons to split each of ``parents`` subdomains on so that their children fill a batch of ``width``
+    (at least one, at most ``MAX_SPLIT_DEPTH``)."""
+    return int(np.clip(np.floor(np.log2(max(width, 2) / max(parents, 1))), 1, MAX_SPLIT_DEPTH))
 
 
 class ReluSearch:
@@ -175,9 +184,12 @@ class ReluSearch:
                 return
 
     def _loop(self, lower, upper, spec, margin, first: Domains, deadline, candidate, outcome) -> None:
-        """Split the hardest open subdomains, a growing batch at a time, until none is open."""
+        """Split the hardest open subdomains, a growing batch of children at a time (at most a quarter of the time
+        left each), until none is open. While the open subdomains are too few to fill the batch, each is split on
+        several neurons at once (:func:`split_depth`): per-batch overhead, not arithmetic, dominates small batches
+        on a CPU, and early in a search few children close anyway."""
         todo = [first]
-        batch = 8
+        width = 16  # children per batch
         outcome.result = "timeout"
         while todo:
             if time.monotonic() > deadline:
@@ -187,17 +199,18 @@ class ReluSearch:
                 outcome.result = "memory"
                 return
             order = torch.argsort(pending.worst)
-            parents, rest = pending.take(order[:batch]), pending.take(order[batch:])
+            parents, rest = pending.take(order[:max(1, width // 2)]), pending.take(order[max(1, width // 2):])
             todo = [rest] if len(rest) else []
             now = time.monotonic()
-            children = self._bound(lower, upper, spec, margin, self._children(parents), deadline, candidate,
-                                   outcome)
+            children = self._children(parents, split_depth(len(parents), width))
+            bounded = self._bound(lower, upper, spec, margin, children, deadline, candidate, outcome)
             if outcome.result != "timeout":
                 return
             spent, left = time.monotonic() - now, deadline - time.monotonic()
-            batch = int(np.clip(batch * min(2.0, 0.25 * left / max(spent, 1e-3)), 1, self._max_batch(spec)))
-            if children is not None:
-                todo.append(children)
+            width = int(np.clip(len(children) * min(2.0, 0.25 * left / max(spent, 1e-3)), 2,
+                                2 * self._max_batch(spec)))
+            if bounded is not None:
+                todo.append(bounded)
         outcome.result = "holds"
 
     def _max_batch(self, spec: Spec) -> int:
@@ -207,8 +220,19 @@ class ReluSearch:
     def _bytes(self, domains: Domains) -> int:
         return sum(t.numel() * t.element_size() for k in Domains.FIELDS for t in getattr(domains, k).values())
 
-    def _children(self, parents: Domains) -> Domains:
-        """Two children per parent: its branch neuron split active (+1) and inactive (-1)."""
+    def _children(self, parents: Domains, depth: int = 1) -> Domains:
+        """The children of splitting each parent on its first ``depth`` branch neurons, each active (+1) and
+        inactive (-1): up to ``2**depth`` per parent (a parent with fewer neurons left to split has fewer)."""
+        out = parents
+        for level in range(min(depth, parents.branch.shape[1])):
+            ready = out.branch[:, level] >= 0
+            if level and not bool(ready.any()):
+                break
+            out = Domains.cat([self._split_on(out.take(ready), level), *([out.take(~ready)] if (~ready).any() else [])])
+        return out
+
+    def _split_on(self, parents: Domains, level: int) -> Domains:
+        """Two children per parent: its branch neuron ``level`` split active (+1) and inactive (-1)."""
         both = Domains.cat([parents, parents])
         m = len(parents)
         sign = torch.cat([torch.ones(m), -torch.ones(m)]).to(torch.int8)
@@ -217,7 +241,7 @@ class ReluSearch:
         for name in self.names:
             t = both.splits[name].flatten(1).clone()
             size = t.shape[1]
-            local = both.branch - offset
+            local = both.branch[:, level] - offset
             mine = (local >= 0) & (local < size)
             rows = mine.nonzero().flatten()
             t[rows, local[rows]] = sign[rows]
@@ -231,7 +255,7 @@ class ReluSearch:
         if not self.refine:
             return True
         sizes = np.cumsum([domains.splits[name][0].numel() for name in self.names])
-        layer = int(np.searchsorted(sizes, int(domains.branch.min()), side="right"))
+        layer = int(np.searchsorted(sizes, int(domains.branch[domains.branch >= 0].min()), side="right"))
         return set(self.names[: layer + 1])
 
     def _bound(self, lower, upper, spec: Spec, margin, domains: Domains | None, deadline, candidate,
@@ -403,8 +427,9 @@ class ReluSearch:
         return found.numpy()
 
     def _branch(self, prop, record, weight, open_, c, kept, spec: Spec, margin: float) -> torch.Tensor:
-        """Per open subdomain the flat index of the neuron to split next (:func:`branching.choose`)."""
+        """Per open subdomain the flat indices of the neurons to split next, (n, MAX_SPLIT_DEPTH) in order
+        (:func:`branching.choose`)."""
         params = prop._parameters(prop.output_name, c, kept or None)
         worst = lambda low: self._closed(self._gap(low, spec), spec, margin)[2]  # noqa: E731
-        branch, _ = choose(prop, self.steps, record, weight, open_, c, params, worst, self.top_k)
+        branch, _ = choose(prop, self.steps, record, weight, open_, c, params, worst, self.top_k, MAX_SPLIT_DEPTH)
         return branch

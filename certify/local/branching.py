@@ -84,12 +84,29 @@ def children_lower(prop, names, parent, flat, sign, c: torch.Tensor, thetas: dic
 
 
 def choose(prop, steps, record: dict, weight: np.ndarray, open_: np.ndarray, c: torch.Tensor, params: tuple,
-           worst, top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per open subdomain the flat index of the neuron to split next and whether it has an unstable one.
+           worst, top_k: int = TOP_K, depth: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per open subdomain the flat indices (n, ``depth``) of the neurons to split next, in order (-1 where fewer
+    are unstable), and whether it has an unstable one. The first is the filtered choice; the later ones (for a
+    search that splits a subdomain on several neurons at once) follow the cheap score.
 
     ``params``: the (thetas, betas) the subdomains' bounds ended with, (S, N, *shape) per step; ``worst(low)``
     maps (S, m) lower bounds to each child's bound gap that is furthest from done (+inf when closed)."""
     scores = intercept_scores(prop, steps, record, torch.as_tensor(weight), open_)
+    first, has = _filtered(prop, steps, scores, open_, c, params, worst, top_k)
+    if depth <= 1:
+        return first[:, None], has
+    rows = torch.arange(len(open_))
+    scores[rows, first] = -torch.inf
+    values, more = scores.topk(min(depth - 1, scores.shape[1]), dim=1)
+    more = torch.where(torch.isfinite(values), more, -1)
+    pad = torch.full((len(open_), depth - 1 - more.shape[1]), -1, dtype=more.dtype)
+    return torch.cat([first[:, None], more, pad], dim=1), has
+
+
+def _filtered(prop, steps, scores: torch.Tensor, open_: np.ndarray, c: torch.Tensor, params: tuple, worst,
+              top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron each subdomain is split on first: the best cheap score, or among the ``top_k`` best the one
+    whose worse child's bound is best."""
     best, branch = scores.max(dim=1)
     has = torch.isfinite(best)
     k = min(top_k, scores.shape[1])
