@@ -192,17 +192,18 @@ def test_chain_budget_leaves_the_chains_to_the_product():
 def test_path_screen_is_below_every_certified_product_and_the_chain(spec):
     # one input's path gives lower bounds of every contiguous product: never above their certified values, so the
     # screen built on them never skips a chain that could beat its target
-    from certify.lipschitz.averaged import _full_product, path_lower_products
+    from certify.lipschitz.averaged import _full_product, path_lower_products, power_lower_products
 
     layers, _ = _layers(spec, 5, seed=len(spec) + 3)
     betas = [1.0] * (len(layers) - 1)
     _, vector = _full_product(layers)
     path = path_lower_products(layers, vector, [None] * len(layers))  # no own lower bounds
+    power = power_lower_products(layers, path)
     certified = split_products(conv_products(layers))
     for i, j in itertools.combinations_with_replacement(range(len(layers)), 2):
-        assert path[i][j] <= certified[i][j]
+        assert path[i][j] <= power[i][j] <= certified[i][j]
     value, _ = chain_bound(layers, betas)
-    assert averaged_bound(path, betas) <= value
+    assert averaged_bound(path, betas) <= averaged_bound(power, betas) <= value
 
 
 def test_path_screen_is_tight_on_two_dense_layers():
