@@ -88,3 +88,15 @@ def test_pooled_blocks_are_sound_and_below_the_product(seed, lrn):
         assert float(ratio.max()) <= block.upper
     found = lower_bound(graph, torch.rand(8, 2, 11, 11, generator=torch.Generator().manual_seed(seed)))["lower"]
     assert found <= upper
+
+
+def test_windows_that_tile_leave_the_product():
+    # 2x2 stride 2: every position is read once, the weight is uniform and no block is formed
+    model = _pooled_cnn(0, False)
+    for node in model.graph.node:
+        if node.op_type == "MaxPool":
+            del node.attribute[:]
+            node.attribute.extend([helper.make_attribute("kernel_shape", [2, 2]),
+                                   helper.make_attribute("strides", [2, 2])])
+    analysis = network_bound(to_torch(load_onnx(model.SerializeToString())), (2, 11, 11))
+    assert not [c for c in analysis.chains if c.method == "pooled convolution"]

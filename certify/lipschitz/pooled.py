@@ -140,7 +140,10 @@ def bound_pool_blocks(records, segments, consumers, graph_outputs) -> list:
         if conv is None or conv.conv.get("transposed") or tuple(block[0].out_shape) != tuple(pool.ctx.in_shape):
             continue
         segment, middle, factor = block
-        weighted = weighted_conv_bound(conv, phase_weights(pool.module.pool_geometry(pool.ctx)), segment.in_shape)
+        phases = phase_weights(pool.module.pool_geometry(pool.ctx))
+        if float(phases.min()) == float(phases.max()):
+            continue  # a uniform weight (windows that tile, as 2x2 stride 2): the block is the product itself
+        weighted = weighted_conv_bound(conv, phases, segment.in_shape)
         if weighted is None:
             continue
         value = weighted
