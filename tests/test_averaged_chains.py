@@ -186,3 +186,35 @@ def test_chain_budget_leaves_the_chains_to_the_product():
     assert tight.composed[out] <= capped.composed[out] <= capped.product[out] * (1 + 1e-12)
     xs = torch.randn(16, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     assert float(jacobian_norms(graph, xs).max()) <= tight.composed[out]
+
+
+@pytest.mark.parametrize("spec", CONVS)
+def test_path_screen_is_below_every_certified_product_and_the_chain(spec):
+    # one input's path gives lower bounds of every contiguous product: never above their certified values, so the
+    # screen built on them never skips a chain that could beat its target
+    from certify.lipschitz.averaged import _full_product, path_lower_products, power_lower_products
+
+    layers, _ = _layers(spec, 5, seed=len(spec) + 3)
+    betas = [1.0] * (len(layers) - 1)
+    _, vector = _full_product(layers)
+    path = path_lower_products(layers, vector, [None] * len(layers))  # no own lower bounds
+    power = power_lower_products(layers, path)
+    certified = split_products(conv_products(layers))
+    for i, j in itertools.combinations_with_replacement(range(len(layers)), 2):
+        assert path[i][j] <= power[i][j] <= certified[i][j]
+    value, _ = chain_bound(layers, betas)
+    assert averaged_bound(path, betas) <= averaged_bound(power, betas) <= value
+
+
+def test_path_screen_is_tight_on_two_dense_layers():
+    # two layers: the averaged bound is (||W2 W1|| + ||W2|| ||W1||) / 2; with the layers' own norms and a power
+    # vector of the product, the screen is within a few percent of it
+    from certify.lipschitz.averaged import _full_product, path_lower_products
+
+    gen = torch.Generator().manual_seed(5)
+    mats = [torch.randn(30, 20, generator=gen, dtype=torch.float64), torch.randn(10, 30, generator=gen,
+                                                                                  dtype=torch.float64)]
+    _, vector = _full_product(mats)
+    screen = averaged_bound(path_lower_products(mats, vector, [_sigma(m) for m in mats]), [1.0])
+    value, _ = chain_bound(mats, [1.0])
+    assert 0.97 * value <= screen <= value

@@ -133,3 +133,18 @@ def test_fourier_eclipse_keeps_or_recomputes_the_same_recursion(monkeypatch):
     monkeypatch.setattr(fourier_eclipse, "_BLOCK_BYTES", 16 * 36 * 4 * 5)  # five frequencies per chunk
     recomputed = fourier_eclipse.conv_eclipse(layers, [1.0, 1.0])
     assert abs(kept - recomputed) <= 1e-12 * kept
+
+
+def test_pair_norms_from_the_gram_matrix_are_above_the_direct_differences():
+    import numpy as np
+
+    from certify.lipschitz import eclipse
+
+    rows = torch.randn(40, 300, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rows[1] = rows[0] + 1e-9 * rows[2]  # nearly equal rows: the Gram form cancels, its rounding term must cover it
+    direct = np.linalg.norm(rows.numpy()[:, None, :] - rows.numpy()[None, :, :], axis=2)
+    bound = eclipse.pair_norms(rows)
+    assert (bound >= direct).all() and (np.diag(bound) == 0).all()
+    far = ~np.eye(40, dtype=bool)
+    far[0, 1] = far[1, 0] = False
+    assert (bound[far] <= direct[far] * (1 + 1e-6)).all()

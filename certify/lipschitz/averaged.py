@@ -278,26 +278,46 @@ def _item(segment):
 ALIGNED = 0.99
 
 
-def _aligned(items: list, bounds: list[float]) -> bool:
-    """Whether a few power-iteration steps on the real product W_m ... W_1 already reach ``ALIGNED`` times the
-    product of the layers' own bounds: then no contiguous product cancels, and the averaged-operator bound cannot
-    beat the plain product (skipping it saves its cost; the bound is never affected)."""
+def _apply(items: list, x: torch.Tensor) -> torch.Tensor:
+    """The chain's linear items applied in turn to a batch (no activations)."""
+    for item in items:
+        if isinstance(item, ConvLayer):
+            geom = ConvGeometry(item.weight, (item.weight.shape[1], *item.spatial), item.stride, item.dilation,
+                                item.pads_begin, item.pads_end, 1)
+            x = geom.apply(x.reshape(x.shape[0], *geom.input_shape))
+        else:
+            x = x.reshape(x.shape[0], -1) @ item.to(x.dtype).T
+    return x
+
+
+def _input_shape(item) -> tuple:
+    """The per-sample input shape of a chain item."""
+    return (item.weight.shape[1], *item.spatial) if isinstance(item, ConvLayer) else (item.shape[1],)
+
+
+def _full_product(items: list) -> tuple[float, torch.Tensor]:
+    """A few power-iteration steps on the real product W_m ... W_1: its achieved ratio and right vector."""
     from certify.lipschitz.linear_norms import linear_operator_lower
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        for item in items:
-            if isinstance(item, ConvLayer):
-                geom = ConvGeometry(item.weight, (item.weight.shape[1], *item.spatial), item.stride, item.dilation,
-                                    item.pads_begin, item.pads_end, 1)
-                x = geom.apply(x.reshape(x.shape[0], *geom.input_shape))
-            else:
-                x = x.reshape(x.shape[0], -1) @ item.to(x.dtype).T
-        return x
+    return linear_operator_lower(lambda x: _apply(items, x), _input_shape(items[0]), iters=8, seed=0)
 
-    first = items[0]
-    shape = (first.weight.shape[1], *first.spatial) if isinstance(first, ConvLayer) else (first.shape[1],)
-    lower, _ = linear_operator_lower(apply, shape, iters=8, seed=0)
-    return lower >= ALIGNED * math.prod(bounds)
+
+def path_lower_products(items: list, vector: torch.Tensor, own: list[float | None]) -> list[list[float]]:
+    """Lower bounds of every contiguous product ``||W_j ... W_i||`` from one input's path ``u_i = W_i ... W_1 v``:
+    ``||u_j|| / ||u_{i-1}||`` (any vector gives one), each single layer also from its own achieved lower bound
+    ``own[i]``. One pass through the chain: a screen far cheaper than power steps on every product."""
+    norms = [float(torch.linalg.vector_norm(vector.double()))]
+    u = vector.double().reshape(1, -1)
+    for item in items:
+        u = _apply([item], u)
+        norms.append(float(torch.linalg.vector_norm(u)))
+    m = len(items)
+    out = [[0.0] * m for _ in range(m)]
+    for i in range(m):
+        for j in range(i, m):
+            out[i][j] = norms[j + 1] / norms[i] if norms[i] > 0 else 0.0
+        out[i][i] = max(out[i][i], own[i] or 0.0)
+    return out
 
 
 def bound_chains(records, segments, consumers, graph_outputs, deadline: float | None = None,
@@ -349,21 +369,59 @@ def bound_chains(records, segments, consumers, graph_outputs, deadline: float | 
 
 def _bound_chain(result, linear: list, betas: list[float], graph_outputs) -> None:
     """The ECLipsE routes first (materialised, Fourier-domain runs), then the averaged-operator bound, whose
-    certified products are formed only when a cheap estimate from below says it can beat both them and the plain
-    product of the layers' bounds."""
+    certified products are formed only when the screens from below (`_target`) say it can beat both them and the
+    plain product of the layers' bounds."""
     bounds = [s.bound.upper for s in result.items[::2]]
     _materialised_eclipse(result, linear, betas, graph_outputs)
     _conv_runs_eclipse(result, linear, betas, bounds)
-    if _aligned(linear, bounds):
+    started = time.perf_counter()
+    target = _target(result, linear, betas, bounds)
+    result.ms += (time.perf_counter() - started) * 1e3
+    if target is None:
         return
-    target = round_up(math.prod(bounds) * math.prod(betas))
-    if result.upper is not None:
-        target = min(target, result.upper)
     diagonal = [b if isinstance(item, torch.Tensor) else None for item, b in zip(linear, bounds)]
     value, ms = chain_bound(linear, betas, target=target, diagonal=diagonal)
     result.ms += ms
     if value is not None and (result.upper is None or value < result.upper):
         result.upper, result.method = value, "averaged operators"
+
+
+def _target(result, linear: list, betas: list[float], bounds: list[float]) -> float | None:
+    """The value the averaged bound must beat, or None when one pass through the chain already shows it cannot:
+    the full product reaches ``ALIGNED`` times the product of the layers' bounds (nothing cancels), or the
+    averaged bound of lower bounds of the products is no lower than the best so far: first those along the path of
+    the full product's power vector (`path_lower_products`), then with power steps on the inner products
+    (`power_lower_products`). Only the Fourier-domain estimate of `chain_bound` remains after them."""
+    full, vector = _full_product(linear)
+    if full >= ALIGNED * math.prod(bounds):
+        return None
+    target = round_up(math.prod(bounds) * math.prod(betas))
+    if result.upper is not None:
+        target = min(target, result.upper)
+    lower = path_lower_products(linear, vector, [s.bound.lower for s in result.items[::2]])
+    if averaged_bound(lower, betas) >= target:
+        return None
+    if len(linear) <= POWER_SCREEN_MAX and averaged_bound(power_lower_products(linear, lower), betas) >= target:
+        return None
+    return target
+
+
+#: Longest chain whose inner contiguous products get their own power steps in the screen (there are m(m-1)/2 - 1).
+POWER_SCREEN_MAX = 6
+
+
+def power_lower_products(items: list, lower: list[list[float]]) -> list[list[float]]:
+    """``lower`` with every inner contiguous product (two layers or more, not the whole chain) raised to the
+    achieved ratio of a few power-iteration steps on it: still lower bounds, closer to the products' norms."""
+    from certify.lipschitz.linear_norms import linear_operator_lower
+
+    m = len(items)
+    out = [row[:] for row in lower]
+    for i, j in [(a, b) for a in range(m) for b in range(a + 1, m) if (a, b) != (0, m - 1)]:
+        value, _ = linear_operator_lower(lambda x, run=items[i:j + 1]: _apply(run, x), _input_shape(items[i]),
+                                         iters=8, seed=0)
+        out[i][j] = max(out[i][j], value)
+    return out
 
 
 def _materialised_eclipse(chain, linear: list, betas: list[float], graph_outputs) -> None:

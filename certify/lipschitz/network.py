@@ -147,7 +147,7 @@ def _bound_chains(records, segments, consumers, graph_outputs, output_name: str,
     ``budget_s`` seconds are skipped. Returns (bounded chains, how many were skipped)."""
     if not enabled:
         return [], 0
-    from certify.lipschitz import averaged
+    from certify.lipschitz import averaged, pooled
 
     deadline = None if budget_s is None else time.monotonic() + budget_s
     chains, skipped = [], []
@@ -158,6 +158,7 @@ def _bound_chains(records, segments, consumers, graph_outputs, output_name: str,
         bound_chain(chain, output_name)
         chains.append(chain)
     chains += averaged.bound_chains(records, segments, consumers, graph_outputs, deadline=deadline, skipped=skipped)
+    chains += pooled.bound_pool_blocks(records, segments, consumers, graph_outputs)
     return chains, len(skipped)
 
 

@@ -214,6 +214,9 @@ class LRN(OnnxOp):
     Fields: ``size``, ``alpha``, ``beta``, ``bias``.
     """
 
+    #: Maps each spatial position's channels on their own (``certify.lipschitz.pooled``).
+    per_position = True
+
     @classmethod
     def example(cls, op_type, rng):
         """Odd and even window sizes, alpha, beta and bias anywhere (bias > 0 keeps the base positive)."""

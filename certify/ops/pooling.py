@@ -103,6 +103,8 @@ class MaxPool(_Pool):
     """
 
     float_rounding = "exact"
+    #: Each output is the max of its window: ``|dz_W| <= max_{j in W} |du_j|`` (``certify.lipschitz.pooled``).
+    max_over_windows = True
 
     def __init__(self, node):
         super().__init__(node)
