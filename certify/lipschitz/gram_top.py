@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from certify.lipschitz.gram import U64, frobenius_upper, matmul_gamma, round_up
@@ -112,6 +113,20 @@ def certify_top(h: torch.Tensor, estimate: float, error: float) -> float:
     return round_up(float(frobenius_upper(h.unsqueeze(0))[0]) + error)
 
 
+def gram(a: torch.Tensor) -> torch.Tensor:
+    """``a^T a`` for a float64 matrix ``a``: on a CPU one symmetric rank-k update (BLAS dsyrk, half the flops of a
+    general product; every entry is the same inner product, so the same error bound), mirrored; elsewhere a product."""
+    if a.device.type != "cpu" or a.dtype != torch.float64 or min(a.shape) == 0:
+        return a.mT @ a
+    from scipy.linalg.blas import dsyrk
+
+    x = a.numpy()
+    # dsyrk(trans=0) forms b b^T and trans=1 b^T b; pass the layout it reads without a copy (Fortran order)
+    upper = dsyrk(1.0, x.T, trans=0) if x.T.flags.f_contiguous else dsyrk(1.0, np.asfortranarray(x), trans=1)
+    upper = torch.from_numpy(upper).triu_()
+    return upper + upper.triu(1).mT
+
+
 def certified_norm(matrix: torch.Tensor) -> tuple[float, float, torch.Tensor]:
     """``(upper, lower, v)``: a guaranteed upper bound of ``||matrix||_2``, the achieved ratio ``||M v|| / ||v||``
     and the right vector v (float64, in the matrix's input space)."""
@@ -122,7 +137,7 @@ def certified_norm(matrix: torch.Tensor) -> tuple[float, float, torch.Tensor]:
     k = m * 2.0**-exponent  # exact (a power of two)
     wide = k.shape[0] < k.shape[1]
     oriented = k.T if wide else k  # the Gram matrix of the smaller side
-    h = oriented.T @ oriented
+    h = gram(oriented)
     error = round_up(matmul_gamma(oriented.shape[0]) * float(frobenius_upper(oriented.unsqueeze(0))[0]) ** 2) + _TINY
     estimate, vector = top_eigenpair(h)
     upper = round_up(math.sqrt(certify_top(h, estimate, error))) * 2.0**exponent
