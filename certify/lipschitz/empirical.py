@@ -27,6 +27,7 @@ WIDEN = (1.0, 10.0, 100.0)
 ROUNDING = 1e-6
 MIN_SECANT = 1e-3  # the shortest secant, relative to the point's norm
 POWER_STEPS = 6
+ASCENT_STEPS_FIT = 8  # ascent steps the number of starts leaves time for (`_starts_that_fit`)
 #: Full Jacobians (rows by reverse mode) are computed for outputs up to this size; above it, power iteration.
 FULL_JACOBIAN_MAX_OUTPUTS = 64
 
@@ -241,26 +242,38 @@ def _random_starts(xs: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return (lo + hi) / 2 + unit * half * widen.view(-1, *([1] * lo.dim()))
 
 
+def _starts_that_fit(remaining_s: float, pass_s: float) -> int:
+    """How many ascent starts (one batch) leave time for ``ASCENT_STEPS_FIT`` steps, a step costing about four
+    forward passes per start (two forward, one backward): a large network ascends from its best points only,
+    rather than spending the budget on the first step of many."""
+    return max(1, int(remaining_s / (ASCENT_STEPS_FIT * 4 * max(pass_s, 1e-9))))
+
+
 def lower_bound(graph, xs: torch.Tensor, norm: str = "l2", ascent_starts: int = 8, ascent_steps: int = 100,
                 seed: int = 0, random_starts: int = 8, budget_s: float = 60.0) -> dict:
     """The largest ``||J(x)||`` over ``xs``, then (L2) :func:`secant_ascent` from the ``ascent_starts`` best of
     them and ``random_starts`` points drawn in the data's range: an estimate of the true constant from below
     (every value is achieved by explicit points). Large outputs (power iteration, a few forward and backward passes
     per iteration) are screened at 4 dataset points within a third of the budget; the whole stays within
-    ``budget_s`` seconds (steps are not started that would end after it). The result carries the seconds it took
-    (``seconds``) and the budget, so a whole-model time can report it apart."""
+    ``budget_s`` seconds (steps are not started that would end after it; a large network ascends from fewer starts,
+    `_starts_that_fit`). The result carries the seconds it took (``seconds``) and the budget, so a whole-model time
+    can report it apart."""
     started = time.monotonic()
     deadline = started + budget_s
-    large = sample_function(graph)(xs[0]).numel() > FULL_JACOBIAN_MAX_OUTPUTS if xs.shape[0] else False
+    with torch.no_grad():
+        large = sample_function(graph)(xs[0]).numel() > FULL_JACOBIAN_MAX_OUTPUTS if xs.shape[0] else False
+    pass_s = time.monotonic() - started  # one forward pass at batch 1 (with any first-call overhead)
     screened = xs[:4] if large else xs
     norms = jacobian_norms(graph, screened, norm=norm, iters=10 if large else 30, seed=seed,
                            deadline=started + budget_s / 3)
     finite = np.where(np.isfinite(norms), norms, -np.inf)
     best = float(finite.max()) if finite.size else float("nan")
     source, starts = "dataset", 0
-    if norm == "l2" and ascent_steps > 0 and xs.shape[0]:
-        chosen = screened[torch.as_tensor(np.argsort(-finite)[:ascent_starts].copy())]
-        points = torch.cat([chosen, _random_starts(xs, random_starts, seed)]) if random_starts else chosen
+    if norm == "l2" and ascent_steps > 0 and xs.shape[0] and time.monotonic() < deadline:
+        fit = _starts_that_fit(deadline - time.monotonic(), pass_s)
+        chosen = screened[torch.as_tensor(np.argsort(-finite)[:min(ascent_starts, fit)].copy())]
+        randoms = min(random_starts, fit - chosen.shape[0])
+        points = torch.cat([chosen, _random_starts(xs, randoms, seed)]) if randoms > 0 else chosen
         starts = int(points.shape[0])
         value = secant_ascent(graph, points, steps=ascent_steps, seed=seed, deadline=deadline)
         if value > best:
