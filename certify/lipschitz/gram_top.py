@@ -27,16 +27,18 @@ _TINY = 2.0**-900
 _DENSE_EIGEN_MAX = 64  # below this size a full symmetric eigendecomposition is cheaper than Lanczos
 _LANCZOS_STEPS = 96
 _RESTARTS = 6
+_CHECK_EVERY = 8  # Lanczos steps between checks of a run's error estimate
 _TRIALS = (1e-9, 1e-7, 1e-5, 1e-3)  # relative headroom above the estimate, tried in turn
 
 
-def top_eigenpair(h, *, tol: float = 1e-12, steps: int = _LANCZOS_STEPS,
-                  start: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+def top_eigenpair(h, *, tol: float = 1e-12, steps: int = _LANCZOS_STEPS, start: torch.Tensor | None = None,
+                  accuracy: float = 0.0) -> tuple[float, torch.Tensor]:
     """An estimate of the largest eigenvalue of a Hermitian matrix and its eigenvector (on the matrix's device):
     dense for small matrices, else Lanczos with full reorthogonalisation (Golub and Van Loan, 10.1), restarted from
     its Ritz vector until the Ritz value moves by at most ``tol`` relative (``tol=math.inf``: one run). ``h`` may
-    also be a function applying the matrix to a vector shaped like ``start``. Only an estimate: the certificate or
-    an achieved ratio is what counts."""
+    also be a function applying the matrix to a vector shaped like ``start``. A run ends early once its error
+    estimate is below ``accuracy`` relative (0: full runs). Only an estimate: the certificate or an achieved ratio
+    is what counts."""
     if isinstance(h, torch.Tensor):
         if h.shape[-1] <= _DENSE_EIGEN_MAX:
             values, vectors = torch.linalg.eigh(h)
@@ -48,16 +50,17 @@ def top_eigenpair(h, *, tol: float = 1e-12, steps: int = _LANCZOS_STEPS,
                                                     dtype=torch.float64).to(like)
     value = math.inf
     for _ in range(_RESTARTS):
-        previous, (value, q, error) = value, _lanczos_run(apply, q, min(steps, n))
+        previous, (value, q, error) = value, _lanczos_run(apply, q, min(steps, n), accuracy)
         if abs(value - previous) <= tol * abs(value) or error <= tol * abs(value):
             break
     return value, q
 
 
-def _lanczos_run(apply, q: torch.Tensor, steps: int) -> tuple[float, torch.Tensor, float]:
+def _lanczos_run(apply, q: torch.Tensor, steps: int, accuracy: float = 0.0) -> tuple[float, torch.Tensor, float]:
     """One Lanczos run of the matrix ``apply`` from q: the largest Ritz value, its unit Ritz vector and an estimate
     of the value's error, r^2 / gap (Kato-Temple: r the Ritz pair's residual, beta times the last entry of the top
-    eigenvector of T; the gap to the next Ritz value stands in for the unknown gap to the next eigenvalue)."""
+    eigenvector of T; the gap to the next Ritz value stands in for the unknown gap to the next eigenvalue). Every
+    ``_CHECK_EVERY`` steps the run ends once that estimate is below ``accuracy`` relative."""
     shape, q = q.shape, q.reshape(-1)
     basis = torch.zeros(steps, q.numel(), dtype=q.dtype, device=q.device)
     alphas, betas = [], []
@@ -71,18 +74,29 @@ def _lanczos_run(apply, q: torch.Tensor, steps: int) -> tuple[float, torch.Tenso
         beta = float(torch.linalg.vector_norm(w))
         if j + 1 == steps or beta <= 1e-12 * max(abs(a) for a in alphas):
             break
+        if accuracy > 0 and j % _CHECK_EVERY == _CHECK_EVERY - 1:
+            value, _, error = _ritz(alphas, betas, beta)
+            if error <= accuracy * abs(value):
+                break
         betas.append(beta)
         q = w / beta
+    value, top, error = _ritz(alphas, betas, beta)
+    ritz = top.to(basis) @ basis[:len(alphas)]
+    return value, (ritz / torch.linalg.vector_norm(ritz)).reshape(shape), error
+
+
+def _ritz(alphas: list, betas: list, beta: float) -> tuple[float, torch.Tensor, float]:
+    """The top Ritz value of the tridiagonal matrix (alphas, betas), its eigenvector, and the error estimate with
+    ``beta`` the next off-diagonal entry."""
     m = len(alphas)
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if m > 1:
         off = torch.tensor(betas[:m - 1], dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
     values, vecs = torch.linalg.eigh(t)
-    ritz = vecs[:, -1].to(basis) @ basis[:m]
     gap = float(values[-1] - values[-2]) if m > 1 else math.inf
     error = (beta * float(vecs[-1, -1])) ** 2 / gap if gap > 0 else math.inf
-    return float(values[-1]), (ritz / torch.linalg.vector_norm(ritz)).reshape(shape), error
+    return float(values[-1]), vecs[:, -1], error
 
 
 def cholesky_allowance(n: int, level, complex_: bool = False):
