@@ -2,12 +2,13 @@
 the whole bound's wall and CPU time, composed / product / empirical lower, and peak RSS (one process per model).
 
 Models: the light ImageNet nets shipped with onnx (AlexNet, VGG-19, ResNet-50; constant weights, so every kernel is
-tap-separable) and the small trained CNN of ``examples/digits_cnn.onnx``. ``--random`` replaces every Conv and Gemm
-weight of the light nets by He-normal random values (seed 0; biases and BatchNorm kept): general kernels, the case
-that tightness and time goals are measured on. Each conv row is printed (flushed) as soon as the layer is bounded,
+tap-separable) and the small trained CNN of ``examples/digits_cnn.onnx``. ``--random`` takes the light nets with
+He-initialised weights instead (``benchmarks/he_models.py``): general kernels, the case that tightness and time goals
+are measured on. Each conv row is printed (flushed) as soon as the layer is bounded,
 so a run cut short still shows its rows; the power-iteration reference time is excluded from the whole-bound time.
 
     nice python benchmarks/bench_conv_nets.py [--model alexnet|vgg19|resnet50|digits_cnn ...] [--random] [--no-pi]
+        [--lower-budget S]
 """
 
 from __future__ import annotations
@@ -30,46 +31,16 @@ sys.path.insert(0, ROOT)
 MODELS = ("digits_cnn", "alexnet", "vgg19", "resnet50")
 
 
-def model_path(name: str) -> str:
+def load_graph(name: str, random: bool):
+    """The converted model: digits_cnn from examples/, a light net as shipped or with He weights (`he_models`)."""
+    import certify
+
     if name == "digits_cnn":
-        return os.path.join(ROOT, "examples", "digits_cnn.onnx")
-    import onnx
+        return certify.to_torch(certify.load_onnx(os.path.join(ROOT, "examples", "digits_cnn.onnx")))
+    from he_models import he_model, light_path
 
-    light = {"alexnet": "light_bvlc_alexnet", "vgg19": "light_vgg19", "resnet50": "light_resnet50"}[name]
-    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"{light}.onnx")
-
-
-def random_weights(path: str, seed: int = 0) -> str:
-    """A copy of the model with He-normal Conv and Gemm weights (std sqrt(2 / fan_in)); returns the new file."""
-    import tempfile
-
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(path)
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    shapes = {i.name: tuple(numpy_helper.to_array(i).shape) for i in graph.initializer}
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    rng = np.random.default_rng(seed)
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        source = producer.get(node.input[1])
-        shape = (tuple(int(v) for v in constants[source.input[0]]) if source is not None
-                 and source.op_type == "ConstantOfShape" else shapes[node.input[1]])
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        fan_in = shape[1] if node.op_type == "Gemm" and trans_b else (
-            shape[0] if node.op_type == "Gemm" else int(np.prod(shape[1:])))
-        name = f"{node.name or node.output[0]}_he_weight"
-        value = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-        graph.initializer.append(numpy_helper.from_array(value, name))
-        node.input[1] = name
-    handle, out = tempfile.mkstemp(suffix=".onnx")
-    os.close(handle)
-    onnx.save(model, out)
-    return out
+    data = he_model(name).SerializeToString() if random else light_path(name)
+    return certify.to_torch(certify.load_onnx(data))
 
 
 def _power_iteration_cpu_ms(record) -> float:
@@ -85,17 +56,15 @@ def _power_iteration_cpu_ms(record) -> float:
     return (time.process_time() - started) * 1e3
 
 
-def run_one(name: str, power: bool, random: bool) -> None:
+def run_one(name: str, power: bool, random: bool, lower_budget: float) -> None:
     import torch
 
-    import certify
     from certify.lipschitz.certificate import certificate
 
-    path = random_weights(model_path(name)) if random and name != "digits_cnn" else model_path(name)
-    graph = certify.to_torch(certify.load_onnx(path))
+    graph = load_graph(name, random)
     shape = tuple(graph.shapes[graph.input_names[0]][1:])
-    print(f"\n{name}{' (random He weights)' if path != model_path(name) else ''}: input {list(shape)}, "
-          f"torch threads={torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"\n{name}{' (He weights, benchmarks/he_models.py)' if random and name != 'digits_cnn' else ''}: input "
+          f"{list(shape)}, torch threads={torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     head = (f"{'node':14} {'shape':18} {'upper':>11} {'lower':>11} {'up/lo':>8} {'ms':>8} {'cpu ms':>8} {'pi cpu':>8} "
             f"{'x pi':>6}  method")
     print(head)
@@ -129,12 +98,16 @@ def run_one(name: str, power: bool, random: bool) -> None:
 
     def streaming_analyse(*args, **kwargs):
         kwargs["on_record"] = on_record
-        return analyse(*args, **kwargs)
+        started, pi_before = time.perf_counter(), stats["pi_wall"]
+        try:
+            return analyse(*args, **kwargs)
+        finally:  # the analysis alone: the power-iteration reference runs inside it, between layers
+            stats["analysis_s"] = time.perf_counter() - started - (stats["pi_wall"] - pi_before)
 
     certificate_module.analyse = streaming_analyse  # rows as they come, with the record the row dict lacks
     wall0, cpu0 = time.perf_counter(), time.process_time()
     try:
-        result = certificate(graph, shape, on_analysis=lambda a: records.extend(a.records))
+        result = certificate(graph, shape, on_analysis=lambda a: records.extend(a.records), lower_budget_s=lower_budget)
     finally:
         certificate_module.analyse = analyse
     wall = time.perf_counter() - wall0 - stats["pi_wall"]
@@ -156,6 +129,13 @@ def run_one(name: str, power: bool, random: bool) -> None:
                 and r.segment.bound is not None}
     print(f"fused segments: {len(segments)} re-bounded in {sum(g.bound.ms for g in segments.values()) / 1000:.1f} s; "
           f"own node bounds {sum(r.bound.ms for r in records if r.bound is not None) / 1000:.1f} s")
+    lower_s = net["lower_method"]["seconds"] if net.get("lower_method") else 0.0
+    stats["own_s"] = sum(r.bound.ms for r in records if r.bound is not None) / 1000
+    chains_s = sum(c["ms"] for c in net["chains"]) / 1000
+    print(f"phases (wall s): own node bounds {stats['own_s']:.1f}, fused segments + chains + composition "
+          f"{stats['analysis_s'] - stats['own_s']:.1f} (chains {chains_s:.1f}), empirical lower bound {lower_s:.1f} "
+          f"(budget {net['lower_method']['budget_s'] if net.get('lower_method') else '-'}), rest "
+          f"{wall - stats['analysis_s'] - lower_s:.1f}")
     slow = sorted((r for r in records if r.bound is not None), key=lambda r: -r.bound.ms)[:5]
     print("slowest nodes: " + ", ".join(f"{r.ctx.node} ({r.ctx.op_type}) {r.bound.ms / 1000:.1f} s" for r in slow))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -169,14 +149,17 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=MODELS, help="repeatable; default: all")
     parser.add_argument("--no-pi", action="store_true", help="skip the 100-step power iteration per conv layer")
     parser.add_argument("--random", action="store_true", help="He-normal random Conv / Gemm weights (seed 0)")
+    parser.add_argument("--lower-budget", type=float, default=10.0, help="seconds for the empirical lower bound "
+                        "(as lipcert bounds --lower-budget)")
     parser.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = args.model or list(MODELS)
     if args.inline:
-        run_one(models[0], not args.no_pi, args.random)
+        run_one(models[0], not args.no_pi, args.random, args.lower_budget)
         return
     for name in models:  # one process per model: its own peak RSS
-        flags = (["--no-pi"] if args.no_pi else []) + (["--random"] if args.random else [])
+        flags = (["--no-pi"] if args.no_pi else []) + (["--random"] if args.random else []) + [
+            "--lower-budget", str(args.lower_budget)]
         cmd = [sys.executable, os.path.abspath(__file__), "--inline", "--model", name, *flags]
         subprocess.run(cmd, check=False)
 

@@ -5,6 +5,7 @@ certified upper bound."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from certify.lipschitz import network_bound
-from certify.lipschitz.empirical import jacobian_norms, lower_bound, secant_ascent
+from certify.lipschitz.empirical import Clock, _starts_that_fit, jacobian_norms, lower_bound, secant_ascent
 from tests.test_lipschitz_network import convert, mlp
 
 
@@ -76,3 +77,20 @@ def test_cnn_lower_bound_and_budget():
     full = lower_bound(graph, xs)
     assert result["lower"] <= full["lower"] <= analysis.composed[analysis.output_name]
     assert np.isfinite(full["lower"]) and full["ascent_starts"] == 4 + 8
+
+
+def test_screening_and_ascent_keep_the_deadline():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 70))  # 70 outputs: power iteration
+    graph = convert(model, (12,))
+    xs = torch.rand(4, 12)
+    norms = jacobian_norms(graph, xs, deadline=time.monotonic() - 1.0)  # past: one step at the first point only
+    assert np.isfinite(norms[0]) and norms[0] > 0 and np.isnan(norms[1:]).all()
+    assert Clock(None).allows_another() and Clock(time.monotonic() + 60).allows_another()
+    assert not Clock(time.monotonic() - 1.0).allows_another()
+    # a slow network (a second per forward pass) ascends from one start, a fast one from all of them
+    assert _starts_that_fit(10.0, 1.0) == 1 and _starts_that_fit(10.0, 1e-3) >= 16
+    # a budget already spent: the ascent evaluates its starts once and stops, still an achieved value
+    value = secant_ascent(graph, xs, steps=50, deadline=time.monotonic() - 1.0)
+    analysis = network_bound(graph, (12,))
+    assert 0 < value <= analysis.composed[analysis.output_name]

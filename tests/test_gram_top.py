@@ -56,3 +56,12 @@ def test_dense_bound_and_eclipse_use_it_above_the_svd_size():
     # a one-layer "chain" is the layer's norm with the ECLipsE margin
     upper, _ = eclipse_fast([weight])
     assert _exact(weight) < upper <= _exact(weight) * (1 + 3e-8)
+
+
+@pytest.mark.parametrize("layout", ["rows", "transposed", "strided", "empty"])
+def test_gram_is_the_symmetric_product_in_any_layout(layout):
+    base = torch.randn(90, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    a = {"rows": base, "transposed": base.T, "strided": base[::2, 1::3], "empty": base[:0]}[layout]
+    h = gram_top.gram(a)
+    assert torch.equal(h, h.T)
+    assert torch.allclose(h, a.T @ a, rtol=1e-13, atol=1e-12)

@@ -61,3 +61,16 @@ def test_large_maps_use_the_per_axis_factors_of_the_profile():
     exact = _exact(geom)
     assert exact <= upper <= exact * (1 + 2e-6)  # residuals up to REMAINDER_TOL
     assert float(torch.linalg.vector_norm(geom.apply(x.unsqueeze(0))) / torch.linalg.vector_norm(x)) >= exact * 0.999
+
+
+def test_the_shortcut_only_declines_kernels_far_from_rank_one():
+    from certify.lipschitz.separable_conv import REMAINDER_TOL, _clearly_not_separable
+
+    gen = torch.Generator().manual_seed(9)
+    rank_one = torch.outer(torch.randn(600, dtype=torch.float64, generator=gen),
+                           torch.randn(9, dtype=torch.float64, generator=gen))
+    noise = torch.randn(600, 9, dtype=torch.float64, generator=gen)
+    assert _clearly_not_separable(noise)
+    assert not _clearly_not_separable(rank_one)
+    near = rank_one + noise * (REMAINDER_TOL * float(torch.linalg.matrix_norm(rank_one, 2)) / 1e3 / 25)
+    assert not _clearly_not_separable(near)  # left to the full test

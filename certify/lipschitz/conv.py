@@ -291,7 +291,13 @@ def abs_col_sums(geom: ConvGeometry) -> torch.Tensor:
     """Column sums of |A| (the row sums of the adjoint, a transposed convolution): |A|^T applied to ones."""
     x = torch.zeros(1, *geom.input_shape, dtype=torch.float64, requires_grad=True)
     y = _abs_geometry(geom).apply(x)
-    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return adjoint(y, x, torch.ones_like(y))
+
+
+def adjoint(y: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``A^T u`` for ``y = A x`` computed from ``x`` (which requires grad), by reverse mode of the scalar <y, u>:
+    passing ``u`` as ``grad_outputs`` would do the same, but its first use imports sympy (seconds of CPU)."""
+    (grad,) = torch.autograd.grad((y * u).sum(), x)
     return grad
 
 

@@ -27,6 +27,7 @@ WIDEN = (1.0, 10.0, 100.0)
 ROUNDING = 1e-6
 MIN_SECANT = 1e-3  # the shortest secant, relative to the point's norm
 POWER_STEPS = 6
+ASCENT_STEPS_FIT = 8  # ascent steps the number of starts leaves time for (`_starts_that_fit`)
 #: Full Jacobians (rows by reverse mode) are computed for outputs up to this size; above it, power iteration.
 FULL_JACOBIAN_MAX_OUTPUTS = 64
 
@@ -92,11 +93,13 @@ def _full_jacobians(f, xs: torch.Tensor) -> torch.Tensor:
     return torch.stack([jacobian(f, x) for x in xs])
 
 
-def jacobian_norms(graph, xs: torch.Tensor, norm: str = "l2", iters: int = 30, seed: int = 0) -> np.ndarray:
+def jacobian_norms(graph, xs: torch.Tensor, norm: str = "l2", iters: int = 30, seed: int = 0,
+                   deadline: float | None = None) -> np.ndarray:
     """``||J(x)||`` (L2 operator norm, or the L-inf one: max row sum) for every sample of ``xs``.
 
     Outputs up to ``FULL_JACOBIAN_MAX_OUTPUTS`` get the full Jacobian (exact norms); larger outputs use power
-    iteration on ``J^T J`` (forward- and reverse-mode products), whose Rayleigh quotient is an achieved value.
+    iteration on ``J^T J`` (forward- and reverse-mode products), whose Rayleigh quotient is an achieved value, until
+    ``deadline`` (``time.monotonic()``; the first point gets one step whatever the time, later points NaN).
     L-inf norms of large outputs are not computed (NaN).
     """
     f = sample_function(graph)
@@ -109,26 +112,41 @@ def jacobian_norms(graph, xs: torch.Tensor, norm: str = "l2", iters: int = 30, s
         return torch.linalg.matrix_norm(jac, ord=2).numpy()
     if norm == "linf":
         return np.full(xs.shape[0], np.nan)
-    return np.array([_power_norm(f, x, iters, seed) for x in xs])
+    clock = Clock(deadline)
+    return np.array([_power_norm(f, x, iters, seed, clock) if i == 0 or clock.allows_another() else np.nan
+                     for i, x in enumerate(xs)])
 
 
-def _power_norm(f, x: torch.Tensor, iters: int, seed: int) -> float:
+class Clock:
+    """Ends a loop of similar steps before the step that would finish after the deadline (``time.monotonic()``;
+    None: never), each step assumed to take as long as the last one: a budget is kept, not overrun by a step."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline, self.mark, self.last = deadline, time.monotonic(), 0.0
+
+    def allows_another(self) -> bool:
+        now = time.monotonic()
+        self.last, self.mark = now - self.mark, now
+        return self.deadline is None or now + self.last <= self.deadline
+
+
+def _power_norm(f, x: torch.Tensor, iters: int, seed: int, clock: Clock) -> float:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     v = v / v.norm()
     value = 0.0
     for _ in range(iters):
         jv = jvp(f, x, v).detach()
-        value = float(jv.norm())
+        value = max(value, float(jv.norm()))
         w = vjp(f, x, jv)
-        if float(w.norm()) == 0.0:
+        if float(w.norm()) == 0.0 or not clock.allows_another():
             break
         v = w / w.norm()
     return value
 
 
 def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: int, seed: int,
-                        deadline: float | None = None) -> torch.Tensor:
+                        clock: Clock) -> torch.Tensor:
     """Unit directions v after ``steps`` power-iteration steps on ``J^T J`` at the points ``at`` (x fixed), each from
     the gradient of the secant ``q = ||f(x + t v) - f(x)|| / t`` in v: ``v + grad_v / q`` is ``J^T J v / q^2``."""
     count = at.shape[0]
@@ -136,8 +154,8 @@ def _aligned_directions(graph, at: torch.Tensor, length: torch.Tensor, steps: in
     v = _unit_rows(torch.randn(at.shape, generator=torch.Generator().manual_seed(seed), dtype=at.dtype))
     with torch.no_grad():
         base = graph(at).reshape(count, -1)
-    for _ in range(steps):
-        if deadline is not None and time.monotonic() > deadline:
+    for step in range(steps):
+        if step and not clock.allows_another():
             break
         v.requires_grad_(True)
         with torch.enable_grad():
@@ -162,10 +180,11 @@ def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, 
     flat = starts.detach().reshape(count, -1)
     rms = (flat.norm(dim=1) / flat.shape[1] ** 0.5).clamp_min(1e-3).view(-1, *([1] * (starts.dim() - 1)))
     x = (starts.detach() / rms).requires_grad_(True)
+    clock = Clock(deadline)
     start_d = _aligned_directions(graph, starts.detach(), SECANT * rms * flat.shape[1] ** 0.5, POWER_STEPS, seed,
-                                  deadline)
+                                  clock)
     d = (SECANT * flat.shape[1] ** 0.5 * start_d).requires_grad_(True)  # in units of rms: length SECANT ||x||
-    optimiser = torch.optim.Adam([x, d], lr=rate)
+    optimiser = _Adam([x, d], rate)
     best = -float("inf")
     for step in range(steps + 1):
         with torch.enable_grad():
@@ -178,12 +197,32 @@ def secant_ascent(graph, starts: torch.Tensor, steps: int = 100, seed: int = 0, 
             ratios = ((ends[0] - ends[1]).norm(dim=1) - noise) / move.reshape(count, -1).norm(dim=1)
         seen = ratios.detach()[torch.isfinite(ratios.detach())]
         best = max(best, float(seen.max())) if seen.numel() else best
-        if step == steps or not ratios.requires_grad or (deadline is not None and time.monotonic() > deadline):
+        if step == steps or not ratios.requires_grad or not clock.allows_another():
             break
-        optimiser.zero_grad()
-        (-torch.nan_to_num(ratios, nan=0.0, posinf=0.0, neginf=0.0).sum()).backward()
-        optimiser.step()
+        with torch.enable_grad():
+            grads = torch.autograd.grad(-torch.nan_to_num(ratios, nan=0.0, posinf=0.0, neginf=0.0).sum(), [x, d])
+        optimiser.step(grads)
     return best
+
+
+class _Adam:
+    """Adam (Kingma and Ba, ICLR 2015) with torch.optim's defaults, in place on leaf tensors: torch.optim's first use
+    imports its compiler stack, seconds of fixed cost for one ascent."""
+
+    def __init__(self, params: list[torch.Tensor], rate: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.rate, self.betas, self.eps, self.t = params, rate, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        with torch.no_grad():
+            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-self.rate / (1 - b1**self.t))
 
 
 def _unit_rows(v: torch.Tensor) -> torch.Tensor:
@@ -203,24 +242,38 @@ def _random_starts(xs: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return (lo + hi) / 2 + unit * half * widen.view(-1, *([1] * lo.dim()))
 
 
+def _starts_that_fit(remaining_s: float, pass_s: float) -> int:
+    """How many ascent starts (one batch) leave time for ``ASCENT_STEPS_FIT`` steps, a step costing about four
+    forward passes per start (two forward, one backward): a large network ascends from its best points only,
+    rather than spending the budget on the first step of many."""
+    return max(1, int(remaining_s / (ASCENT_STEPS_FIT * 4 * max(pass_s, 1e-9))))
+
+
 def lower_bound(graph, xs: torch.Tensor, norm: str = "l2", ascent_starts: int = 8, ascent_steps: int = 100,
                 seed: int = 0, random_starts: int = 8, budget_s: float = 60.0) -> dict:
     """The largest ``||J(x)||`` over ``xs``, then (L2) :func:`secant_ascent` from the ``ascent_starts`` best of
     them and ``random_starts`` points drawn in the data's range: an estimate of the true constant from below
     (every value is achieved by explicit points). Large outputs (power iteration, a few forward and backward passes
-    per iteration) are screened at 4 dataset points; the ascent stops after ``budget_s`` seconds. The result
-    carries the seconds it took (``seconds``) and the budget, so a whole-model time can report it apart."""
+    per iteration) are screened at 4 dataset points within a third of the budget; the whole stays within
+    ``budget_s`` seconds (steps are not started that would end after it; a large network ascends from fewer starts,
+    `_starts_that_fit`). The result carries the seconds it took (``seconds``) and the budget, so a whole-model time
+    can report it apart."""
     started = time.monotonic()
     deadline = started + budget_s
-    large = sample_function(graph)(xs[0]).numel() > FULL_JACOBIAN_MAX_OUTPUTS if xs.shape[0] else False
+    with torch.no_grad():
+        large = sample_function(graph)(xs[0]).numel() > FULL_JACOBIAN_MAX_OUTPUTS if xs.shape[0] else False
+    pass_s = time.monotonic() - started  # one forward pass at batch 1 (with any first-call overhead)
     screened = xs[:4] if large else xs
-    norms = jacobian_norms(graph, screened, norm=norm, iters=10 if large else 30, seed=seed)
+    norms = jacobian_norms(graph, screened, norm=norm, iters=10 if large else 30, seed=seed,
+                           deadline=started + budget_s / 3)
     finite = np.where(np.isfinite(norms), norms, -np.inf)
     best = float(finite.max()) if finite.size else float("nan")
     source, starts = "dataset", 0
-    if norm == "l2" and ascent_steps > 0 and xs.shape[0]:
-        chosen = screened[torch.as_tensor(np.argsort(-finite)[:ascent_starts].copy())]
-        points = torch.cat([chosen, _random_starts(xs, random_starts, seed)]) if random_starts else chosen
+    if norm == "l2" and ascent_steps > 0 and xs.shape[0] and time.monotonic() < deadline:
+        fit = _starts_that_fit(deadline - time.monotonic(), pass_s)
+        chosen = screened[torch.as_tensor(np.argsort(-finite)[:min(ascent_starts, fit)].copy())]
+        randoms = min(random_starts, fit - chosen.shape[0])
+        points = torch.cat([chosen, _random_starts(xs, randoms, seed)]) if randoms > 0 else chosen
         starts = int(points.shape[0])
         value = secant_ascent(graph, points, steps=ascent_steps, seed=seed, deadline=deadline)
         if value > best:

@@ -24,6 +24,7 @@ from certify.lipschitz.conv import (
     ConvGeometry,
     abs_col_sums,
     abs_row_sums,
+    adjoint,
     dft_error,
     frequency_chunks,
     normalize_conv,
@@ -88,7 +89,7 @@ def linear_operator_lower(
         if target is not None and float(torch.linalg.vector_norm(y.detach())) >= target:
             v = x.detach()
             break
-        (v,) = torch.autograd.grad(y, x, y)
+        v = adjoint(y, x, y.detach())
     return _achieved_ratio(fn, v), v.detach().reshape(shape[1:])
 
 

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from certify.lipschitz.conv import ConvGeometry
+from certify.lipschitz.conv import ConvGeometry, adjoint
 from certify.lipschitz.gram import frobenius_upper, matmul_gamma, round_up
 from certify.lipschitz.gram_top import certify_top, top_eigenpair
 
@@ -155,5 +155,4 @@ def _gram_apply(geom: ConvGeometry, x: torch.Tensor) -> torch.Tensor:
     """A^T A x for one input (no batch axis), by the convolution and its adjoint."""
     x = x.unsqueeze(0).requires_grad_(True)
     y = geom.apply(x)
-    (grad,) = torch.autograd.grad(y, x, y)
-    return grad[0]
+    return adjoint(y, x, y.detach())[0]
