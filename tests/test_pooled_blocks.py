@@ -90,6 +90,15 @@ def test_pooled_blocks_are_sound_and_below_the_product(seed, lrn):
     assert found <= upper
 
 
+def test_chain_budget_leaves_pooled_blocks_to_the_product():
+    from certify.lipschitz.network import analyse
+
+    graph = to_torch(load_onnx(_pooled_cnn(0, False).SerializeToString()))
+    capped = analyse(graph, (2, 11, 11), chain_budget_s=0.0)
+    assert not [c for c in capped.chains if c.method == "pooled convolution"] and capped.chains_skipped >= 2
+    assert capped.composed[capped.output_name] <= capped.product[capped.output_name] * (1 + 1e-12)
+
+
 def test_windows_that_tile_leave_the_product():
     # 2x2 stride 2: every position is read once, the weight is uniform and no block is formed
     model = _pooled_cnn(0, False)

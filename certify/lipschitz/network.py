@@ -143,8 +143,9 @@ def analyse(graph, input_shape, norm: str = "l2", progress: Callable[[float, str
 
 def _bound_chains(records, segments, consumers, graph_outputs, output_name: str, enabled: bool,
                   budget_s: float | None) -> tuple[list, int]:
-    """ECLipsE-Fast on chains of explicit dense layers, then the averaged-operator chains; those reached after
-    ``budget_s`` seconds are skipped. Returns (bounded chains, how many were skipped)."""
+    """ECLipsE-Fast on chains of explicit dense layers, then the averaged-operator chains, then the pooled
+    convolution blocks; those reached after ``budget_s`` seconds are skipped. Returns (bounded chains, how many
+    were skipped)."""
     if not enabled:
         return [], 0
     from certify.lipschitz import averaged, pooled
@@ -158,7 +159,8 @@ def _bound_chains(records, segments, consumers, graph_outputs, output_name: str,
         bound_chain(chain, output_name)
         chains.append(chain)
     chains += averaged.bound_chains(records, segments, consumers, graph_outputs, deadline=deadline, skipped=skipped)
-    chains += pooled.bound_pool_blocks(records, segments, consumers, graph_outputs)
+    chains += pooled.bound_pool_blocks(records, segments, consumers, graph_outputs, deadline=deadline,
+                                       skipped=skipped)
     return chains, len(skipped)
 
 

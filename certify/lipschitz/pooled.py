@@ -119,9 +119,11 @@ def _block(pool: NodeRecord, producers: dict, segments_at: dict, private) -> tup
     return (segment, middle, factor) if private(name) else None
 
 
-def bound_pool_blocks(records, segments, consumers, graph_outputs) -> list:
+def bound_pool_blocks(records, segments, consumers, graph_outputs, deadline: float | None = None,
+                      skipped: list | None = None) -> list:
     """Every block convolution segment, position-wise nodes, max-pooling (``max_over_windows`` on the pooling's
-    class) bounded jointly, as ``eclipse.Chain`` objects (method "pooled convolution") where below the product."""
+    class) bounded jointly, as ``eclipse.Chain`` objects (method "pooled convolution") where below the product.
+    Poolings reached after ``deadline`` (``time.monotonic``) keep the product and are appended to ``skipped``."""
     from certify.lipschitz.eclipse import Chain
 
     producers = {r.outputs[0]: r for r in records if r.outputs and r.outputs[0]}
@@ -133,6 +135,9 @@ def bound_pool_blocks(records, segments, consumers, graph_outputs) -> list:
     found = []
     for pool in records:
         if not getattr(pool.module, "max_over_windows", False) or len(pool.varying) != 1 or pool.bound is None:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            (skipped if skipped is not None else []).append(pool)
             continue
         started = time.perf_counter()
         block = _block(pool, producers, segments_at, private)
