@@ -94,6 +94,13 @@ def test_small_dags_are_sound(seed):
     assert_sound("dag", seed)
 
 
+@SETTINGS
+@given(seed=SEEDS)
+def test_pooled_convolution_blocks_are_sound(seed):
+    """Conv, activations, LRN and overlapping max-poolings, the joint bound of certify.lipschitz.pooled."""
+    assert_sound("pooled", seed)
+
+
 def _seeds_of(k: Known, lowered: bool = False, wanted: int = 8) -> list[int]:
     """Seeds whose instance belongs to the known family (under some norm)."""
     found = []

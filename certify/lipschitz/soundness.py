@@ -237,7 +237,8 @@ def large_segment_path():
 #: Rows of the table beyond the operators: name -> (instance family, context the analysis runs in).
 COMPOSED_ROWS = {"fused (Conv/Gemm + scales)": ("fused", contextlib.nullcontext),
                  "fused, large-segment path": ("fused", large_segment_path),
-                 "dag (residual, concat, chains)": ("dag", contextlib.nullcontext)}
+                 "dag (residual, concat, chains)": ("dag", contextlib.nullcontext),
+                 "pooled (Conv, activation, LRN, MaxPool)": ("pooled", contextlib.nullcontext)}
 
 
 def survey(op_types, count: int) -> dict:

@@ -1,6 +1,7 @@
 """Instance generators of composed families for the soundness harness (``certify.lipschitz.soundness``): fused
-linear segments (Conv / Gemm followed by scale-like operators on every axis) and small DAGs (residual sums,
-concatenations, shared prefixes), next to the per-operator generators they are built from."""
+linear segments (Conv / Gemm followed by scale-like operators on every axis), small DAGs (residual sums,
+concatenations, shared prefixes) and pooled convolution blocks (Conv, activations, LRN, overlapping MaxPool), next
+to the per-operator generators they are built from."""
 
 from __future__ import annotations
 
@@ -77,4 +78,41 @@ def dag_example(rng):
     return examples.Example(g.model(out), join.lower() + (", shared prefix" if shared != "x" else ""))
 
 
-COMPOSED = {"fused": fused_example, "dag": dag_example}
+def pooled_example(rng):
+    """One or two blocks Conv -> maybe an activation -> maybe LRN -> MaxPool whose windows overlap unevenly (the
+    joint bound of certify.lipschitz.pooled), with random pads, strides and dilations, then maybe a Gemm."""
+    spatial = tuple(int(d) for d in rng.integers(5, 10, size=int(rng.integers(1, 3))))
+    channels = int(rng.integers(1, 4))
+    g = examples.Graph(rng, (channels, *spatial))
+    y, shape, families = "x", (channels, *spatial), []
+    for _ in range(int(rng.integers(1, 3))):
+        out = int(rng.integers(1, 5))
+        k = [int(rng.integers(1, 4)) for _ in spatial]
+        y = g.node("Conv", [y, g.const(examples.values(rng, (out, shape[0], *k)))],
+                   pads=[kk // 2 for kk in k] + [(kk - 1) // 2 for kk in k])
+        act = examples.pick(rng, ["Relu", "LeakyRelu", "Tanh", None])
+        if act:
+            y = g.node(act, [y])
+        if rng.random() < 0.3:
+            y = g.node("LRN", [y], size=int(rng.integers(1, 4)), alpha=float(rng.uniform(0.01, 1)), beta=0.75,
+                       bias=1.0)
+        kernel = [int(rng.integers(2, 5)) for _ in spatial]
+        strides = [int(rng.integers(1, kk)) + (rng.random() < 0.2) for kk in kernel]
+        pads = [int(rng.integers(0, kk)) for kk in kernel] * 2
+        dil = [int(rng.integers(1, 3)) if rng.random() < 0.2 else 1 for _ in spatial]
+        inner = tuple(shape[1 + i] + 2 * (k[i] // 2) - k[i] + 1 for i in range(len(spatial)))
+        if any(n + 2 * p < d * (kk - 1) + 1 for n, p, d, kk in zip(inner, pads, dil, kernel)):
+            dil = [1] * len(spatial)
+        y = g.node("MaxPool", [y], kernel_shape=kernel, strides=strides, pads=pads, dilations=dil)
+        shape = (out, *((n + 2 * p - d * (kk - 1) - 1) // st + 1
+                        for n, p, d, kk, st in zip(inner, pads, dil, kernel, strides)))
+        families.append(f"k{kernel} s{strides}" + (f" {act.lower()}" if act else ""))
+        if min(shape[1:]) < 3:
+            break
+    if rng.random() < 0.5:
+        y = g.node("Flatten", [y])
+        y = g.node("Gemm", [y, g.const(examples.values(rng, (math.prod(shape), int(rng.integers(1, 4)))))])
+    return examples.Example(g.model(y), ", ".join(families))
+
+
+COMPOSED = {"fused": fused_example, "dag": dag_example, "pooled": pooled_example}
