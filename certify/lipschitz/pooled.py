@@ -48,12 +48,12 @@ def phase_weights(geometry: tuple) -> torch.Tensor:
 
 def space_to_depth(conv, phases: torch.Tensor, in_shape: tuple) -> tuple[torch.Tensor, dict]:
     """The kernel and geometry of ``diag(sqrt c) C`` as one strided convolution (weights rounded up)."""
+    from certify.lipschitz.conv import normalize_conv
+
     c = conv.conv
-    weight = conv.weight.detach().double()
-    dims = weight.dim() - 2
-    stride = list(c["stride"]) if c.get("stride") else [1] * dims
-    dilation = list(c["dilation"]) if c.get("dilation") else [1] * dims
-    pads = list(c["padding"]) if c.get("padding") else [0] * (2 * dims)
+    geom = normalize_conv(conv.weight.detach().double(), in_shape, stride=c["stride"], padding=c["padding"],
+                          dilation=c["dilation"], groups=c["groups"])
+    weight, stride, dilation = geom.weight, geom.stride, geom.dilation
     period = list(phases.shape)
     taps = [s * (p - 1) + d * (k - 1) + 1 for s, p, d, k in zip(stride, period, dilation, weight.shape[2:])]
     count = math.prod(period)
@@ -63,16 +63,14 @@ def space_to_depth(conv, phases: torch.Tensor, in_shape: tuple) -> tuple[torch.T
         region = [slice(s * a, s * a + d * (k - 1) + 1, d)
                   for s, a, d, k in zip(stride, phase, dilation, weight.shape[2:])]
         out[(slice(None), index, slice(None), *region)] = weight * scale
-    spatial = in_shape[1:]
     new_stride = [s * p for s, p in zip(stride, period)]
     ends = []
-    for axis in range(dims):
-        n_out = (spatial[axis] + pads[axis] + pads[dims + axis] - dilation[axis] * (weight.shape[2 + axis] - 1)
-                 - 1) // stride[axis] + 1
+    for axis, (n, n_out, begin, end) in enumerate(zip(in_shape[1:], geom.output_spatial, geom.pads_begin,
+                                                      geom.pads_end)):
         rows = -(-n_out // period[axis])
-        ends.append(max(pads[dims + axis], (rows - 1) * new_stride[axis] + taps[axis] - spatial[axis] - pads[axis]))
-    geometry = {"stride": new_stride, "padding": pads[:dims] + ends, "dilation": [1] * dims,
-                "groups": c.get("groups", 1)}
+        ends.append(max(end, (rows - 1) * new_stride[axis] + taps[axis] - n - begin))
+    geometry = {"stride": new_stride, "padding": list(geom.pads_begin) + ends, "dilation": [1] * len(period),
+                "groups": geom.groups}
     return out.reshape(weight.shape[0] * count, weight.shape[1], *taps), geometry
 
 
